@@ -1,0 +1,550 @@
+//! The blocking channel: a connected endpoint that carries messages made of bytes and sockets.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::frame::{self, Batch, Decoded, Decoder};
+use crate::socket::{Socket, SocketRef};
+use crate::sys::{self, Interest, RawChannel};
+use crate::{Error, Result};
+
+/// Default limit on the payload of one received message.
+pub const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
+/// Default limit on the sockets in one received message.
+pub const DEFAULT_MAX_SOCKETS: usize = 4096;
+
+/// A received message: its bytes and the sockets that came with it, in the order sent.
+#[derive(Debug, Default)]
+pub struct Message {
+    /// The payload.
+    pub bytes: Vec<u8>,
+    /// The sockets, now owned by this process.
+    pub sockets: Vec<Socket>,
+}
+
+/// Who is on the other end of a channel, as the operating system reports it.
+///
+/// # Platform-specific behavior
+///
+/// On Linux every field comes from `SO_PEERCRED`, recorded when the connection was made. On
+/// macOS the uid/gid come from `getpeereid` and the pid from `LOCAL_PEERPID`; other BSDs report
+/// no pid. For a [`Channel::pair`] both ends report the process that created the pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// The peer's process id.
+    pub pid: Option<u32>,
+    /// The peer's effective user id.
+    pub uid: Option<u32>,
+    /// The peer's effective group id.
+    pub gid: Option<u32>,
+}
+
+/// Which peers a rendezvous accepts. Checked on both sides: by the listener on `accept` and
+/// by the connecting side on `connect` (so a squatted rendezvous owned by another user is
+/// refused too).
+#[derive(Clone, Default)]
+pub enum PeerPolicy {
+    /// Only a process running as the same (effective) user. The default.
+    #[default]
+    SameUser,
+    /// Any process that can reach the rendezvous.
+    AnyUser,
+    /// Only processes running as one of these user ids.
+    Uids(Vec<u32>),
+    /// A predicate of your own.
+    Custom(Arc<dyn Fn(&PeerCredentials) -> bool + Send + Sync>),
+}
+
+impl PeerPolicy {
+    /// Whether `peer` may talk to us.
+    pub fn allows(&self, peer: &PeerCredentials) -> bool {
+        match self {
+            PeerPolicy::SameUser => peer.uid.is_some() && peer.uid == Some(sys::current_uid()),
+            PeerPolicy::AnyUser => true,
+            PeerPolicy::Uids(uids) => peer.uid.is_some_and(|u| uids.contains(&u)),
+            PeerPolicy::Custom(f) => f(peer),
+        }
+    }
+
+    /// Checks the peer of a fresh connection.
+    pub(crate) fn check(&self, raw: &RawChannel) -> Result<PeerCredentials> {
+        let peer = sys::peer_credentials(raw)?;
+        if !self.allows(&peer) {
+            return Err(Error::PeerRejected { pid: peer.pid, uid: peer.uid });
+        }
+        Ok(peer)
+    }
+}
+
+impl fmt::Debug for PeerPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerPolicy::SameUser => f.write_str("SameUser"),
+            PeerPolicy::AnyUser => f.write_str("AnyUser"),
+            PeerPolicy::Uids(u) => f.debug_tuple("Uids").field(u).finish(),
+            PeerPolicy::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
+
+/// Sending half of the engine shared by the blocking and the tokio channel.
+///
+/// A message is encoded into `buf` as frames; `advance` writes it with each batch of sockets
+/// attached to the first byte of its frame. A send abandoned midway (timeout, cancelled
+/// future) leaves the stream at a frame boundary: the rest of a frame whose sockets already
+/// went out is kept and written first by the next send, followed by an abort frame if more
+/// frames of the message were due. So a message is delivered whole or not at all.
+#[derive(Debug, Default)]
+pub(crate) struct TxState {
+    buf: Vec<u8>,
+    batches: Vec<Batch>,
+    /// Bytes at the start of `buf` left over from an abandoned send.
+    leftover: usize,
+    pos: usize,
+    next_batch: usize,
+}
+
+impl TxState {
+    /// Encodes one message after any leftover bytes.
+    pub(crate) fn begin(&mut self, payload: &[u8], sockets: usize) -> Result<()> {
+        if payload.len() > frame::MAX_PAYLOAD {
+            return Err(Error::TooLarge { what: "payload bytes", len: payload.len(), max: frame::MAX_PAYLOAD });
+        }
+        if sockets > frame::MAX_HANDLES {
+            return Err(Error::TooLarge { what: "sockets", len: sockets, max: frame::MAX_HANDLES });
+        }
+        self.leftover = self.buf.len();
+        self.pos = 0;
+        self.batches.clear();
+        self.next_batch = 0;
+        frame::encode_message::<Error>(
+            &mut self.buf,
+            &mut self.batches,
+            payload,
+            sockets,
+            sys::HANDLES_PER_FRAME,
+            |_, _, _| Ok(()),
+        )
+    }
+
+    /// Writes until the message is out (`Ok`) or the socket would block (`WouldBlock`).
+    pub(crate) fn advance(&mut self, raw: &RawChannel, sockets: &[SocketRef<'_>]) -> io::Result<()> {
+        while self.pos < self.buf.len() {
+            let (end, attach) = match self.batches.get(self.next_batch) {
+                Some(b) if b.offset == self.pos => {
+                    let end = self.batches.get(self.next_batch + 1).map_or(self.buf.len(), |n| n.offset);
+                    (end, &sockets[b.first..b.first + b.count])
+                }
+                Some(b) => (b.offset, &[][..]),
+                None => (self.buf.len(), &[][..]),
+            };
+            let n = sys::send(raw, &self.buf[self.pos..end], attach.iter().map(|s| s.0))?;
+            if !attach.is_empty() {
+                self.next_batch += 1;
+            }
+            self.pos += n;
+        }
+        self.buf.clear();
+        self.pos = 0;
+        self.leftover = 0;
+        Ok(())
+    }
+
+    /// Abandons the message in flight, keeping the stream consistent (see the type's docs).
+    pub(crate) fn cancel(&mut self) {
+        let keep_end = if self.pos <= self.leftover {
+            self.leftover
+        } else {
+            self.batches.iter().map(|b| b.offset).find(|&o| o >= self.pos).unwrap_or(self.buf.len())
+        };
+        let abort = self.pos > self.leftover && keep_end < self.buf.len();
+        self.buf.truncate(keep_end);
+        self.buf.drain(..self.pos.min(keep_end));
+        if abort {
+            self.buf.extend_from_slice(&frame::abort_frame());
+        }
+        self.pos = 0;
+        self.leftover = self.buf.len();
+        self.batches.clear();
+        self.next_batch = 0;
+    }
+}
+
+/// Receiving half of the engine shared by the blocking and the tokio channel.
+#[derive(Debug)]
+pub(crate) struct RxState {
+    decoder: Decoder<sys::OwnedSocket>,
+    chunk: Box<[u8]>,
+    arrived: Vec<sys::OwnedSocket>,
+    out: Decoded<sys::OwnedSocket>,
+    failed: Option<String>,
+}
+
+impl Default for RxState {
+    fn default() -> RxState {
+        RxState {
+            decoder: Decoder::new(limits(DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_SOCKETS)),
+            chunk: vec![0; 64 * 1024].into_boxed_slice(),
+            arrived: Vec::new(),
+            out: Decoded::default(),
+            failed: None,
+        }
+    }
+}
+
+fn limits(max_payload: usize, max_sockets: usize) -> frame::Limits {
+    frame::Limits {
+        max_payload,
+        max_handles: max_sockets,
+        max_handles_per_frame: sys::HANDLES_PER_FRAME,
+        inline_handle_bytes: sys::INLINE_HANDLE_BYTES,
+    }
+}
+
+impl RxState {
+    pub(crate) fn set_limits(&mut self, max_payload: Option<usize>, max_sockets: Option<usize>) {
+        let old = self.decoder.limits();
+        let new = limits(
+            max_payload.unwrap_or(old.max_payload),
+            max_sockets.unwrap_or(old.max_handles),
+        );
+        if self.decoder.is_idle() {
+            self.decoder = Decoder::new(new);
+        }
+    }
+
+    /// Reads until one whole message is decoded into `out`, or the socket would block
+    /// (`Err(Error::Io(WouldBlock))`). Any other error is final for the channel: every socket
+    /// received and not yet delivered is closed.
+    pub(crate) fn try_recv(&mut self, raw: &RawChannel, out: &mut Message) -> Result<()> {
+        if let Some(why) = &self.failed {
+            return Err(Error::Protocol(format!("channel unusable after an earlier error: {why}")));
+        }
+        match self.try_recv_inner(raw) {
+            Ok(()) => {
+                std::mem::swap(&mut out.bytes, &mut self.out.payload);
+                self.out.payload.clear();
+                out.sockets.extend(self.out.handles.drain(..).map(Socket::from_sys));
+                Ok(())
+            }
+            Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Err(Error::Io(e)),
+            Err(e) => {
+                self.failed = Some(e.to_string());
+                self.decoder = Decoder::new(self.decoder.limits());
+                self.out = Decoded::default();
+                self.arrived.clear();
+                Err(e)
+            }
+        }
+    }
+
+    fn try_recv_inner(&mut self, raw: &RawChannel) -> Result<()> {
+        loop {
+            if self.decoder.next_into(&mut self.out)? {
+                return Ok(());
+            }
+            let room = self.decoder.limits().max_handles;
+            let got = sys::recv(raw, &mut self.chunk, &mut self.arrived, room)?;
+            let received = self.arrived.len();
+            self.decoder.push_handles(self.arrived.drain(..))?;
+            if got.truncated {
+                return Err(Error::Truncated { received });
+            }
+            if got.len == 0 {
+                self.decoder.finish()?;
+                return Err(Error::PeerClosed);
+            }
+            self.decoder.push_bytes(&self.chunk[..got.len]);
+        }
+    }
+}
+
+/// Maps transport errors callers branch on to their variants.
+pub(crate) fn transport_error(e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Error::PeerClosed,
+        _ => Error::Io(e),
+    }
+}
+
+/// A connected endpoint that carries messages made of bytes plus sockets, between two processes.
+///
+/// Sending lends the sockets: the receiver gets its own duplicates and the sender keeps its
+/// copies (drop them if the receiver is now the only one meant to use them). Messages arrive
+/// whole and in order. `send` and `recv` may be called from different threads at once; two
+/// concurrent sends are serialised.
+///
+/// ```no_run
+/// # fn main() -> handover::Result<()> {
+/// use handover::{AsSocketRef, Channel};
+/// let (ours, theirs) = Channel::pair()?;
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// ours.send(b"http", &[listener.as_socket_ref()])?;
+/// let msg = theirs.recv()?;
+/// assert_eq!(msg.bytes, b"http");
+/// let listener = std::net::TcpListener::try_from(msg.sockets.into_iter().next().unwrap())?;
+/// println!("now also listening on {}", listener.local_addr()?);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Channel {
+    raw: RawChannel,
+    peer: PeerCredentials,
+    tx: Mutex<TxState>,
+    rx: Mutex<RxState>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave the state half-updated in a way that
+    // matters more than the panic itself; keep going.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Channel {
+    pub(crate) fn from_raw(raw: RawChannel, peer: PeerCredentials) -> Channel {
+        Channel { raw, peer, tx: Mutex::default(), rx: Mutex::default() }
+    }
+
+    pub(crate) fn into_parts(self) -> (RawChannel, PeerCredentials, TxState, RxState) {
+        let tx = self.tx.into_inner().unwrap_or_else(|p| p.into_inner());
+        let rx = self.rx.into_inner().unwrap_or_else(|p| p.into_inner());
+        (self.raw, self.peer, tx, rx)
+    }
+
+    pub(crate) fn restore(&mut self, tx: TxState, rx: RxState) {
+        self.tx = Mutex::new(tx);
+        self.rx = Mutex::new(rx);
+    }
+
+    /// Two connected endpoints: keep one, give the other to a child process (see
+    /// [`Command::channel`](crate::Command::channel), which does this for you).
+    pub fn pair() -> Result<(Channel, Channel)> {
+        let (a, b) = sys::pair()?;
+        let peer_a = sys::peer_credentials(&a)?;
+        let peer_b = sys::peer_credentials(&b)?;
+        Ok((Channel::from_raw(a, peer_a), Channel::from_raw(b, peer_b)))
+    }
+
+    /// Connects to a [`ChannelListener`] bound at `path`, accepting it only if its owner is the
+    /// same user as ours.
+    pub fn connect(path: impl AsRef<Path>) -> Result<Channel> {
+        Channel::connect_with_policy(path, &PeerPolicy::SameUser)
+    }
+
+    /// Connects to a [`ChannelListener`] bound at `path`, checking the listener's owner
+    /// against `policy`.
+    pub fn connect_with_policy(path: impl AsRef<Path>, policy: &PeerPolicy) -> Result<Channel> {
+        let raw = sys::connect(path.as_ref())?;
+        let peer = policy.check(&raw)?;
+        Ok(Channel::from_raw(raw, peer))
+    }
+
+    /// The peer's credentials, read when the connection was made.
+    pub fn peer_credentials(&self) -> PeerCredentials {
+        self.peer
+    }
+
+    /// Limits what one received message may carry: payload bytes and sockets (defaults
+    /// [`DEFAULT_MAX_PAYLOAD`] and [`DEFAULT_MAX_SOCKETS`]). A message over a limit is an error
+    /// and every socket that came with it is closed. Takes effect between messages.
+    ///
+    /// # Platform-specific behavior
+    ///
+    /// On Unix the kernel enforces the socket limit per frame of up to 253 sockets: the
+    /// control buffer only has room for that many, and the rest are discarded
+    /// ([`Error::Truncated`]).
+    pub fn set_recv_limits(&self, max_payload: usize, max_sockets: usize) {
+        lock(&self.rx).set_limits(Some(max_payload), Some(max_sockets));
+    }
+
+    /// Sends `bytes` and lends `sockets` to the peer, blocking until all of it is written.
+    ///
+    /// More than 253 sockets are sent in batches and arrive together as one message.
+    pub fn send(&self, bytes: &[u8], sockets: &[SocketRef<'_>]) -> Result<()> {
+        self.send_until(bytes, sockets, None)
+    }
+
+    /// Like [`send`](Channel::send), giving up after `timeout` ([`Error::TimedOut`]). A message
+    /// that timed out is delivered whole or not at all.
+    pub fn send_timeout(&self, bytes: &[u8], sockets: &[SocketRef<'_>], timeout: Duration) -> Result<()> {
+        self.send_until(bytes, sockets, Some(Instant::now() + timeout))
+    }
+
+    fn send_until(&self, bytes: &[u8], sockets: &[SocketRef<'_>], deadline: Option<Instant>) -> Result<()> {
+        let mut tx = lock(&self.tx);
+        tx.begin(bytes, sockets.len())?;
+        loop {
+            match tx.advance(&self.raw, sockets) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    match sys::wait(&self.raw, Interest::Writable, deadline) {
+                        Ok(true) => continue,
+                        Ok(false) => {
+                            tx.cancel();
+                            return Err(Error::TimedOut);
+                        }
+                        Err(e) => {
+                            tx.cancel();
+                            return Err(e.into());
+                        }
+                    }
+                }
+                Err(e) => {
+                    tx.cancel();
+                    return Err(transport_error(e));
+                }
+            }
+        }
+    }
+
+    /// Receives the next message, blocking until it has arrived whole.
+    ///
+    /// Returns [`Error::PeerClosed`] when the peer has closed the channel between messages.
+    pub fn recv(&self) -> Result<Message> {
+        let mut msg = Message::default();
+        self.recv_until(&mut msg, None)?;
+        Ok(msg)
+    }
+
+    /// Like [`recv`](Channel::recv), giving up after `timeout` ([`Error::TimedOut`]; nothing is
+    /// lost, a later call picks up where this one stopped).
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Message> {
+        let mut msg = Message::default();
+        self.recv_until(&mut msg, Some(Instant::now() + timeout))?;
+        Ok(msg)
+    }
+
+    /// Receives into `msg`, reusing its allocations: the payload replaces `msg.bytes`, the
+    /// sockets are appended to `msg.sockets`. For loops that receive many messages.
+    pub fn recv_into(&self, msg: &mut Message) -> Result<()> {
+        self.recv_until(msg, None)
+    }
+
+    fn recv_until(&self, msg: &mut Message, deadline: Option<Instant>) -> Result<()> {
+        let mut rx = lock(&self.rx);
+        loop {
+            match rx.try_recv(&self.raw, msg) {
+                Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !sys::wait(&self.raw, Interest::Readable, deadline)? {
+                        return Err(Error::TimedOut);
+                    }
+                }
+                Err(Error::Io(e)) => return Err(transport_error(e)),
+                other => return other,
+            }
+        }
+    }
+}
+
+/// A rendezvous where processes connect to get a [`Channel`].
+///
+/// On Unix it is a Unix-domain socket at a path (created with mode `0600`, removed on drop)
+/// or, on Linux, an abstract name (see [`crate::unix::ChannelListenerExt`]). Every connecting
+/// peer is checked against the listener's [`PeerPolicy`] (by default: same user only).
+///
+/// ```no_run
+/// # fn main() -> handover::Result<()> {
+/// let listener = handover::ChannelListener::bind("/run/user/1000/app.sock")?;
+/// let channel = listener.accept()?;
+/// println!("peer pid {:?}", channel.peer_credentials().pid);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct ChannelListener {
+    inner: sys::RawListener,
+    policy: PeerPolicy,
+    path: RemoveOnDrop,
+}
+
+/// Removes the rendezvous file when the listener goes away.
+#[derive(Debug)]
+pub(crate) struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl ChannelListener {
+    /// Binds at `path`. Fails with `AddrInUse` if something exists there (remove a stale
+    /// socket file first).
+    pub fn bind(path: impl AsRef<Path>) -> Result<ChannelListener> {
+        let path = path.as_ref();
+        let inner = sys::bind(path)?;
+        let path = RemoveOnDrop(Some(path.to_owned()));
+        Ok(ChannelListener { inner, policy: PeerPolicy::SameUser, path })
+    }
+
+    pub(crate) fn from_raw(inner: sys::RawListener) -> ChannelListener {
+        ChannelListener { inner, policy: PeerPolicy::SameUser, path: RemoveOnDrop(None) }
+    }
+
+    pub(crate) fn into_parts(self) -> (sys::RawListener, PeerPolicy, RemoveOnDrop) {
+        (self.inner, self.policy, self.path)
+    }
+
+    /// Replaces the peer policy (default [`PeerPolicy::SameUser`]).
+    pub fn set_policy(&mut self, policy: PeerPolicy) -> &mut Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Waits for a connection and checks the peer. A refused peer is disconnected and
+    /// reported as [`Error::PeerRejected`]; call `accept` again for the next one.
+    pub fn accept(&self) -> Result<Channel> {
+        let raw = sys::accept(&self.inner)?;
+        let peer = self.policy.check(&raw)?;
+        Ok(Channel::from_raw(raw, peer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn public_types_are_send_and_sync() {
+        assert_send_sync::<Channel>();
+        assert_send_sync::<ChannelListener>();
+        assert_send_sync::<Message>();
+        assert_send_sync::<PeerPolicy>();
+        assert_send_sync::<Error>();
+    }
+
+    #[test]
+    fn cancel_between_frames_appends_an_abort() {
+        let mut tx = TxState::default();
+        tx.begin(b"p", 300).unwrap();
+        let second = tx.batches[1].offset;
+        // Pretend the first frame went out whole.
+        tx.pos = second;
+        tx.cancel();
+        assert_eq!(tx.buf, frame::abort_frame());
+        // The next message goes after the abort frame.
+        tx.begin(b"q", 0).unwrap();
+        assert_eq!(&tx.buf[..frame::HEADER_LEN], &frame::abort_frame());
+        assert_eq!(tx.leftover, frame::HEADER_LEN);
+    }
+
+    #[test]
+    fn cancel_inside_a_frame_keeps_its_tail() {
+        let mut tx = TxState::default();
+        tx.begin(b"hello", 1).unwrap();
+        let total = tx.buf.len();
+        tx.pos = 3;
+        tx.cancel();
+        assert_eq!(tx.buf.len(), total - 3);
+        let mut tx = TxState::default();
+        tx.begin(b"hello", 0).unwrap();
+        tx.cancel(); // nothing written: nothing kept
+        assert!(tx.buf.is_empty());
+    }
+}

@@ -1,0 +1,317 @@
+//! Starting a child process that begins life with sockets, and picking them up in the child.
+//!
+//! The parent names what the child gets — listening sockets as systemd-style descriptors,
+//! one socket as standard input/output (inetd style), a [`Channel`] — and the child inherits
+//! exactly those, nothing else. The child side is one call, [`inherited`], which also reads
+//! what systemd socket activation passes.
+
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+
+use crate::socket::{Socket, SocketRef};
+use crate::sys;
+use crate::{Channel, Error, PeerCredentials, Result};
+
+/// Number of listening descriptors passed, systemd convention.
+pub(crate) const ENV_LISTEN_FDS: &str = "LISTEN_FDS";
+/// The process the descriptors are meant for, systemd convention.
+pub(crate) const ENV_LISTEN_PID: &str = "LISTEN_PID";
+/// Colon-separated names of the descriptors, systemd convention.
+pub(crate) const ENV_LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
+/// The descriptor of the child's channel end.
+pub(crate) const ENV_CHANNEL_FD: &str = "HANDOVER_CHANNEL_FD";
+
+/// The variables this module manages; never passed through from our own environment.
+const MANAGED_ENV: [&str; 4] = [ENV_LISTEN_FDS, ENV_LISTEN_PID, ENV_LISTEN_FDNAMES, ENV_CHANNEL_FD];
+
+/// A builder for a child process that starts with sockets.
+///
+/// ```no_run
+/// # fn main() -> handover::Result<()> {
+/// use handover::AsSocketRef;
+/// let listener = std::net::TcpListener::bind("127.0.0.1:8080")?;
+/// let mut child = handover::Command::new("my-server")
+///     .arg("--verbose")
+///     .listen_socket("http", listener.as_socket_ref())
+///     .spawn()?;
+/// child.wait()?;
+/// # Ok(()) }
+/// ```
+///
+/// # Platform-specific behavior
+///
+/// On Unix the listening sockets become descriptors 3, 4, … with `LISTEN_FDS`,
+/// `LISTEN_FDNAMES` and `LISTEN_PID` set as systemd does, and the channel (if any) the next
+/// descriptor, named in `HANDOVER_CHANNEL_FD`. Every other descriptor of the parent is closed
+/// in the child (marked close-on-exec between `fork` and `exec`), whatever its flags.
+#[derive(Debug)]
+pub struct Command<'a> {
+    pub(crate) program: OsString,
+    pub(crate) args: Vec<OsString>,
+    env: Vec<(OsString, Option<OsString>)>,
+    env_clear: bool,
+    pub(crate) cwd: Option<PathBuf>,
+    pub(crate) listen: Vec<(String, SocketRef<'a>)>,
+    pub(crate) stdio_socket: Option<SocketRef<'a>>,
+    pub(crate) channel: bool,
+    pub(crate) stdin: Option<Stdio>,
+    pub(crate) stdout: Option<Stdio>,
+    pub(crate) stderr: Option<Stdio>,
+    pub(crate) die_with_parent: bool,
+    pub(crate) uid: Option<u32>,
+    pub(crate) gid: Option<u32>,
+    pub(crate) process_group: Option<i32>,
+}
+
+impl<'a> Command<'a> {
+    /// A command that runs `program` (looked up in the child's `PATH` if it has no `/`).
+    pub fn new(program: impl AsRef<OsStr>) -> Command<'a> {
+        Command {
+            program: program.as_ref().to_owned(),
+            args: Vec::new(),
+            env: Vec::new(),
+            env_clear: false,
+            cwd: None,
+            listen: Vec::new(),
+            stdio_socket: None,
+            channel: false,
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            die_with_parent: false,
+            uid: None,
+            gid: None,
+            process_group: None,
+        }
+    }
+
+    /// Adds an argument.
+    pub fn arg(&mut self, arg: impl AsRef<OsStr>) -> &mut Self {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// Adds arguments.
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(&mut self, args: I) -> &mut Self {
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Sets an environment variable for the child.
+    pub fn env(&mut self, key: impl AsRef<OsStr>, val: impl AsRef<OsStr>) -> &mut Self {
+        self.env.push((key.as_ref().to_owned(), Some(val.as_ref().to_owned())));
+        self
+    }
+
+    /// Removes an environment variable from the child's environment.
+    pub fn env_remove(&mut self, key: impl AsRef<OsStr>) -> &mut Self {
+        self.env.push((key.as_ref().to_owned(), None));
+        self
+    }
+
+    /// Starts the child with an empty environment (plus what [`env`](Command::env) adds and
+    /// the variables that describe its sockets).
+    pub fn env_clear(&mut self) -> &mut Self {
+        self.env_clear = true;
+        self.env.clear();
+        self
+    }
+
+    /// Sets the child's working directory.
+    pub fn current_dir(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    /// Passes a (listening) socket under `name`, systemd style: the n-th one becomes
+    /// descriptor 3 + n, and `LISTEN_FDNAMES` carries the names. The name must not contain
+    /// `:`.
+    pub fn listen_socket(&mut self, name: impl Into<String>, socket: SocketRef<'a>) -> &mut Self {
+        self.listen.push((name.into(), socket));
+        self
+    }
+
+    /// Makes `socket` the child's standard input and output (inetd style).
+    pub fn stdio_socket(&mut self, socket: SocketRef<'a>) -> &mut Self {
+        self.stdio_socket = Some(socket);
+        self
+    }
+
+    /// Gives the child a [`Channel`] to this process; the parent's end is
+    /// [`Child::channel`]. The child gets its end from [`inherited`].
+    pub fn channel(&mut self) -> &mut Self {
+        self.channel = true;
+        self
+    }
+
+    /// The child's standard input (when no [`stdio_socket`](Command::stdio_socket) is set).
+    pub fn stdin(&mut self, cfg: impl Into<Stdio>) -> &mut Self {
+        self.stdin = Some(cfg.into());
+        self
+    }
+
+    /// The child's standard output (when no [`stdio_socket`](Command::stdio_socket) is set).
+    pub fn stdout(&mut self, cfg: impl Into<Stdio>) -> &mut Self {
+        self.stdout = Some(cfg.into());
+        self
+    }
+
+    /// The child's standard error.
+    pub fn stderr(&mut self, cfg: impl Into<Stdio>) -> &mut Self {
+        self.stderr = Some(cfg.into());
+        self
+    }
+
+    /// Kills the child when this process dies (Linux `PR_SET_PDEATHSIG`; ignored elsewhere —
+    /// use process groups or job objects there).
+    pub fn die_with_parent(&mut self, yes: bool) -> &mut Self {
+        self.die_with_parent = yes;
+        self
+    }
+
+    /// Spawns the child. The standard stream settings are consumed: set them again before
+    /// spawning another child from the same builder.
+    pub fn spawn(&mut self) -> Result<Child> {
+        if let Some((name, _)) = self.listen.iter().find(|(n, _)| n.contains(':') || n.contains('\0')) {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("socket name {name:?} contains ':' or NUL, which LISTEN_FDNAMES cannot carry"),
+            )));
+        }
+        let (inner, raw) = sys::spawn(self)?;
+        let channel = raw.map(|raw| {
+            let peer = PeerCredentials { pid: Some(inner.id()), uid: None, gid: None };
+            Channel::from_raw(raw, peer)
+        });
+        Ok(Child { inner, channel })
+    }
+
+    /// The environment the child starts with, before the socket variables are added.
+    pub(crate) fn resolved_env(&self) -> Vec<(OsString, OsString)> {
+        let mut env: Vec<(OsString, OsString)> =
+            if self.env_clear { Vec::new() } else { std::env::vars_os().collect() };
+        for (k, v) in &self.env {
+            env.retain(|(ek, _)| ek != k);
+            if let Some(v) = v {
+                env.push((k.clone(), v.clone()));
+            }
+        }
+        env.retain(|(k, _)| !MANAGED_ENV.iter().any(|m| k == m));
+        env
+    }
+}
+
+/// A child process started by [`Command::spawn`].
+#[derive(Debug)]
+pub struct Child {
+    inner: sys::Child,
+    /// The parent's end of the child's channel, if [`Command::channel`] was set.
+    pub channel: Option<Channel>,
+}
+
+impl Child {
+    /// The child's process id.
+    pub fn id(&self) -> u32 {
+        self.inner.id()
+    }
+
+    /// Forces the child to exit (`SIGKILL` on Unix).
+    pub fn kill(&mut self) -> Result<()> {
+        Ok(self.inner.kill()?)
+    }
+
+    /// Waits for the child to exit.
+    pub fn wait(&mut self) -> Result<ExitStatus> {
+        Ok(self.inner.wait()?)
+    }
+
+    /// Reports the exit status if the child has exited, without blocking.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        Ok(self.inner.try_wait()?)
+    }
+
+    pub(crate) fn into_inner(self) -> sys::Child {
+        self.inner
+    }
+}
+
+/// What a process was started with: listening sockets (systemd convention) and a channel.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    /// The parent's channel, if the process was spawned with [`Command::channel`].
+    pub channel: Option<Channel>,
+    /// The passed sockets with their names (`LISTEN_FDNAMES`, `"unknown"` where none was
+    /// given, as systemd does), in descriptor order.
+    pub sockets: Vec<(String, Socket)>,
+}
+
+impl Inherited {
+    /// Takes the first socket called `name`.
+    pub fn take(&mut self, name: &str) -> Option<Socket> {
+        let i = self.sockets.iter().position(|(n, _)| n == name)?;
+        Some(self.sockets.remove(i).1)
+    }
+}
+
+/// Picks up the sockets and the channel this process was started with.
+///
+/// Works for children spawned by [`Command`] and for programs started by systemd socket
+/// activation (or anything else that follows its `LISTEN_FDS` convention). Nothing passed
+/// gives an empty [`Inherited`]. Variables meant for another process (`LISTEN_PID` is not
+/// ours) are ignored. The environment is read, never changed.
+///
+/// The descriptors become owned by the returned value, so only the first call takes them;
+/// later calls return [`Error::Inherit`].
+///
+/// ```no_run
+/// # fn main() -> handover::Result<()> {
+/// let mut inherited = handover::inherited()?;
+/// let listener = std::net::TcpListener::try_from(inherited.take("http").expect("no http socket"))?;
+/// for stream in listener.incoming() {
+///     let _stream = stream?; // serve it
+/// }
+/// # Ok(()) }
+/// ```
+pub fn inherited() -> Result<Inherited> {
+    let var = |k: &str| std::env::var(k).ok();
+    let Some(pid) = var(ENV_LISTEN_PID) else { return Ok(Inherited::default()) };
+    let pid: u32 = pid.parse().map_err(|_| Error::Inherit(format!("{ENV_LISTEN_PID}={pid:?} is not a pid")))?;
+    if pid != std::process::id() {
+        return Ok(Inherited::default());
+    }
+    let count = match var(ENV_LISTEN_FDS) {
+        None => 0,
+        Some(n) => n.parse::<usize>().ok().filter(|n| *n < 4096).ok_or_else(|| {
+            Error::Inherit(format!("{ENV_LISTEN_FDS}={n:?} is not a descriptor count"))
+        })?,
+    };
+    let names: Vec<String> = var(ENV_LISTEN_FDNAMES)
+        .map(|n| n.split(':').map(str::to_owned).collect())
+        .unwrap_or_default();
+    let channel_fd = match var(ENV_CHANNEL_FD) {
+        None => None,
+        Some(n) => Some(n.parse::<usize>().ok().filter(|n| *n == 3 + count).ok_or_else(|| {
+            Error::Inherit(format!("{ENV_CHANNEL_FD}={n:?} does not follow the {count} listening descriptors"))
+        })?),
+    };
+    let mut fds = sys::inherited_fds(count + channel_fd.map_or(0, |_| 1))
+        .map_err(|e| Error::Inherit(e.to_string()))?;
+    let channel = match channel_fd {
+        Some(_) => {
+            let raw = sys::RawChannel::from_owned(fds.pop().expect("channel descriptor"))?;
+            let peer = sys::peer_credentials(&raw)?;
+            Some(Channel::from_raw(raw, peer))
+        }
+        None => None,
+    };
+    let sockets = fds
+        .into_iter()
+        .enumerate()
+        .map(|(i, fd)| {
+            let name = names.get(i).cloned().unwrap_or_else(|| "unknown".to_owned());
+            (name, Socket::from_sys(fd))
+        })
+        .collect();
+    Ok(Inherited { channel, sockets })
+}

@@ -1,0 +1,34 @@
+//! The platform seam: the only module that chooses between backends.
+//!
+//! Both backends implement this contract (portable code calls nothing else):
+//!
+//! - `RawChannel`: an owned, connected, **non-blocking** byte-stream endpoint that can carry
+//!   sockets; `pair() -> io::Result<(RawChannel, RawChannel)>`.
+//! - `send(&RawChannel, &[u8], handles) -> io::Result<usize>`: one non-blocking write; the
+//!   handles (an `ExactSizeIterator` of `BorrowedSocket`) travel with the first byte written.
+//!   `WouldBlock` when nothing could be written.
+//! - `recv(&RawChannel, &mut [u8], &mut Vec<OwnedSocket>, max_handles) -> io::Result<Received>`:
+//!   one non-blocking read; every handle that arrived is owned before the call returns, and
+//!   `Received::truncated` says the OS cut control data off.
+//! - `wait(&RawChannel, Interest, deadline) -> io::Result<bool>`: block until ready or deadline.
+//! - `peer_credentials(&RawChannel) -> io::Result<PeerCredentials>`, `current_uid()`.
+//! - `bind(path)`, `bind_abstract(name)`, `accept`, `connect(path)`, `connect_abstract(name)`.
+//! - `socket_kind(&socket2::Socket) -> io::Result<SocketKind>`.
+//! - `spawn(&Command) -> io::Result<(Child, Option<RawChannel>)>` and `inherited() -> ...`.
+//! - `HANDLES_PER_FRAME`, `INLINE_HANDLE_BYTES`: how many handles one write can carry, and the
+//!   bytes of inline data each handle needs in a frame (0 where they travel out of band).
+//! - `async_io` (feature `tokio`): `AsyncChannel` wrapping `RawChannel` with
+//!   `readable(|raw| ...)` / `writable(|raw| ...)`.
+
+#[cfg(unix)]
+mod unix;
+#[cfg(unix)]
+pub(crate) use self::unix::*;
+
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+pub(crate) use self::windows::*;
+
+#[cfg(not(any(unix, windows)))]
+compile_error!("handover supports Unix and Windows only");

@@ -1,0 +1,116 @@
+//! Unix-only extensions.
+
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+
+use crate::{sys, Channel, ChannelListener, Command, Error, PeerPolicy, Result, Socket, SocketKind};
+
+/// Linux abstract-namespace rendezvous for [`ChannelListener`].
+pub trait ChannelListenerExt: Sized {
+    /// Binds `name` in the Linux abstract namespace: no file to clean up and no file
+    /// permissions, so the peer policy is the only gate (by default: same user).
+    ///
+    /// # Platform-specific behavior
+    ///
+    /// Linux and Android only; elsewhere this returns an `Unsupported` error.
+    fn bind_abstract(name: &[u8]) -> Result<Self>;
+}
+
+impl ChannelListenerExt for ChannelListener {
+    fn bind_abstract(name: &[u8]) -> Result<ChannelListener> {
+        Ok(ChannelListener::from_raw(sys::bind_abstract(name)?))
+    }
+}
+
+/// Linux abstract-namespace rendezvous for [`Channel`].
+pub trait ChannelExt: Sized {
+    /// Connects to a listener bound with [`ChannelListenerExt::bind_abstract`], checking its
+    /// owner against `policy`.
+    fn connect_abstract(name: &[u8], policy: &PeerPolicy) -> Result<Self>;
+}
+
+impl ChannelExt for Channel {
+    fn connect_abstract(name: &[u8], policy: &PeerPolicy) -> Result<Channel> {
+        let raw = sys::connect_abstract(name)?;
+        let peer = policy.check(&raw)?;
+        Ok(Channel::from_raw(raw, peer))
+    }
+}
+
+/// Unix process options for [`Command`].
+pub trait CommandExt {
+    /// Runs the child as user `uid` (the parent needs the privilege to do so).
+    fn uid(&mut self, uid: u32) -> &mut Self;
+    /// Runs the child as group `gid`.
+    fn gid(&mut self, gid: u32) -> &mut Self;
+    /// Puts the child in process group `pgroup` (0: a new group led by the child).
+    fn process_group(&mut self, pgroup: i32) -> &mut Self;
+}
+
+impl CommandExt for Command<'_> {
+    fn uid(&mut self, uid: u32) -> &mut Self {
+        self.uid = Some(uid);
+        self
+    }
+    fn gid(&mut self, gid: u32) -> &mut Self {
+        self.gid = Some(gid);
+        self
+    }
+    fn process_group(&mut self, pgroup: i32) -> &mut Self {
+        self.process_group = Some(pgroup);
+        self
+    }
+}
+
+/// Unix-only operations on a spawned [`crate::Child`].
+pub trait ChildExt {
+    /// The child as a `std::process::Child`.
+    fn into_std(self) -> std::process::Child;
+}
+
+impl ChildExt for crate::Child {
+    fn into_std(self) -> std::process::Child {
+        self.into_inner().into_std()
+    }
+}
+
+macro_rules! unix_conversions {
+    ($($ty:ty => $kind:expr),* $(,)?) => {$(
+        impl From<$ty> for Socket {
+            fn from(s: $ty) -> Socket {
+                Socket::from(std::os::fd::OwnedFd::from(s))
+            }
+        }
+
+        impl TryFrom<Socket> for $ty {
+            type Error = Error;
+
+            /// Checks the socket's kind, then converts.
+            fn try_from(s: Socket) -> Result<$ty> {
+                let found = s.kind()?;
+                if found != $kind {
+                    return Err(Error::WrongKind { expected: $kind, found });
+                }
+                Ok(<$ty>::from(std::os::fd::OwnedFd::from(s)))
+            }
+        }
+    )*};
+}
+
+unix_conversions! {
+    UnixListener => SocketKind::UnixListener,
+    UnixStream => SocketKind::UnixStream,
+    UnixDatagram => SocketKind::UnixDatagram,
+}
+
+/// The socket on standard input, for programs started inetd style
+/// ([`Command::stdio_socket`], inetd, `systemd Accept=yes`): a duplicate of descriptor 0, or
+/// `None` if standard input is not a socket.
+pub fn stdin_socket() -> Result<Option<Socket>> {
+    use std::os::fd::AsFd;
+    let stdin = std::io::stdin();
+    let fd = stdin.as_fd();
+    if !sys::fd_is_socket(fd) {
+        return Ok(None);
+    }
+    Ok(Some(Socket::from(fd.try_clone_to_owned()?)))
+}
