@@ -1,0 +1,275 @@
+//! The other process in cross-process tests: `handover-peer ROLE [ARGS]`.
+//!
+//! Each role does one thing with what it inherited and reports over its channel (or its exit
+//! code). Exit codes: 0 success, 2 usage, 3 the operation failed as reported on stderr.
+#![allow(clippy::print_stdout, clippy::print_stderr, clippy::exit)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use handover::{AsSocketRef, Channel, Error, PeerPolicy};
+
+type Res<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let role = args.first().map(String::as_str).unwrap_or("");
+    let rest = &args[args.len().min(1)..];
+    let res = match role {
+        "serve-stream" => serve_stream(),
+        "accept-listener" => accept_listener(),
+        "udp-echo" => udp_echo(),
+        "report-ports" => report_ports(),
+        "send-sockets" => send_sockets(rest),
+        "list-fds" => list_fds(),
+        "listen-fds" => listen_fds(),
+        "inetd-echo" => inetd_echo(),
+        "handoff-loop" => handoff_loop(),
+        "garbage" => garbage(rest),
+        "connect-abstract" => connect_abstract(rest),
+        "listen-abstract" => listen_abstract(rest),
+        "tokio-serve-stream" => tokio_serve_stream(),
+        _ => {
+            eprintln!("usage: handover-peer ROLE [ARGS] (unknown role {role:?})");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = res {
+        eprintln!("handover-peer {role}: {e}");
+        std::process::exit(3);
+    }
+}
+
+fn channel() -> Res<Channel> {
+    handover::inherited()?.channel.ok_or_else(|| "no inherited channel".into())
+}
+
+/// Receives one TCP stream, answers one line on it, then reports "done".
+fn serve_stream() -> Res {
+    let ch = channel()?;
+    let msg = ch.recv()?;
+    let stream = TcpStream::try_from(msg.sockets.into_iter().next().ok_or("no socket")?)?;
+    echo_line(&stream, &String::from_utf8_lossy(&msg.bytes))?;
+    ch.send(b"done", &[])?;
+    Ok(())
+}
+
+fn echo_line(stream: &TcpStream, tag: &str) -> Res {
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    write!(&*stream, "{tag} {} {}", std::process::id(), line)?;
+    Ok(())
+}
+
+/// Receives a TCP listener, accepts and serves two connections on it.
+fn accept_listener() -> Res {
+    let ch = channel()?;
+    let msg = ch.recv()?;
+    let listener = TcpListener::try_from(msg.sockets.into_iter().next().ok_or("no socket")?)?;
+    ch.send(b"ready", &[])?;
+    for _ in 0..2 {
+        let (stream, _) = listener.accept()?;
+        echo_line(&stream, "accepted")?;
+    }
+    ch.send(b"done", &[])?;
+    Ok(())
+}
+
+/// Receives a UDP socket, answers one datagram.
+fn udp_echo() -> Res {
+    let ch = channel()?;
+    let msg = ch.recv()?;
+    let udp = UdpSocket::try_from(msg.sockets.into_iter().next().ok_or("no socket")?)?;
+    ch.send(b"ready", &[])?;
+    let mut buf = [0u8; 512];
+    let (n, from) = udp.recv_from(&mut buf)?;
+    let mut reply = b"udp ".to_vec();
+    reply.extend_from_slice(&buf[..n]);
+    udp.send_to(&reply, from)?;
+    Ok(())
+}
+
+/// Receives one message of sockets and reports their local ports, in order.
+fn report_ports() -> Res {
+    raise_nofile()?;
+    let ch = channel()?;
+    let msg = ch.recv()?;
+    let mut ports = Vec::with_capacity(msg.sockets.len() * 2);
+    for s in msg.sockets {
+        let udp = UdpSocket::try_from(s)?;
+        ports.extend_from_slice(&udp.local_addr()?.port().to_le_bytes());
+    }
+    ch.send(&ports, &[])?;
+    Ok(())
+}
+
+/// Sends N fresh UDP sockets in one message, then waits for the parent's word to exit.
+fn send_sockets(args: &[String]) -> Res {
+    let n: usize = args.first().ok_or("missing count")?.parse()?;
+    let ch = channel()?;
+    let sockets: Vec<UdpSocket> =
+        (0..n).map(|_| UdpSocket::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
+    let refs: Vec<_> = sockets.iter().map(|s| s.as_socket_ref()).collect();
+    ch.send(b"sockets", &refs)?;
+    // Wait until the parent closes its end.
+    let _ = ch.recv();
+    Ok(())
+}
+
+/// Open descriptors, without the one that reads the directory.
+fn fd_list() -> Res<Vec<u32>> {
+    let mut fds = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let entry = entry?;
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        if target.to_string_lossy().ends_with("/fd") {
+            continue;
+        }
+        fds.push(entry.file_name().to_string_lossy().parse()?);
+    }
+    fds.sort();
+    Ok(fds)
+}
+
+/// Reports the descriptors it has, excluding the one used to list them.
+fn list_fds() -> Res {
+    let open: Vec<String> = fd_list()?.iter().map(u32::to_string).collect();
+    let ch = channel()?;
+    ch.send(open.join(",").as_bytes(), &[])?;
+    Ok(())
+}
+
+/// Takes systemd-style sockets and prints "name=kind" lines plus its pid to stdout.
+fn listen_fds() -> Res {
+    let before = fd_list()?;
+    let inherited = handover::inherited()?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "pid {}", std::process::id())?;
+    writeln!(out, "env LISTEN_PID {}", std::env::var("LISTEN_PID").unwrap_or_default())?;
+    writeln!(out, "fds {:?}", before)?;
+    for (name, socket) in &inherited.sockets {
+        writeln!(out, "socket {name} {}", socket.kind()?)?;
+    }
+    writeln!(out, "channel {}", inherited.channel.is_some())?;
+    Ok(())
+}
+
+/// inetd style: serves one line on standard input/output, which is a socket.
+fn inetd_echo() -> Res {
+    let socket = handover::unix::stdin_socket()?.ok_or("stdin is not a socket")?;
+    let stream = TcpStream::try_from(socket)?;
+    let mut line = String::new();
+    BufReader::new(std::io::stdin()).read_line(&mut line)?;
+    let mut out = std::io::stdout();
+    write!(out, "inetd {} peer={} {}", std::process::id(), stream.peer_addr()?, line)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Receives sockets until the channel closes, dropping each and acknowledging with one byte.
+fn handoff_loop() -> Res {
+    let ch = channel()?;
+    let mut msg = handover::Message::default();
+    loop {
+        msg.sockets.clear();
+        match ch.recv_into(&mut msg) {
+            Ok(()) => {}
+            Err(Error::PeerClosed) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        let n = msg.sockets.len() as u32;
+        msg.sockets.clear();
+        ch.send(&n.to_le_bytes(), &[])?;
+    }
+}
+
+/// Connects to a channel rendezvous at PATH with a raw Unix stream and writes a bad frame.
+fn garbage(args: &[String]) -> Res {
+    use std::os::unix::net::UnixStream;
+    let (mode, path) = (args.first().ok_or("mode")?, args.get(1).ok_or("path")?);
+    let mut s = UnixStream::connect(path)?;
+    let header = |payload_len: u32, handles: u32| {
+        let mut h = b"HNDV\x01\x01\x00\x00".to_vec();
+        h.extend_from_slice(&payload_len.to_le_bytes());
+        h.extend_from_slice(&handles.to_le_bytes());
+        h
+    };
+    match mode.as_str() {
+        "noise" => s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?,
+        "truncated" => {
+            let mut f = header(100, 0);
+            f.extend_from_slice(&[7; 10]);
+            s.write_all(&f)?;
+        }
+        "oversized" => s.write_all(&header(u32::MAX, 0))?,
+        "missing-sockets" => s.write_all(&header(0, 3))?,
+        "version" => s.write_all(b"HNDV\x09\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00")?,
+        _ => return Err(format!("unknown garbage mode {mode}").into()),
+    }
+    // Keep the connection open for a moment unless told to hang up, so the receiver has to
+    // decide from the bytes alone.
+    if mode != "truncated" {
+        let mut buf = [0u8; 1];
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let _ = s.read(&mut buf);
+    }
+    Ok(())
+}
+
+/// Connects to an abstract rendezvous; exit 0 if accepted, 10 if refused by our own check.
+fn connect_abstract(args: &[String]) -> Res {
+    use handover::unix::ChannelExt;
+    let name = args.first().ok_or("name")?;
+    match Channel::connect_abstract(name.as_bytes(), &PeerPolicy::SameUser) {
+        Ok(ch) => {
+            // The listener may still refuse us: wait for its word or for it to hang up.
+            match ch.recv_timeout(Duration::from_secs(5)) {
+                Ok(_) => Ok(()),
+                Err(e) => Err(format!("listener hung up: {e}").into()),
+            }
+        }
+        Err(Error::PeerRejected { .. }) => std::process::exit(10),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Listens on an abstract name and accepts one connection; prints what happened.
+fn listen_abstract(args: &[String]) -> Res {
+    use handover::unix::ChannelListenerExt;
+    let name = args.first().ok_or("name")?;
+    let listener = handover::ChannelListener::bind_abstract(name.as_bytes())?;
+    println!("listening");
+    std::io::stdout().flush()?;
+    match listener.accept() {
+        Ok(ch) => ch.send(b"welcome", &[])?,
+        Err(e) => println!("refused: {e}"),
+    }
+    // Stay listening (a second connection may wait in the backlog) until killed.
+    std::thread::sleep(Duration::from_secs(10));
+    Ok(())
+}
+
+/// As `serve-stream`, with the tokio API on both the channel and the stream.
+fn tokio_serve_stream() -> Res {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let ch = handover::tokio::Channel::try_from(channel()?)?;
+        let msg = ch.recv().await?;
+        let socket = msg.sockets.into_iter().next().ok_or("no socket")?;
+        let stream = tokio::net::TcpStream::try_from(socket)?;
+        let (r, mut w) = stream.into_split();
+        let mut line = String::new();
+        tokio::io::BufReader::new(r).read_line(&mut line).await?;
+        let tag = String::from_utf8_lossy(&msg.bytes);
+        w.write_all(format!("{tag} {} {line}", std::process::id()).as_bytes()).await?;
+        ch.send(b"done", &[]).await?;
+        Ok(())
+    })
+}
+
+fn raise_nofile() -> Res {
+    integration_tests::raise_nofile(8192)?;
+    Ok(())
+}
