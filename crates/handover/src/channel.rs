@@ -308,12 +308,14 @@ impl Channel {
         Channel { raw, peer, tx: Mutex::default(), rx: Mutex::default() }
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn into_parts(self) -> (RawChannel, PeerCredentials, TxState, RxState) {
         let tx = self.tx.into_inner().unwrap_or_else(|p| p.into_inner());
         let rx = self.rx.into_inner().unwrap_or_else(|p| p.into_inner());
         (self.raw, self.peer, tx, rx)
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn restore(&mut self, tx: TxState, rx: RxState) {
         self.tx = Mutex::new(tx);
         self.rx = Mutex::new(rx);
@@ -456,6 +458,7 @@ impl Channel {
 pub struct ChannelListener {
     inner: sys::RawListener,
     policy: PeerPolicy,
+    #[allow(dead_code)] // held for its Drop
     path: RemoveOnDrop,
 }
 
@@ -485,6 +488,7 @@ impl ChannelListener {
         ChannelListener { inner, policy: PeerPolicy::SameUser, path: RemoveOnDrop(None) }
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn into_parts(self) -> (sys::RawListener, PeerPolicy, RemoveOnDrop) {
         (self.inner, self.policy, self.path)
     }
