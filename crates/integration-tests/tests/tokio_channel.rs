@@ -86,3 +86,23 @@ fn registering_outside_a_runtime_is_an_error_not_a_panic() {
     let err = handover::tokio::Channel::try_from(a).unwrap_err();
     assert!(err.to_string().contains("tokio runtime"), "{err}");
 }
+
+#[tokio::test]
+async fn tokio_unix_stream_crosses_a_channel() {
+    use tokio::io::AsyncReadExt;
+    let (a, b) = handover::tokio::Channel::pair().unwrap();
+    let (mine, theirs) = tokio::net::UnixStream::pair().unwrap();
+    a.send(b"", &[theirs.as_socket_ref()]).await.unwrap();
+    drop(theirs);
+    let msg = b.recv().await.unwrap();
+    let mut got =
+        tokio::net::UnixStream::try_from(msg.sockets.into_iter().next().unwrap()).unwrap();
+    let mut mine = mine;
+    mine.write_all(b"over").await.unwrap();
+    let mut buf = [0u8; 4];
+    got.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"over");
+    // And back: a tokio socket converts into a Socket of the right kind.
+    let back = handover::Socket::try_from(got).unwrap();
+    assert_eq!(back.kind().unwrap(), handover::SocketKind::UnixStream);
+}
