@@ -47,7 +47,6 @@ mod spawn;
 mod sys;
 
 #[cfg(unix)]
-#[allow(unsafe_code)]
 pub mod unix;
 
 macros::cfg_tokio! {
