@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Load benchmark: handover against the alternatives, in one run, on 127.0.0.1.
+#
+#   bash bench/run.sh [--workers N] [--duration SECS] [--reps R] [--rate CONN_PER_SEC] [--only REGEX]
+#
+# Servers run pinned to CPU 0, the load generator to CPU 1 (taskset), so the generator's
+# saturation does not hide the servers' cost. For each server and workload it reports
+# requests/s at full load, server CPU microseconds per request (busy time of CPU 0 from
+# /proc/stat divided by requests answered), latency percentiles, and errors; each figure is the
+# median of --reps runs. Ratios are against the SO_REUSEPORT ceiling (rate) and the hand-rolled
+# SCM_RIGHTS acceptor (CPU per connection), measured in the same run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WORKERS=2 DURATION=4 REPS=3 RATE=10000 CONC=64 ONLY=.
+while (($#)); do
+    case "$1" in
+        --workers) WORKERS=$2; shift 2 ;;
+        --duration) DURATION=$2; shift 2 ;;
+        --reps) REPS=$2; shift 2 ;;
+        --rate) RATE=$2; shift 2 ;;
+        --only) ONLY=$2; shift 2 ;;
+        *) echo "usage: bash bench/run.sh [--workers N] [--duration SECS] [--reps R] [--rate N] [--only REGEX]" >&2; exit 2 ;;
+    esac
+done
+[ "$(nproc)" -ge 2 ] || { echo "bench: needs 2 CPUs (servers on CPU 0, load on CPU 1)" >&2; exit 1; }
+
+# --- install and build --------------------------------------------------------------------
+need=()
+command -v socat >/dev/null || need+=(socat)
+command -v node >/dev/null || need+=(nodejs)
+command -v taskset >/dev/null || need+=(util-linux)
+if ((${#need[@]})); then
+    sudo=(); [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
+        || { "${sudo[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; }
+fi
+ulimit -n 65536 2>/dev/null || true
+echo "building release binaries..." >&2
+cargo build --quiet --release -p bench-servers
+HANDOVER_BIN=
+if [ -f crates/handover-cli/Cargo.toml ]; then
+    cargo build --quiet --release -p handover-cli && HANDOVER_BIN=target/release/handover
+fi
+T=target/release
+RUST_WORKER=$T/bench-worker
+HANDOVER_RUST_WORKER=${HANDOVER_RUST_WORKER:-}
+HANDOVER_NODE_WORKER=${HANDOVER_NODE_WORKER:-examples/workers/worker.js}
+
+# --- helpers ------------------------------------------------------------------------------
+logdir=$(mktemp -d)
+server_pgid=
+cleanup() {
+    [ -n "$server_pgid" ] && kill -KILL -- "-$server_pgid" 2>/dev/null || true
+    rm -rf "$logdir"
+}
+trap cleanup EXIT
+
+cpu0_busy() { awk '$1 == "cpu0" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+hz=$(getconf CLK_TCK)
+
+port=19000
+start_server() { # name, then the command
+    local name=$1; shift
+    port=$((port + 1))
+    local cmd=("${@//\{PORT\}/$port}")
+    setsid taskset -c 0 "${cmd[@]}" >"$logdir/$name.log" 2>&1 &
+    server_pgid=$!
+    for _ in $(seq 200); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then sleep 0.3; return 0; fi
+        kill -0 "$server_pgid" 2>/dev/null || break
+        sleep 0.05
+    done
+    echo "bench: $name did not start:" >&2; cat "$logdir/$name.log" >&2
+    stop_server; return 1
+}
+stop_server() {
+    [ -n "$server_pgid" ] || return 0
+    kill -TERM -- "-$server_pgid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 -- "-$server_pgid" 2>/dev/null || break; sleep 0.05; done
+    kill -KILL -- "-$server_pgid" 2>/dev/null || true
+    wait "$server_pgid" 2>/dev/null || true
+    server_pgid=
+}
+
+median() { sort -g | awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)]; else print 0 }'; }
+field() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
+
+declare -A RESULT
+measure() { # name workload loadgen-args...
+    local name=$1 workload=$2; shift 2
+    local rps=() cpu=() p50=() p99=() p999=() errs=()
+    for _ in $(seq "$REPS"); do
+        local b a out n
+        b=$(cpu0_busy)
+        out=$(taskset -c 1 "$T/loadgen" "127.0.0.1:$port" "$@")
+        a=$(cpu0_busy)
+        n=$(field requests "$out")
+        rps+=("$(field rps "$out")")
+        cpu+=("$(awk -v d=$((a - b)) -v n="$n" -v hz="$hz" 'BEGIN { printf "%.1f", n ? d * 1e6 / hz / n : 0 }')")
+        p50+=("$(field p50_us "$out")"); p99+=("$(field p99_us "$out")"); p999+=("$(field p999_us "$out")")
+        errs+=("$(( $(field refused "$out") + $(field reset "$out") + $(field unanswered "$out") + $(field timeouts "$out") + $(field other "$out") ))")
+    done
+    local key="$name|$workload"
+    RESULT[$key.rps]=$(printf '%s\n' "${rps[@]}" | median)
+    RESULT[$key.cpu]=$(printf '%s\n' "${cpu[@]}" | median)
+    RESULT[$key.p50]=$(printf '%s\n' "${p50[@]}" | median)
+    RESULT[$key.p99]=$(printf '%s\n' "${p99[@]}" | median)
+    RESULT[$key.p999]=$(printf '%s\n' "${p999[@]}" | median)
+    RESULT[$key.err]=$(printf '%s\n' "${errs[@]}" | sort -g | tail -n1)
+    ROWS+=("$key")
+    echo "  $name / $workload: ${RESULT[$key.rps]} req/s, ${RESULT[$key.cpu]} us CPU/req (runs: ${rps[*]})" >&2
+}
+
+ROWS=()
+run_server() { # name, workloads (comma list), command...
+    local name=$1 workloads=$2; shift 2
+    [[ $name =~ $ONLY ]] || return 0
+    echo "== $name" >&2
+    start_server "$name" "$@" || return 0
+    IFS=, read -ra wl <<<"$workloads"
+    for w in "${wl[@]}"; do
+        case $w in
+            connect) measure "$name" connect --mode connect --concurrency "$CONC" --duration "$DURATION" ;;
+            keepalive) measure "$name" keepalive --mode keepalive --concurrency "$CONC" --duration "$DURATION" ;;
+            rate) measure "$name" "rate $RATE/s" --mode connect --concurrency 256 --duration "$DURATION" --rate "$RATE" ;;
+        esac
+    done
+    stop_server
+}
+
+# --- the servers --------------------------------------------------------------------------
+ALL=connect,keepalive,rate
+run_server "SO_REUSEPORT x$WORKERS (ceiling)" "$ALL" sh -c "for i in \$(seq $WORKERS); do $RUST_WORKER reuseport 127.0.0.1:{PORT} & done; wait"
+run_server "hand-rolled SCM_RIGHTS acceptor" "$ALL" "$T/scm-acceptor" "127.0.0.1:{PORT}" "$WORKERS" "$RUST_WORKER"
+if [ -n "$HANDOVER_BIN" ]; then
+    if [ -n "$HANDOVER_RUST_WORKER" ]; then
+        run_server "handover prefork (Rust worker)" "$ALL" "$HANDOVER_BIN" serve --listen "tcp://127.0.0.1:{PORT}" --workers "$WORKERS" --mode prefork -- $HANDOVER_RUST_WORKER
+    fi
+    run_server "handover shared (Rust worker)" "$ALL" "$HANDOVER_BIN" serve --listen "tcp://127.0.0.1:{PORT}" --workers "$WORKERS" --mode shared -- "$RUST_WORKER" inherited
+    run_server "handover spawn (once-http)" "connect,rate" "$HANDOVER_BIN" serve --listen "tcp://127.0.0.1:{PORT}" --mode spawn -- "$T/once-http"
+fi
+run_server "fork+exec per connection (once-http)" "connect,rate" "$T/forkexec-server" "127.0.0.1:{PORT}" "$T/once-http"
+run_server "socat fork (once-http)" "connect,rate" socat "TCP-LISTEN:{PORT},bind=127.0.0.1,reuseaddr,fork,backlog=1024" "EXEC:$T/once-http"
+run_server "Node.js cluster round-robin" "connect,keepalive" node bench/node-cluster.js "{PORT}" "$WORKERS" rr
+run_server "Node.js cluster OS scheduling" "connect,keepalive" node bench/node-cluster.js "{PORT}" "$WORKERS" os
+if [ -n "$HANDOVER_BIN" ] && [ -f "$HANDOVER_NODE_WORKER" ]; then
+    run_server "handover prefork (Node.js worker)" "connect,keepalive" "$HANDOVER_BIN" serve --listen "tcp://127.0.0.1:{PORT}" --workers "$WORKERS" --mode prefork -- node "$HANDOVER_NODE_WORKER"
+fi
+
+# --- the table ----------------------------------------------------------------------------
+base_rate() { echo "${RESULT[SO_REUSEPORT x$WORKERS (ceiling)|$1.rps]:-0}"; }
+base_cpu() { echo "${RESULT[hand-rolled SCM_RIGHTS acceptor|$1.cpu]:-0}"; }
+echo
+echo "$(nproc) CPUs ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n1)), $WORKERS workers, ${DURATION}s runs, median of $REPS; servers on CPU 0, load on CPU 1"
+echo
+echo "| server | workload | req/s | x ceiling | server CPU us/req | x SCM acceptor | p50 us | p99 us | p99.9 us | errors |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+for key in "${ROWS[@]}"; do
+    name=${key%%|*} workload=${key#*|}
+    r=${RESULT[$key.rps]} c=${RESULT[$key.cpu]}
+    xr=$(awk -v a="$r" -v b="$(base_rate "$workload")" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
+    xc=$(awk -v a="$c" -v b="$(base_cpu "$workload")" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
+    echo "| $name | $workload | $r | $xr | $c | $xc | ${RESULT[$key.p50]} | ${RESULT[$key.p99]} | ${RESULT[$key.p999]} | ${RESULT[$key.err]} |"
+done

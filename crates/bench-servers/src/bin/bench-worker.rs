@@ -1,0 +1,149 @@
+//! The benchmark HTTP worker: one process, a single-threaded tokio runtime, serving the same
+//! tiny response whatever way it gets its connections.
+//!
+//! ```text
+//! bench-worker reuseport ADDR     bind ADDR with SO_REUSEPORT and accept (the no-hand-off ceiling)
+//! bench-worker inherited          accept on the LISTEN_FDS sockets (handover --mode shared)
+//! bench-worker scm                receive accepted fds, one per byte, on inherited fd "scm"
+//! ```
+#![allow(clippy::print_stderr)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let res = rt.block_on(async {
+        match args.first().map(String::as_str) {
+            Some("reuseport") => reuseport(args.get(1).ok_or("ADDR")?.parse()?).await,
+            Some("inherited") => inherited().await,
+            Some("scm") => scm().await,
+            _ => Err("usage: bench-worker reuseport ADDR | inherited | scm".into()),
+        }
+    });
+    if let Err(e) = res {
+        eprintln!("bench-worker: {e}");
+        std::process::exit(1);
+    }
+}
+
+type Res<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+async fn serve(stream: tokio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut stream = stream;
+    let mut buf = [0u8; 4096];
+    let mut filled = 0;
+    loop {
+        let n = match stream.read(&mut buf[filled..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        filled += n;
+        let mut start = 0;
+        while let Some(end) = buf[start..filled].windows(4).position(|w| w == b"\r\n\r\n") {
+            if stream.write_all(bench_servers::RESPONSE).await.is_err() {
+                return;
+            }
+            start += end + 4;
+        }
+        buf.copy_within(start..filled, 0);
+        filled -= start;
+        if filled == buf.len() {
+            return;
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener) -> Res {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        tokio::task::spawn_local(serve(stream));
+    }
+}
+
+async fn reuseport(addr: SocketAddr) -> Res {
+    let socket =
+        socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    run_local(accept_loop(socket.into())).await
+}
+
+async fn inherited() -> Res {
+    let inherited = handover::inherited()?;
+    let (_, socket) = inherited.sockets.into_iter().next().ok_or("no LISTEN_FDS socket")?;
+    run_local(accept_loop(TcpListener::try_from(socket)?)).await
+}
+
+async fn scm() -> Res {
+    let mut inherited = handover::inherited()?;
+    let socket = inherited.take("scm").ok_or("no scm socket")?;
+    let unix = UnixStream::from(OwnedFd::from(socket));
+    unix.set_nonblocking(true)?;
+    // SAFETY: the UnixStream owns its descriptor for as long as the AsyncFd lives.
+    let fd = unsafe { tokio::io::unix::AsyncFd::register(unix) }?;
+    run_local(async move {
+        loop {
+            let mut guard = fd.readable().await?;
+            match guard.try_io(|u| recv_fd(u.get_ref().as_raw_fd())) {
+                Ok(Ok(Some(owned))) => {
+                    let std = TcpStream::from(owned);
+                    std.set_nonblocking(true)?;
+                    tokio::task::spawn_local(serve(tokio::net::TcpStream::from_std(std)?));
+                }
+                Ok(Ok(None)) => return Ok(()),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_would_block) => continue,
+            }
+        }
+    })
+    .await
+}
+
+async fn run_local(f: impl std::future::Future<Output = Res>) -> Res {
+    tokio::task::LocalSet::new().run_until(f).await
+}
+
+/// recvmsg(2) of one byte and one descriptor; Ok(None) at end of stream.
+fn recv_fd(sock: RawFd) -> std::io::Result<Option<OwnedFd>> {
+    #[repr(C, align(8))]
+    struct Cmsg([u8; 64]);
+    let mut byte = [0u8];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    let mut cmsg = Cmsg([0; 64]);
+    // SAFETY: msghdr is plain old data; all-zero is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.0.as_mut_ptr().cast();
+    // SAFETY: pure arithmetic.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as _;
+    // SAFETY: msg points at live buffers for the call.
+    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if n == 0 {
+        return Ok(None);
+    }
+    // SAFETY: the kernel filled in the control buffer described by msg.
+    let hdr = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    if hdr.is_null() {
+        return Err(std::io::Error::other("byte without a descriptor"));
+    }
+    // SAFETY: hdr is a valid header with one descriptor after it.
+    let data = unsafe { libc::CMSG_DATA(hdr) }.cast::<RawFd>();
+    // SAFETY: in bounds; unaligned read is allowed.
+    let raw = unsafe { data.read_unaligned() };
+    // SAFETY: the kernel installed raw for us; we are its only owner.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(raw) }))
+}
