@@ -8,6 +8,7 @@
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
 
 use crate::socket::{Socket, SocketRef};
 use crate::sys;
@@ -19,11 +20,61 @@ pub(crate) const ENV_LISTEN_FDS: &str = "LISTEN_FDS";
 pub(crate) const ENV_LISTEN_PID: &str = "LISTEN_PID";
 /// Colon-separated names of the descriptors, systemd convention.
 pub(crate) const ENV_LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
-/// The descriptor of the child's channel end.
+/// The descriptor (Windows: handle value) of the child's channel end.
 pub(crate) const ENV_CHANNEL_FD: &str = "HANDOVER_CHANNEL_FD";
+/// Windows: the spawning process, which the child checks is its parent.
+pub(crate) const ENV_PARENT_PID: &str = "HANDOVER_PARENT_PID";
+/// Windows: the channel only carries the listening sockets; the child closes it after.
+pub(crate) const ENV_CHANNEL_INTERNAL: &str = "HANDOVER_CHANNEL_INTERNAL";
+
+/// How long a child waits for the listening sockets that travel over its channel.
+const LISTEN_ON_CHANNEL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The variables this module manages; never passed through from our own environment.
-const MANAGED_ENV: [&str; 4] = [ENV_LISTEN_FDS, ENV_LISTEN_PID, ENV_LISTEN_FDNAMES, ENV_CHANNEL_FD];
+const MANAGED_ENV: [&str; 6] = [
+    ENV_LISTEN_FDS,
+    ENV_LISTEN_PID,
+    ENV_LISTEN_FDNAMES,
+    ENV_CHANNEL_FD,
+    ENV_PARENT_PID,
+    ENV_CHANNEL_INTERNAL,
+];
+
+/// `LISTEN_FDS`: how many sockets were passed (0 when unset). Errors are `InvalidInput`.
+pub(crate) fn listen_count() -> std::io::Result<usize> {
+    match std::env::var(ENV_LISTEN_FDS).ok() {
+        None => Ok(0),
+        Some(n) => n.parse::<usize>().ok().filter(|n| *n < 4096).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{ENV_LISTEN_FDS}={n:?} is not a descriptor count"),
+            )
+        }),
+    }
+}
+
+/// `LISTEN_FDNAMES`, split at `:`.
+pub(crate) fn listen_names() -> Vec<String> {
+    std::env::var(ENV_LISTEN_FDNAMES)
+        .ok()
+        .map(|n| n.split(':').map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// What a backend found at start-up, before the portable layer wraps it.
+#[derive(Debug)]
+pub(crate) struct InheritedParts {
+    /// The channel to the parent, if one was passed.
+    pub(crate) channel: Option<sys::RawChannel>,
+    /// Sockets passed as descriptors (Unix), in order.
+    pub(crate) sockets: Vec<sys::OwnedSocket>,
+    /// Sockets that arrive as the channel's first message (Windows), after `sockets`.
+    pub(crate) on_channel: usize,
+    /// Names of all the sockets, in order.
+    pub(crate) names: Vec<String>,
+    /// Whether the channel is the user's (`Command::channel`) or only carried the sockets.
+    pub(crate) keep_channel: bool,
+}
 
 /// A builder for a child process that starts with sockets.
 ///
@@ -59,8 +110,12 @@ pub struct Command<'a> {
     pub(crate) stdout: Option<Stdio>,
     pub(crate) stderr: Option<Stdio>,
     pub(crate) die_with_parent: bool,
+    // Set through `unix::CommandExt`; other backends have no such options.
+    #[allow(dead_code)]
     pub(crate) uid: Option<u32>,
+    #[allow(dead_code)]
     pub(crate) gid: Option<u32>,
+    #[allow(dead_code)]
     pub(crate) process_group: Option<i32>,
 }
 
@@ -163,8 +218,14 @@ impl<'a> Command<'a> {
         self
     }
 
-    /// Kills the child when this process dies (Linux `PR_SET_PDEATHSIG`; ignored elsewhere —
-    /// use process groups or job objects there).
+    /// Kills the child when this process dies.
+    ///
+    /// # Platform-specific behavior
+    ///
+    /// Linux `PR_SET_PDEATHSIG` (`SIGKILL`). Linux ties it to the *thread* that spawned the
+    /// child: spawn from a thread that lives as long as the process (not from a short-lived
+    /// or pooled thread), or the child is killed when that thread exits. Ignored elsewhere —
+    /// use process groups or job objects there.
     pub fn die_with_parent(&mut self, yes: bool) -> &mut Self {
         self.die_with_parent = yes;
         self
@@ -180,10 +241,20 @@ impl<'a> Command<'a> {
             )));
         }
         let (inner, raw) = sys::spawn(self)?;
-        let channel = raw.map(|raw| {
+        let mut channel = raw.map(|raw| {
             let peer = PeerCredentials { pid: Some(inner.id()), uid: None, gid: None };
             Channel::from_raw(raw, peer)
         });
+        if sys::LISTEN_OVER_CHANNEL && !self.listen.is_empty() {
+            // Windows: the sockets can only be duplicated for the child now that its pid is
+            // known; they wait in the pipe until the child's `inherited()` reads them.
+            let sockets: Vec<SocketRef<'_>> = self.listen.iter().map(|(_, s)| *s).collect();
+            let ch = channel.as_ref().ok_or_else(|| Error::Inherit("no channel for the sockets".into()))?;
+            ch.send_timeout(b"", &sockets, LISTEN_ON_CHANNEL_TIMEOUT)?;
+            if !self.channel {
+                channel = None;
+            }
+        }
         Ok(Child { inner, channel })
     }
 
@@ -231,6 +302,7 @@ impl Child {
         Ok(self.inner.try_wait()?)
     }
 
+    #[allow(dead_code)] // Used by the OS extension modules, which not every OS has.
     pub(crate) fn into_inner(self) -> sys::Child {
         self.inner
     }
@@ -261,8 +333,8 @@ impl Inherited {
 /// gives an empty [`Inherited`]. Variables meant for another process (`LISTEN_PID` is not
 /// ours) are ignored. The environment is read, never changed.
 ///
-/// The descriptors become owned by the returned value, so only the first call takes them;
-/// later calls return [`Error::Inherit`].
+/// The descriptors become owned by the returned value, so only the first call takes them; a
+/// later call that finds descriptors meant for this process returns [`Error::Inherit`].
 ///
 /// ```no_run
 /// # fn main() -> handover::Result<()> {
@@ -274,44 +346,36 @@ impl Inherited {
 /// # Ok(()) }
 /// ```
 pub fn inherited() -> Result<Inherited> {
-    let var = |k: &str| std::env::var(k).ok();
-    let Some(pid) = var(ENV_LISTEN_PID) else { return Ok(Inherited::default()) };
-    let pid: u32 = pid.parse().map_err(|_| Error::Inherit(format!("{ENV_LISTEN_PID}={pid:?} is not a pid")))?;
-    if pid != std::process::id() {
-        return Ok(Inherited::default());
-    }
-    let count = match var(ENV_LISTEN_FDS) {
-        None => 0,
-        Some(n) => n.parse::<usize>().ok().filter(|n| *n < 4096).ok_or_else(|| {
-            Error::Inherit(format!("{ENV_LISTEN_FDS}={n:?} is not a descriptor count"))
-        })?,
-    };
-    let names: Vec<String> = var(ENV_LISTEN_FDNAMES)
-        .map(|n| n.split(':').map(str::to_owned).collect())
-        .unwrap_or_default();
-    let channel_fd = match var(ENV_CHANNEL_FD) {
-        None => None,
-        Some(n) => Some(n.parse::<usize>().ok().filter(|n| *n == 3 + count).ok_or_else(|| {
-            Error::Inherit(format!("{ENV_CHANNEL_FD}={n:?} does not follow the {count} listening descriptors"))
-        })?),
-    };
-    let mut fds = sys::inherited_fds(count + channel_fd.map_or(0, |_| 1))
-        .map_err(|e| Error::Inherit(e.to_string()))?;
-    let channel = match channel_fd {
-        Some(_) => {
-            let raw = sys::RawChannel::from_owned(fds.pop().expect("channel descriptor"))?;
+    let parts = sys::inherited().map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidInput => Error::Inherit(e.to_string()),
+        _ => Error::Io(e),
+    })?;
+    let Some(parts) = parts else { return Ok(Inherited::default()) };
+    let channel = match parts.channel {
+        Some(raw) => {
             let peer = sys::peer_credentials(&raw)?;
             Some(Channel::from_raw(raw, peer))
         }
         None => None,
     };
-    let sockets = fds
+    let mut sockets: Vec<Socket> = parts.sockets.into_iter().map(Socket::from_sys).collect();
+    if parts.on_channel > 0 {
+        let ch = channel.as_ref().ok_or_else(|| Error::Inherit("sockets announced, but no channel".into()))?;
+        let msg = ch.recv_timeout(LISTEN_ON_CHANNEL_TIMEOUT)?;
+        if msg.sockets.len() != parts.on_channel {
+            return Err(Error::Inherit(format!(
+                "{ENV_LISTEN_FDS}={} but {} sockets arrived",
+                parts.on_channel,
+                msg.sockets.len()
+            )));
+        }
+        sockets.extend(msg.sockets);
+    }
+    let channel = if parts.keep_channel { channel } else { None };
+    let sockets = sockets
         .into_iter()
         .enumerate()
-        .map(|(i, fd)| {
-            let name = names.get(i).cloned().unwrap_or_else(|| "unknown".to_owned());
-            (name, Socket::from_sys(fd))
-        })
+        .map(|(i, s)| (parts.names.get(i).cloned().unwrap_or_else(|| "unknown".to_owned()), s))
         .collect();
     Ok(Inherited { channel, sockets })
 }
