@@ -1,0 +1,219 @@
+//! The example Rust worker: answers every connection with a tiny HTTP response, in whichever
+//! mode the supervisor runs it.
+//!
+//! - prefork: a control channel was inherited; connections arrive over it
+//!   ([`handover_worker::Worker`] speaks the protocol), served by a pool of `--capacity`
+//!   threads.
+//! - shared: listening sockets were inherited (`LISTEN_FDS`); `--capacity` threads accept.
+//! - spawn: one connected socket as descriptor 3 (`LISTEN_FDS=1`) or on standard input.
+//!
+//! ```text
+//! handover serve --listen tcp://127.0.0.1:8080 -- target/debug/handover-demo-worker
+//! curl http://127.0.0.1:8080/
+//! ```
+//!
+//! `--misbehave MODE` makes it break the protocol on purpose (the supervisor's tests use it):
+//! `exit` (exit 1 at once), `garbage` (garbage instead of an ACK), `wrong-ack`, `never-ack`,
+//! `die-before-ack` (take connections, never acknowledge, exit after `--count` of them).
+//! With `--once FILE` only the first worker to create FILE misbehaves.
+#![forbid(unsafe_code)]
+#![allow(clippy::print_stderr, clippy::exit)] // a program, not a library
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use handover::{Channel, SocketKind};
+use handover_worker::protocol::{SupervisorMessage, WorkerMessage, ID_MSG_LEN};
+use handover_worker::{Event, Worker};
+
+#[derive(Debug, Default)]
+struct Opts {
+    capacity: u32,
+    delay: Duration,
+    misbehave: Option<String>,
+    count: usize,
+    once: Option<std::path::PathBuf>,
+}
+
+fn parse_opts() -> Result<Opts, String> {
+    let mut o = Opts { capacity: 16, count: 1, ..Opts::default() };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().ok_or_else(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--capacity" => o.capacity = val()?.parse().map_err(|e| format!("--capacity: {e}"))?,
+            "--delay-ms" => {
+                o.delay =
+                    Duration::from_millis(val()?.parse().map_err(|e| format!("--delay-ms: {e}"))?)
+            }
+            "--misbehave" => o.misbehave = Some(val()?),
+            "--count" => o.count = val()?.parse().map_err(|e| format!("--count: {e}"))?,
+            "--once" => o.once = Some(val()?.into()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(o)
+}
+
+fn main() {
+    let opts = match parse_opts() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("handover-demo-worker: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(opts) {
+        eprintln!("handover-demo-worker[{}]: {e}", std::process::id());
+        std::process::exit(1);
+    }
+}
+
+fn run(mut opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(file) = &opts.once {
+        // Only the first worker to claim the file misbehaves.
+        if std::fs::OpenOptions::new().write(true).create_new(true).open(file).is_err() {
+            opts.misbehave = None;
+        }
+    }
+    if opts.misbehave.as_deref() == Some("exit") {
+        std::process::exit(1);
+    }
+    let mut inherited = handover::inherited()?;
+    if let Some(channel) = inherited.channel.take() {
+        return match opts.misbehave.clone() {
+            Some(mode) => misbehave(channel, &mode, &opts),
+            None => prefork(Worker::from_channel(channel, opts.capacity)?, &opts),
+        };
+    }
+    if let Some((_, first)) = inherited.sockets.first() {
+        if first.kind()? == SocketKind::TcpListener || first.kind()? == SocketKind::UnixListener {
+            return shared(inherited.sockets.into_iter().map(|(_, s)| s).collect(), &opts);
+        }
+        let (_, socket) = inherited.sockets.remove(0);
+        let s = socket.into_socket2();
+        return serve(&mut &s, &mut &s, opts.delay);
+    }
+    if let Some(socket) = handover::unix::stdin_socket()? {
+        let s = socket.into_socket2();
+        return serve(&mut &s, &mut std::io::stdout(), opts.delay);
+    }
+    Err("not started by `handover serve` (no channel, no sockets, stdin is not a socket)".into())
+}
+
+/// Reads one request (up to the blank line) and writes the response.
+fn serve(
+    input: &mut impl Read,
+    output: &mut impl Write,
+    delay: Duration,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut buf = [0u8; 8192];
+    let mut len = 0;
+    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < buf.len() {
+        let n = input.read(&mut buf[len..])?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    if !delay.is_zero() {
+        thread::sleep(delay);
+    }
+    let body = format!("hello from the rust worker {}\n", std::process::id());
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    output.write_all(response.as_bytes())?;
+    output.flush()?;
+    Ok(())
+}
+
+fn prefork(mut worker: Worker, opts: &Opts) -> Result<(), Box<dyn std::error::Error>> {
+    let (tx, rx) = mpsc::channel::<handover_worker::Connection>();
+    let rx = Arc::new(Mutex::new(rx));
+    let pool: Vec<_> = (0..opts.capacity.max(1))
+        .map(|_| {
+            let rx = Arc::clone(&rx);
+            let delay = opts.delay;
+            thread::spawn(move || loop {
+                let next = rx.lock().map(|r| r.recv());
+                let Ok(Ok(conn)) = next else { return };
+                let _ = conn.socket().set_read_timeout(Some(Duration::from_secs(10)));
+                let (mut r, mut w) = (conn.socket(), conn.socket());
+                if let Err(e) = serve(&mut r, &mut w, delay) {
+                    eprintln!("handover-demo-worker: connection {}: {e}", conn.id());
+                }
+                // Dropping `conn` closes it, then reports it finished.
+            })
+        })
+        .collect();
+    loop {
+        match worker.recv()? {
+            Event::Connection(conn) => tx.send(conn)?,
+            Event::Drain => break,
+            Event::Stop => std::process::exit(0),
+        }
+    }
+    drop(tx);
+    for t in pool {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+fn shared(listeners: Vec<handover::Socket>, opts: &Opts) -> Result<(), Box<dyn std::error::Error>> {
+    let mut threads = Vec::new();
+    for l in listeners {
+        let l = Arc::new(TcpListener::try_from(l)?);
+        for _ in 0..opts.capacity.max(1) {
+            let l = Arc::clone(&l);
+            let delay = opts.delay;
+            threads.push(thread::spawn(move || loop {
+                if let Ok((s, _)) = l.accept() {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                    let _ = serve(&mut &s, &mut &s, delay);
+                }
+            }));
+        }
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+fn send(ch: &Channel, m: WorkerMessage) -> handover::Result<()> {
+    let mut buf = [0u8; ID_MSG_LEN];
+    let n = m.encode(&mut buf);
+    ch.send(&buf[..n], &[])
+}
+
+/// Breaks the protocol in the way `mode` names.
+fn misbehave(ch: Channel, mode: &str, opts: &Opts) -> Result<(), Box<dyn std::error::Error>> {
+    send(&ch, WorkerMessage::Hello { capacity: opts.capacity, pid: std::process::id() })?;
+    let mut held = Vec::new();
+    loop {
+        let msg = ch.recv()?;
+        let id = match SupervisorMessage::decode(&msg.bytes)? {
+            SupervisorMessage::Connection(info) => info.id,
+            _ => return Ok(()),
+        };
+        held.push(msg.sockets);
+        match mode {
+            // A well-formed frame whose payload is not a protocol message.
+            "garbage" => ch.send(b"GET / HTTP/1.1\r\n\r\n", &[])?,
+            "wrong-ack" => send(&ch, WorkerMessage::Ack(id + 1_000_000))?,
+            "never-ack" => {}
+            "die-before-ack" => {
+                if held.len() >= opts.count {
+                    std::process::exit(3);
+                }
+            }
+            other => return Err(format!("unknown --misbehave mode {other:?}").into()),
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The command line, as clap sees it. The doc comments are the `--help` text.
+//!
+//! This is the raw form; [`crate::config`] turns it (or a TOML file) into a validated
+//! [`Config`](crate::config::Config).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Turn any program into a multi-process server.
+///
+/// `handover serve` owns the listening sockets and runs worker processes in one of three modes:
+///
+///   prefork  The supervisor accepts each connection and hands it to a running worker over the
+///            worker's control channel; the worker acknowledges it, and a connection whose worker
+///            dies before acknowledging goes to another worker (none is lost). Workers speak the
+///            protocol in docs/protocol.md (Rust: the handover-worker crate; Python: only
+///            socket.recv_fds).
+///              handover serve --listen tcp://127.0.0.1:8080 --workers 4 -- ./worker
+///
+///   spawn    One process per connection, the socket on its stdin/stdout (inetd, systemd
+///            Accept=yes) or as descriptor 3 (--socket fd3); at most --workers at once, further
+///            connections wait in the kernel backlog.
+///              handover serve --mode spawn --listen tcp://127.0.0.1:8080 --workers 16 -- ./serve-one
+///
+///   shared   Every worker gets the listening sockets as LISTEN_FDS/LISTEN_FDNAMES/LISTEN_PID
+///            (systemd socket activation) and accepts by itself; any socket-activation-aware
+///            program runs unchanged.
+///              handover serve --mode shared --listen tcp://127.0.0.1:8080 --workers 4 -- ./server
+///
+/// Signals: SIGTERM/SIGINT drain (stop accepting, let workers finish, kill after
+/// --drain-timeout); SIGHUP restarts the workers one at a time. `handover status` reports.
+#[derive(Debug, Parser)]
+#[command(name = "handover", version, verbatim_doc_comment, max_term_width = 100)]
+pub(crate) struct Cli {
+    /// Log filter (e.g. `info`, `debug`, `handover=trace`); overrides RUST_LOG.
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub(crate) log: Option<String>,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run a supervisor: bind the listeners and run the workers.
+    #[command(verbatim_doc_comment)]
+    Serve(ServeArgs),
+    /// Show a running supervisor's workers, listeners and totals.
+    Status(StatusArgs),
+    /// Restart a running supervisor's workers one at a time (as SIGHUP does).
+    Reload(ControlArgs),
+    /// Drain a running supervisor and let it exit (as SIGTERM does).
+    Stop(ControlArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Where to listen: `tcp://HOST:PORT` or `unix:/PATH`, optionally named `NAME=ADDR`
+    /// (the name workers see). Repeat for several listeners.
+    #[arg(long = "listen", short = 'l', value_name = "[NAME=]ADDR")]
+    pub(crate) listen: Vec<String>,
+
+    /// Number of workers (spawn mode: most connections served at once). Default 4.
+    #[arg(long, short = 'w', value_name = "N")]
+    pub(crate) workers: Option<usize>,
+
+    /// How connections reach the program. Default prefork.
+    #[arg(long, short = 'm', value_enum)]
+    pub(crate) mode: Option<Mode>,
+
+    /// prefork: how a connection picks its worker. Default round-robin.
+    #[arg(long, value_enum)]
+    pub(crate) policy: Option<Policy>,
+
+    /// spawn: how the child gets its connection. Default stdio.
+    #[arg(long, value_enum)]
+    pub(crate) socket: Option<SpawnSocket>,
+
+    /// A TOML file with several listeners and programs (see docs/protocol.md for an example);
+    /// replaces --listen/--workers/--mode/--policy/--socket and the command.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// How long workers get to finish after SIGTERM before they are killed. Default 30s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) drain_timeout: Option<std::time::Duration>,
+
+    /// prefork: a worker that has not acknowledged a connection after this long is killed and
+    /// the connection goes to another worker. Default 5s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) ack_timeout: Option<std::time::Duration>,
+
+    /// prefork: a worker that has not said hello after this long is killed. Default 10s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) start_timeout: Option<std::time::Duration>,
+
+    /// A worker that dies sooner than this after starting (or before it is ready) counts as a
+    /// crash at start. Default 1s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) min_uptime: Option<std::time::Duration>,
+
+    /// Give up after this many crashes at start in a row (0: never). Default 5.
+    #[arg(long, value_name = "N")]
+    pub(crate) crash_limit: Option<u32>,
+
+    /// Listen backlog of each socket. Default 1024.
+    #[arg(long, value_name = "N")]
+    pub(crate) backlog: Option<i32>,
+
+    /// The control socket `handover status` talks to.
+    /// Default $XDG_RUNTIME_DIR/handover.sock, else /tmp/handover-UID.sock.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) control: Option<PathBuf>,
+
+    /// The worker program and its arguments.
+    #[arg(last = true, value_name = "CMD")]
+    pub(crate) command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+
+    #[command(flatten)]
+    pub(crate) control: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ControlArgs {
+    /// The supervisor's control socket (as given to `serve --control`).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) control: Option<PathBuf>,
+}
+
+/// How connections reach the program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Mode {
+    /// Running workers receive accepted connections over a control channel.
+    Prefork,
+    /// One child process per connection.
+    Spawn,
+    /// Workers receive the listening sockets and accept themselves.
+    Shared,
+}
+
+/// prefork dispatch policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Policy {
+    /// Each worker in turn.
+    RoundRobin,
+    /// The worker with the fewest live connections.
+    LeastConnections,
+    /// The same client address goes to the same worker while it is up (sticky sessions).
+    SourceHash,
+}
+
+/// The policy's name as written on the command line.
+pub(crate) fn policy_name(p: Policy) -> &'static str {
+    match p {
+        Policy::RoundRobin => "round-robin",
+        Policy::LeastConnections => "least-connections",
+        Policy::SourceHash => "source-hash",
+    }
+}
+
+/// spawn mode: where the child finds its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum SpawnSocket {
+    /// Standard input and output (inetd style).
+    Stdio,
+    /// Descriptor 3, with LISTEN_FDS=1 (systemd Accept=yes style).
+    Fd3,
+}
+
+/// Parses `250ms`, `5s`, `2m`, `1h` or a bare number of seconds.
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    use std::time::Duration;
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (try 500ms, 5s, 2m)"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => return Err(format!("unknown unit {other:?} in {s:?} (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&secs) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

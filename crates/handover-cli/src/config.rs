@@ -1,0 +1,520 @@
+//! The validated, resolved configuration: what `serve` runs, from flags or a TOML file.
+//!
+//! Everything that can be checked before a socket is bound or a child started is checked
+//! here, so bad input fails with one clear line and exit code 2.
+//!
+//! ```toml
+//! control = "/run/user/1000/handover.sock"   # optional
+//! drain_timeout = "30s"                       # optional, as are the other durations
+//!
+//! [[listener]]
+//! name = "http"
+//! address = "tcp://127.0.0.1:8080"
+//! policy = "least-connections"                # prefork only
+//!
+//! [[program]]
+//! name = "web"
+//! command = ["./worker", "--flag"]
+//! mode = "prefork"
+//! workers = 4
+//! listeners = ["http"]
+//! env = { GREETING = "hello" }
+//! ```
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+
+use crate::cli::{Mode, Policy, ServeArgs, SpawnSocket};
+
+/// The process environment, read once at start. Children's environments are built from this
+/// snapshot; the process environment itself is never changed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Env {
+    pub(crate) vars: Vec<(OsString, OsString)>,
+}
+
+impl Env {
+    pub(crate) fn capture() -> Env {
+        Env { vars: std::env::vars_os().collect() }
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<&OsStr> {
+        self.vars.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_os_str())
+    }
+}
+
+/// Where a listener listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "tcp://{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl ListenAddr {
+    pub(crate) fn parse(s: &str) -> Result<ListenAddr> {
+        if let Some(rest) = s.strip_prefix("tcp://") {
+            let addr = rest
+                .to_socket_addrs()
+                .map_err(|e| anyhow!("bad listen address {s:?}: {e} (expected tcp://HOST:PORT)"))?
+                .next()
+                .ok_or_else(|| anyhow!("bad listen address {s:?}: the host has no address"))?;
+            Ok(ListenAddr::Tcp(addr))
+        } else if let Some(rest) = s.strip_prefix("unix:") {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            if path.is_empty() {
+                bail!("bad listen address {s:?}: no path after unix:");
+            }
+            Ok(ListenAddr::Unix(PathBuf::from(path)))
+        } else {
+            bail!("bad listen address {s:?}: expected tcp://HOST:PORT or unix:/PATH")
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ListenerConfig {
+    pub(crate) name: String,
+    pub(crate) addr: ListenAddr,
+    pub(crate) policy: Policy,
+    pub(crate) backlog: i32,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ProgramConfig {
+    pub(crate) name: String,
+    /// The program, resolved to a path that exists and is executable.
+    pub(crate) program: PathBuf,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) mode: Mode,
+    pub(crate) workers: usize,
+    /// Indices into [`Config::listeners`].
+    pub(crate) listeners: Vec<usize>,
+    pub(crate) env: Vec<(OsString, OsString)>,
+    pub(crate) socket: SpawnSocket,
+    pub(crate) timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    pub(crate) drain: Duration,
+    pub(crate) ack: Duration,
+    pub(crate) start: Duration,
+    pub(crate) min_uptime: Duration,
+    pub(crate) crash_limit: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            drain: Duration::from_secs(30),
+            ack: Duration::from_secs(5),
+            start: Duration::from_secs(10),
+            min_uptime: Duration::from_secs(1),
+            crash_limit: 5,
+        }
+    }
+}
+
+/// What `serve` runs.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) listeners: Vec<ListenerConfig>,
+    pub(crate) programs: Vec<ProgramConfig>,
+    pub(crate) control: PathBuf,
+    pub(crate) env: Env,
+}
+
+/// The TOML file, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    control: Option<PathBuf>,
+    drain_timeout: Option<String>,
+    #[serde(default)]
+    listener: Vec<FileListener>,
+    #[serde(default)]
+    program: Vec<FileProgram>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileListener {
+    name: String,
+    address: String,
+    policy: Option<Policy>,
+    backlog: Option<i32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileProgram {
+    name: Option<String>,
+    command: Vec<String>,
+    mode: Option<Mode>,
+    workers: Option<usize>,
+    listeners: Option<Vec<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    socket: Option<SpawnSocket>,
+    ack_timeout: Option<String>,
+    start_timeout: Option<String>,
+    min_uptime: Option<String>,
+    crash_limit: Option<u32>,
+}
+
+const DEFAULT_WORKERS: usize = 4;
+const DEFAULT_BACKLOG: i32 = 1024;
+
+impl Config {
+    /// Builds and validates the configuration for `serve`.
+    pub(crate) fn from_args(args: ServeArgs, env: Env) -> Result<Config> {
+        let mut base = Timeouts::default();
+        if let Some(d) = args.drain_timeout {
+            base.drain = d;
+        }
+        if let Some(d) = args.ack_timeout {
+            base.ack = d;
+        }
+        if let Some(d) = args.start_timeout {
+            base.start = d;
+        }
+        if let Some(d) = args.min_uptime {
+            base.min_uptime = d;
+        }
+        if let Some(n) = args.crash_limit {
+            base.crash_limit = n;
+        }
+        let control = match args.control.clone() {
+            Some(p) => p,
+            None => default_control_path(&env),
+        };
+        let config = match &args.config {
+            Some(path) => {
+                if !args.listen.is_empty()
+                    || !args.command.is_empty()
+                    || args.workers.is_some()
+                    || args.mode.is_some()
+                    || args.policy.is_some()
+                    || args.socket.is_some()
+                {
+                    bail!(
+                        "--config replaces --listen, --workers, --mode, --policy, --socket and \
+                         the command; give either the file or the flags"
+                    );
+                }
+                from_file(path, &args, base, control, env)?
+            }
+            None => from_flags(&args, base, control, env)?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.listeners.is_empty() {
+            bail!("no listener: give --listen tcp://HOST:PORT (or unix:/PATH)");
+        }
+        if self.programs.is_empty() {
+            bail!("no program: give the worker command after `--`");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for l in &self.listeners {
+            if l.name.is_empty() || l.name.len() > 255 || l.name.contains([':', '\0']) {
+                bail!("bad listener name {:?}: 1-255 bytes, no ':'", l.name);
+            }
+            if !seen.insert(l.name.as_str()) {
+                bail!("two listeners are named {:?}", l.name);
+            }
+            if l.backlog < 1 {
+                bail!("listener {:?}: backlog must be at least 1", l.name);
+            }
+        }
+        let mut owner = vec![None; self.listeners.len()];
+        for p in &self.programs {
+            if p.workers == 0 {
+                bail!("program {:?}: --workers must be at least 1", p.name);
+            }
+            if p.listeners.is_empty() {
+                bail!("program {:?} has no listener", p.name);
+            }
+            for &i in &p.listeners {
+                if let Some(other) = owner[i].replace(&p.name) {
+                    bail!(
+                        "listener {:?} is used by both {other:?} and {:?}",
+                        self.listeners[i].name,
+                        p.name
+                    );
+                }
+            }
+            if p.listeners.len() > u16::MAX as usize {
+                bail!("program {:?}: too many listeners", p.name);
+            }
+            crate::sys::check_mode(p.mode)?;
+        }
+        if let Some(i) = owner.iter().position(Option::is_none) {
+            bail!("listener {:?} is not used by any program", self.listeners[i].name);
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn default_control_path(env: &Env) -> PathBuf {
+    match env.get("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => Path::new(dir).join("handover.sock"),
+        _ => PathBuf::from(format!("/tmp/handover-{}.sock", crate::sys::current_uid())),
+    }
+}
+
+fn parse_listen_flag(s: &str, i: usize) -> Result<(String, ListenAddr)> {
+    // NAME=ADDR, where NAME has no ':' or '/' (so a bare address is never mistaken for one).
+    if let Some((name, addr)) = s.split_once('=') {
+        if !name.contains([':', '/']) {
+            return Ok((name.to_owned(), ListenAddr::parse(addr)?));
+        }
+    }
+    Ok((format!("listen{i}"), ListenAddr::parse(s)?))
+}
+
+fn from_flags(args: &ServeArgs, timeouts: Timeouts, control: PathBuf, env: Env) -> Result<Config> {
+    let mut listeners = Vec::new();
+    for (i, s) in args.listen.iter().enumerate() {
+        let (name, addr) = parse_listen_flag(s, i)?;
+        listeners.push(ListenerConfig {
+            name,
+            addr,
+            policy: args.policy.unwrap_or(Policy::RoundRobin),
+            backlog: args.backlog.unwrap_or(DEFAULT_BACKLOG),
+        });
+    }
+    let mut programs = Vec::new();
+    if let Some((cmd, rest)) = args.command.split_first() {
+        programs.push(ProgramConfig {
+            name: "main".to_owned(),
+            program: resolve_program(cmd, &env)?,
+            args: rest.to_vec(),
+            mode: args.mode.unwrap_or(Mode::Prefork),
+            workers: args.workers.unwrap_or(DEFAULT_WORKERS),
+            listeners: (0..listeners.len()).collect(),
+            env: Vec::new(),
+            socket: args.socket.unwrap_or(SpawnSocket::Stdio),
+            timeouts,
+        });
+    }
+    Ok(Config { listeners, programs, control, env })
+}
+
+fn from_file(
+    path: &Path,
+    args: &ServeArgs,
+    base: Timeouts,
+    control: PathBuf,
+    env: Env,
+) -> Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let file: FileConfig = toml::from_str(&text).map_err(|e| {
+        anyhow!("{}: {}", path.display(), e.to_string().lines().collect::<Vec<_>>().join(" "))
+    })?;
+    let dur = |s: &Option<String>, what: &str, default: Duration| -> Result<Duration> {
+        match s {
+            None => Ok(default),
+            Some(s) => crate::cli::parse_duration(s)
+                .map_err(|e| anyhow!("{}: {what}: {e}", path.display())),
+        }
+    };
+    let mut timeouts = base;
+    if args.drain_timeout.is_none() {
+        timeouts.drain = dur(&file.drain_timeout, "drain_timeout", base.drain)?;
+    }
+    let control = if args.control.is_some() { control } else { file.control.unwrap_or(control) };
+    let mut listeners = Vec::new();
+    for l in &file.listener {
+        listeners.push(ListenerConfig {
+            name: l.name.clone(),
+            addr: ListenAddr::parse(&l.address)
+                .with_context(|| format!("listener {:?}", l.name))?,
+            policy: l.policy.unwrap_or(Policy::RoundRobin),
+            backlog: l.backlog.or(args.backlog).unwrap_or(DEFAULT_BACKLOG),
+        });
+    }
+    let mut programs = Vec::new();
+    for (n, p) in file.program.iter().enumerate() {
+        let name = p.name.clone().unwrap_or_else(|| format!("program{n}"));
+        let Some((cmd, rest)) = p.command.split_first() else {
+            bail!("program {name:?}: empty command");
+        };
+        let wanted: Vec<String> = match &p.listeners {
+            Some(l) => l.clone(),
+            None if file.program.len() == 1 => listeners.iter().map(|l| l.name.clone()).collect(),
+            None => bail!("program {name:?}: say which listeners it serves (listeners = [...])"),
+        };
+        let mut idx = Vec::new();
+        for w in &wanted {
+            let i = listeners
+                .iter()
+                .position(|l| &l.name == w)
+                .ok_or_else(|| anyhow!("program {name:?}: no listener named {w:?}"))?;
+            idx.push(i);
+        }
+        let mut t = timeouts;
+        t.ack = dur(&p.ack_timeout, "ack_timeout", t.ack)?;
+        t.start = dur(&p.start_timeout, "start_timeout", t.start)?;
+        t.min_uptime = dur(&p.min_uptime, "min_uptime", t.min_uptime)?;
+        t.crash_limit = p.crash_limit.unwrap_or(t.crash_limit);
+        programs.push(ProgramConfig {
+            program: resolve_program(OsStr::new(cmd), &env)
+                .with_context(|| format!("program {name:?}"))?,
+            name,
+            args: rest.iter().map(OsString::from).collect(),
+            mode: p.mode.unwrap_or(Mode::Prefork),
+            workers: p.workers.unwrap_or(DEFAULT_WORKERS),
+            listeners: idx,
+            env: p.env.iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            socket: p.socket.unwrap_or(SpawnSocket::Stdio),
+            timeouts: t,
+        });
+    }
+    Ok(Config { listeners, programs, control, env })
+}
+
+/// Finds the program as `execvp` would, in the captured `PATH`, and checks it can run.
+fn resolve_program(cmd: &OsStr, env: &Env) -> Result<PathBuf> {
+    let shown = Path::new(cmd).display().to_string();
+    if cmd.is_empty() {
+        bail!("empty worker command");
+    }
+    let candidates: Vec<PathBuf> = if Path::new(cmd).components().count() > 1 {
+        vec![PathBuf::from(cmd)]
+    } else {
+        let path = env.get("PATH").unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
+        std::env::split_paths(path).map(|d| d.join(cmd)).collect()
+    };
+    for c in &candidates {
+        match crate::sys::check_executable(c) {
+            Ok(()) => return Ok(c.clone()),
+            Err(e) if candidates.len() == 1 => bail!("worker command {shown}: {e}"),
+            Err(_) => continue,
+        }
+    }
+    bail!("worker command {shown:?} not found in PATH")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn serve(argv: &[&str]) -> Result<Config> {
+        let cli = crate::cli::Cli::try_parse_from(argv).map_err(|e| anyhow!("{e}"))?;
+        match cli.command {
+            crate::cli::Command::Serve(args) => Config::from_args(args, Env::capture()),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn flags_make_one_program() {
+        let c = serve(&[
+            "handover",
+            "serve",
+            "-l",
+            "http=tcp://127.0.0.1:0",
+            "-w",
+            "3",
+            "--",
+            "sh",
+            "-c",
+            "x",
+        ])
+        .unwrap();
+        assert_eq!(c.listeners[0].name, "http");
+        assert_eq!(c.programs[0].workers, 3);
+        assert_eq!(c.programs[0].args, ["-c", "x"]);
+        assert!(c.programs[0].program.ends_with("sh"));
+    }
+
+    #[test]
+    fn bad_input_is_one_clear_line() {
+        let e = serve(&["handover", "serve", "-l", "tcp://nope", "--", "sh"]).unwrap_err();
+        assert!(e.to_string().contains("bad listen address"), "{e}");
+        let e = serve(&["handover", "serve", "-l", "udp://1.2.3.4:5", "--", "sh"]).unwrap_err();
+        assert!(e.to_string().contains("expected tcp://"), "{e}");
+        let e =
+            serve(&["handover", "serve", "-l", "tcp://127.0.0.1:0", "--", "no-such-program-xyz"])
+                .unwrap_err();
+        assert!(e.to_string().contains("not found in PATH"), "{e}");
+        let plain = std::env::temp_dir().join(format!("handover-not-exec-{}", std::process::id()));
+        std::fs::write(&plain, "data").unwrap();
+        let e =
+            serve(&["handover", "serve", "-l", "tcp://127.0.0.1:0", "--", plain.to_str().unwrap()])
+                .unwrap_err();
+        std::fs::remove_file(&plain).unwrap();
+        assert!(e.to_string().contains("not executable"), "{e}");
+        let e = serve(&["handover", "serve", "-l", "tcp://127.0.0.1:0"]).unwrap_err();
+        assert!(e.to_string().contains("no program"), "{e}");
+        let e = serve(&["handover", "serve", "-w", "0", "-l", "tcp://127.0.0.1:0", "--", "sh"])
+            .unwrap_err();
+        assert!(e.to_string().contains("at least 1"), "{e}");
+    }
+
+    #[test]
+    fn toml_file_with_two_programs() {
+        let dir = std::env::temp_dir().join(format!("handover-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("h.toml");
+        std::fs::write(
+            &file,
+            r#"
+            drain_timeout = "2s"
+            [[listener]]
+            name = "a"
+            address = "tcp://127.0.0.1:0"
+            policy = "source-hash"
+            [[listener]]
+            name = "b"
+            address = "unix:/tmp/x.sock"
+            [[program]]
+            command = ["sh"]
+            listeners = ["a"]
+            [[program]]
+            name = "other"
+            command = ["sh", "-c", "true"]
+            mode = "spawn"
+            socket = "fd3"
+            listeners = ["b"]
+            env = { K = "v" }
+            "#,
+        )
+        .unwrap();
+        let c = serve(&["handover", "serve", "--config", file.to_str().unwrap()]).unwrap();
+        assert_eq!(c.listeners[0].policy, Policy::SourceHash);
+        assert_eq!(c.listeners[1].addr, ListenAddr::Unix("/tmp/x.sock".into()));
+        assert_eq!(c.programs[1].mode, Mode::Spawn);
+        assert_eq!(c.programs[1].socket, SpawnSocket::Fd3);
+        assert_eq!(c.programs[1].listeners, [1]);
+        assert_eq!(c.programs[0].timeouts.drain, Duration::from_secs(2));
+        std::fs::write(
+            &file,
+            "[[listener]]\nname = \"a\"\naddress = \"tcp://127.0.0.1:0\"\nbogus = 1\n",
+        )
+        .unwrap();
+        let e = serve(&["handover", "serve", "--config", file.to_str().unwrap()]).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

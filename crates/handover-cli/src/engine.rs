@@ -1,0 +1,51 @@
+//! What every mode's engine shares: the requests the supervisor sends it and how it ends.
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::exit_codes::ExitCode;
+use crate::status::{ListenerStatus, ProgramStatus};
+
+/// A request from the supervisor to one program's engine.
+#[derive(Debug)]
+pub(crate) enum Request {
+    /// Report status.
+    Status(oneshot::Sender<(ProgramStatus, Vec<ListenerStatus>)>),
+    /// Restart the workers one at a time (`SIGHUP`).
+    Reload,
+    /// Stop accepting, let workers finish, exit (`SIGTERM`).
+    Drain,
+    /// Kill everything now (a second `SIGTERM`).
+    Kill,
+}
+
+pub(crate) type Requests = mpsc::UnboundedReceiver<Request>;
+
+/// How an engine ended.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    pub(crate) code: ExitCode,
+    /// A one-line explanation for a non-success code.
+    pub(crate) message: Option<String>,
+}
+
+impl Outcome {
+    pub(crate) fn success() -> Outcome {
+        Outcome { code: ExitCode::Success, message: None }
+    }
+}
+
+/// The engine's phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Running,
+    Draining { deadline: std::time::Instant },
+}
+
+impl Phase {
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Phase::Running => "running",
+            Phase::Draining { .. } => "draining",
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! `handover`: the supervisor binary. See `handover --help` and `docs/protocol.md`.
+// Unsafe code is confined to `sys` (the one place that may allow it).
+#![deny(unsafe_code)]
+#![deny(rust_2018_idioms)]
+// The binary reports to its user on the terminal.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod child;
+mod cli;
+mod config;
+mod control;
+mod engine;
+mod exit_codes;
+mod listener;
+mod prefork;
+mod shared;
+mod spawn;
+mod status;
+mod supervisor;
+#[allow(unsafe_code)]
+mod sys;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::config::{Config, Env};
+use crate::exit_codes::ExitCode;
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(code) => code.into(),
+        Err((code, err)) => {
+            print_error(&err);
+            code.into()
+        }
+    }
+}
+
+fn print_error(err: &anyhow::Error) {
+    // One line: the error and its causes, outermost first.
+    let chain: Vec<String> = err.chain().map(|e| e.to_string()).collect();
+    let mut line = String::new();
+    for c in chain {
+        if !line.contains(&c) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&c);
+        }
+    }
+    eprintln!("handover: {line}");
+}
+
+fn run() -> Result<ExitCode, (ExitCode, anyhow::Error)> {
+    // The environment is read here, once; children get environments built from this snapshot.
+    let env = Env::capture();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { ExitCode::Usage } else { ExitCode::Success };
+            let _ = e.print();
+            return Ok(code);
+        }
+    };
+    init_logging(cli.log.as_deref(), &env);
+    let failure = |e: anyhow::Error| (ExitCode::Failure, e);
+    match cli.command {
+        Command::Serve(args) => {
+            let config = Config::from_args(args, env).map_err(|e| (ExitCode::Usage, e))?;
+            let outcome = supervisor::serve(config).map_err(failure)?;
+            if let Some(msg) = &outcome.message {
+                if outcome.code != ExitCode::Success {
+                    eprintln!("handover: {msg}");
+                }
+            }
+            Ok(outcome.code)
+        }
+        Command::Status(args) => {
+            let path = control_path(args.control.control, &env);
+            if args.json {
+                let bytes = control::request(&path, control::Command::Status).map_err(failure)?;
+                println!("{}", String::from_utf8_lossy(&bytes));
+            } else {
+                let status = control::status(&path).map_err(failure)?;
+                print!("{}", status::render(&status));
+            }
+            Ok(ExitCode::Success)
+        }
+        Command::Reload(args) => {
+            let path = control_path(args.control, &env);
+            control::request(&path, control::Command::Reload).map_err(failure)?;
+            Ok(ExitCode::Success)
+        }
+        Command::Stop(args) => {
+            let path = control_path(args.control, &env);
+            control::request(&path, control::Command::Stop).map_err(failure)?;
+            Ok(ExitCode::Success)
+        }
+    }
+}
+
+fn control_path(given: Option<std::path::PathBuf>, env: &Env) -> std::path::PathBuf {
+    given.unwrap_or_else(|| config::default_control_path(env))
+}
+
+fn init_logging(flag: Option<&str>, env: &Env) {
+    use tracing_subscriber::EnvFilter;
+    let spec = flag
+        .map(str::to_owned)
+        .or_else(|| env.get("RUST_LOG").and_then(|v| v.to_str()).map(str::to_owned))
+        .unwrap_or_else(|| "info".to_owned());
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+        eprintln!("handover: bad log filter {spec:?} ({e}); using info");
+        EnvFilter::new("info")
+    });
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,879 @@
+//! prefork: the supervisor accepts, workers serve.
+//!
+//! Ownership of a connection, step by step:
+//!
+//! 1. The supervisor accepts it and gives it an id.
+//! 2. It sends a CONNECTION with the socket to a worker chosen by the listener's policy, and
+//!    **keeps its own copy**.
+//! 3. The worker sends ACK: from now on the worker may read the request. If the worker dies,
+//!    is killed, or REJECTs before this point, the supervisor still holds the untouched
+//!    connection and gives it to another worker: nothing accepted is lost.
+//! 4. The worker serves it, closes its copy and sends FINISHED; the supervisor closes its copy,
+//!    which is what ends the connection for the client (so the end of a response is only
+//!    seen once the worker vouched for it).
+//! 5. A worker that dies between ACK and FINISHED may have consumed the request, which cannot
+//!    be replayed at this layer: the supervisor resets those connections (`SO_LINGER` 0, so
+//!    the client sees an error, never a truncated response that looks complete) and counts
+//!    them as `lost_mid_request`.
+//!
+//! The engine is one task owning all its state; per-worker reader tasks turn channel messages
+//! into [`Event`]s. Each worker declares a capacity in its HELLO; when every ready worker is
+//! full the engine stops accepting and the kernel's backlog holds new clients.
+
+mod dispatch;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use handover::tokio::Channel;
+use handover::{AsSocketRef, Message};
+use handover_worker::protocol::{
+    kind, ConnectionInfo, SupervisorMessage, WorkerMessage, CONNECTION_MAX_LEN,
+};
+use socket2::Socket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+use self::dispatch::{choose, Candidate};
+use crate::child::{self, Restarts};
+use crate::config::{Env, ProgramConfig};
+use crate::engine::{Outcome, Phase, Request, Requests};
+use crate::exit_codes::ExitCode;
+use crate::listener::{self, Accepted, Listener};
+use crate::status::{ListenerStatus, ProgramStatus, Totals, WorkerStatus};
+use crate::sys::{self, Stop};
+
+/// How long a send to a worker may take before the worker counts as stuck.
+const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a killed worker's channel may stay open before we stop waiting for it.
+const KILL_GRACE: Duration = Duration::from_secs(1);
+/// Timer resolution for timeouts and restarts.
+const TICK: Duration = Duration::from_millis(20);
+
+#[derive(Debug)]
+enum Event {
+    Message(u64, WorkerMessage),
+    /// The worker broke the protocol; its channel is no longer read.
+    Violation(u64, String),
+    /// The worker's channel closed (it exited, or was killed).
+    Closed(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WState {
+    /// Spawned; no HELLO yet.
+    Starting,
+    Ready,
+    /// Sent DRAIN: finishing its connections, then exiting.
+    Draining,
+    /// Killed; waiting for its channel to close.
+    Dying,
+}
+
+impl WState {
+    fn name(self) -> &'static str {
+        match self {
+            WState::Starting => "starting",
+            WState::Ready => "ready",
+            WState::Draining => "draining",
+            WState::Dying => "stopping",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Worker {
+    id: u64,
+    slot: usize,
+    pid: u32,
+    child: handover::Child,
+    channel: Rc<Channel>,
+    reader: JoinHandle<()>,
+    state: WState,
+    started: Instant,
+    ready: bool,
+    capacity: u32,
+    /// Dispatched and not finished (acknowledged or not).
+    live: u32,
+    unacked: u32,
+    handled: u64,
+    killed_at: Option<Instant>,
+    kill_reason: Option<String>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    worker: u64,
+    socket: Socket,
+    acked: bool,
+    sent_at: Instant,
+    listener: u16,
+    peer: Option<SocketAddr>,
+}
+
+/// A connection waiting for a worker.
+#[derive(Debug)]
+struct Pending {
+    id: u64,
+    socket: Socket,
+    listener: u16,
+    peer: Option<SocketAddr>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    current: Option<u64>,
+    /// A replacement being started by a reload; takes over at its HELLO.
+    incoming: Option<u64>,
+    start_at: Option<Instant>,
+    restarts: Restarts,
+    last_exit: Option<String>,
+}
+
+struct Engine {
+    prog: ProgramConfig,
+    env: Rc<Env>,
+    listeners: Vec<Listener>,
+    listener_status: Vec<ListenerStatus>,
+    policies: Vec<crate::cli::Policy>,
+    cursors: Vec<usize>,
+    next_listener: usize,
+    workers: Vec<Worker>,
+    slots: Vec<Slot>,
+    conns: HashMap<u64, Conn>,
+    pending: VecDeque<Pending>,
+    next_conn: u64,
+    next_worker: u64,
+    events: mpsc::UnboundedSender<Event>,
+    zombies: Vec<handover::Child>,
+    totals: Totals,
+    phase: Phase,
+    drain_sent: bool,
+    reload: VecDeque<usize>,
+    reloading: Option<usize>,
+    accept_paused_until: Option<Instant>,
+    give_up: Option<String>,
+    /// Scratch for the policy, reused so a hand-off allocates nothing.
+    candidates: Vec<Candidate>,
+}
+
+/// Runs a prefork program until it has drained (or gave up).
+pub(crate) async fn run(
+    prog: ProgramConfig,
+    env: Rc<Env>,
+    listeners: Vec<Listener>,
+    mut requests: Requests,
+) -> Outcome {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let listener_status = listeners
+        .iter()
+        .map(|l| ListenerStatus {
+            name: l.name.clone(),
+            address: l.local.clone(),
+            program: prog.name.clone(),
+            policy: Some(crate::cli::policy_name(l.policy).to_owned()),
+            accepted: Some(0),
+            open: true,
+        })
+        .collect();
+    let mut e = Engine {
+        cursors: vec![0; listeners.len()],
+        policies: listeners.iter().map(|l| l.policy).collect(),
+        slots: (0..prog.workers).map(|_| Slot::default()).collect(),
+        prog,
+        env,
+        listeners,
+        listener_status,
+        next_listener: 0,
+        workers: Vec::new(),
+        conns: HashMap::new(),
+        pending: VecDeque::new(),
+        next_conn: 1,
+        next_worker: 1,
+        events: tx,
+        zombies: Vec::new(),
+        totals: Totals::default(),
+        phase: Phase::Running,
+        drain_sent: false,
+        reload: VecDeque::new(),
+        reloading: None,
+        accept_paused_until: None,
+        give_up: None,
+        candidates: Vec::new(),
+    };
+    for slot in 0..e.slots.len() {
+        e.spawn_worker(slot);
+    }
+    let mut exits = match sys::ChildExits::new() {
+        Ok(x) => x,
+        Err(err) => {
+            return Outcome {
+                code: ExitCode::Failure,
+                message: Some(format!("cannot watch children: {err}")),
+            }
+        }
+    };
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut requests_open = true;
+    loop {
+        e.maintain().await;
+        if let Some(outcome) = e.finished() {
+            return outcome;
+        }
+        let accepting = e.phase == Phase::Running
+            && e.pending.is_empty()
+            && e.has_room()
+            && e.accept_paused_until.map_or(true, |t| Instant::now() >= t);
+        tokio::select! {
+            biased;
+            Some(ev) = rx.recv() => e.on_event(ev),
+            req = requests.recv(), if requests_open => match req {
+                Some(Request::Kill) => return e.kill_all(),
+                Some(req) => e.on_request(req),
+                None => {
+                    requests_open = false;
+                    e.begin_drain();
+                }
+            },
+            _ = exits.recv() => e.reap_zombies(),
+            r = listener::accept_any(&e.listeners, &mut e.next_listener), if accepting => {
+                e.on_accept(r).await;
+            }
+            _ = tick.tick() => e.on_tick(),
+        }
+    }
+}
+
+impl Engine {
+    fn has_room(&self) -> bool {
+        self.workers.iter().any(|w| w.state == WState::Ready && w.live < w.capacity)
+    }
+
+    fn index(&self, id: u64) -> Option<usize> {
+        self.workers.iter().position(|w| w.id == id)
+    }
+
+    fn spawn_worker(&mut self, slot: usize) {
+        let mut cmd = child::command(&self.prog, &self.env);
+        cmd.env("HANDOVER_SLOT", slot.to_string()).channel();
+        let spawned = cmd.spawn().map_err(anyhow::Error::from).and_then(|mut c| {
+            let ch = c.channel.take().expect("spawned with a channel");
+            match Channel::try_from(ch) {
+                Ok(ch) => Ok((c, ch)),
+                Err(err) => {
+                    sys::signal_group(c.id(), Stop::Kill);
+                    self.zombies.push(c);
+                    Err(err.into())
+                }
+            }
+        });
+        let (child, channel) = match spawned {
+            Ok(x) => x,
+            Err(err) => {
+                error!(program = %self.prog.name, slot, "cannot start worker {}: {err}", self.prog.program.display());
+                self.slots[slot].last_exit = Some(format!("could not start: {err}"));
+                self.schedule_restart(slot, Duration::ZERO, false);
+                return;
+            }
+        };
+        let id = self.next_worker;
+        self.next_worker += 1;
+        let channel = Rc::new(channel);
+        let reader =
+            tokio::task::spawn_local(read_worker(id, Rc::clone(&channel), self.events.clone()));
+        let pid = child.id();
+        debug!(program = %self.prog.name, slot, pid, "worker started");
+        self.workers.push(Worker {
+            id,
+            slot,
+            pid,
+            child,
+            channel,
+            reader,
+            state: WState::Starting,
+            started: Instant::now(),
+            ready: false,
+            capacity: 0,
+            live: 0,
+            unacked: 0,
+            handled: 0,
+            killed_at: None,
+            kill_reason: None,
+        });
+        let s = &mut self.slots[slot];
+        if s.current.is_some() {
+            s.incoming = Some(id);
+        } else {
+            s.current = Some(id);
+        }
+    }
+
+    fn schedule_restart(&mut self, slot: usize, lived: Duration, ready: bool) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        let t = self.prog.timeouts;
+        match self.slots[slot].restarts.on_death(lived, ready, &t) {
+            Ok(delay) => {
+                self.totals.restarts += 1;
+                self.slots[slot].start_at = Some(Instant::now() + delay);
+                if !delay.is_zero() {
+                    warn!(program = %self.prog.name, slot, "restarting worker in {delay:?}");
+                }
+            }
+            Err(n) => {
+                let last = self.slots[slot].last_exit.clone().unwrap_or_default();
+                let msg = format!(
+                    "worker {} crashed {n} times in a row at start (within {:?}, or before it said \
+                     hello; last: {last}); giving up",
+                    self.prog.program.display(),
+                    t.min_uptime
+                );
+                error!(program = %self.prog.name, "{msg}");
+                self.give_up = Some(msg);
+                self.begin_drain();
+            }
+        }
+    }
+
+    /// Everything that happens without an outside event: restarts that are due, reload steps,
+    /// hand-offs of waiting connections, the drain protocol.
+    async fn maintain(&mut self) {
+        let now = Instant::now();
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].start_at.is_some_and(|t| t <= now) {
+                self.slots[slot].start_at = None;
+                self.spawn_worker(slot);
+            }
+        }
+        if self.phase == Phase::Running && self.reloading.is_none() {
+            if let Some(slot) = self.reload.pop_front() {
+                let s = &self.slots[slot];
+                if s.current.is_some() && s.incoming.is_none() && s.start_at.is_none() {
+                    info!(program = %self.prog.name, slot, "reload: starting a replacement worker");
+                    self.reloading = Some(slot);
+                    self.spawn_worker(slot);
+                }
+            }
+        }
+        while let Some(p) = self.pending.pop_front() {
+            match self.pick(p.listener, p.peer) {
+                Some(i) => self.send_connection(i, p).await,
+                None => {
+                    self.pending.push_front(p);
+                    break;
+                }
+            }
+        }
+        if matches!(self.phase, Phase::Draining { .. }) && !self.drain_sent {
+            if self.workers.iter().all(|w| w.state == WState::Dying || w.state == WState::Draining)
+                && !self.pending.is_empty()
+            {
+                // Nobody left to serve what is waiting.
+                for p in self.pending.drain(..) {
+                    self.totals.dropped += 1;
+                    listener::reset(p.socket);
+                }
+            }
+            if self.pending.is_empty() && self.workers.iter().all(|w| w.unacked == 0) {
+                self.drain_sent = true;
+                let ids: Vec<u64> = self
+                    .workers
+                    .iter()
+                    .filter(|w| matches!(w.state, WState::Ready | WState::Starting))
+                    .map(|w| w.id)
+                    .collect();
+                for id in ids {
+                    self.send_drain(id).await;
+                }
+            }
+        }
+    }
+
+    fn finished(&mut self) -> Option<Outcome> {
+        let Phase::Draining { deadline } = self.phase else { return None };
+        let code = if self.give_up.is_some() { ExitCode::CrashLoop } else { ExitCode::Success };
+        if self.workers.is_empty() && self.pending.is_empty() {
+            self.reap_zombies();
+            return Some(Outcome { code, message: self.give_up.clone() });
+        }
+        if Instant::now() >= deadline {
+            warn!(program = %self.prog.name, "drain timed out: killing {} worker(s)", self.workers.len());
+            let mut out = self.kill_all();
+            out.code = code.or(ExitCode::DrainTimedOut);
+            if out.message.is_none() {
+                out.message = Some("drain timed out; remaining workers were killed".to_owned());
+            }
+            return Some(out);
+        }
+        None
+    }
+
+    fn kill_all(&mut self) -> Outcome {
+        for w in &self.workers {
+            sys::signal_group(w.pid, Stop::Kill);
+        }
+        let ids: Vec<u64> = self.workers.iter().map(|w| w.id).collect();
+        for id in ids {
+            self.cleanup(id, "killed at exit");
+        }
+        for p in self.pending.drain(..) {
+            self.totals.dropped += 1;
+            listener::reset(p.socket);
+        }
+        self.reap_zombies();
+        Outcome { code: ExitCode::Success, message: self.give_up.clone() }
+    }
+
+    fn pick(&mut self, listener: u16, peer: Option<SocketAddr>) -> Option<usize> {
+        self.candidates.clear();
+        self.candidates.extend(self.workers.iter().map(|w| Candidate {
+            slot: w.slot,
+            live: w.live,
+            open: w.state == WState::Ready && w.live < w.capacity,
+        }));
+        let l = listener as usize;
+        choose(self.policies[l], &self.candidates, &mut self.cursors[l], peer, self.slots.len())
+    }
+
+    async fn on_accept(&mut self, r: std::io::Result<Accepted>) {
+        let a = match r {
+            Ok(a) => a,
+            Err(err) if listener::is_transient(&err) => return,
+            Err(err) => {
+                // Out of descriptors or memory: the backlog holds clients while we back off.
+                warn!(program = %self.prog.name, "accept failed: {err}; pausing accepts for 100ms");
+                self.accept_paused_until = Some(Instant::now() + Duration::from_millis(100));
+                return;
+            }
+        };
+        self.count_accept(a.listener);
+        let p =
+            Pending { id: self.next_conn, socket: a.socket, listener: a.listener, peer: a.peer };
+        self.next_conn += 1;
+        match self.pick(p.listener, p.peer) {
+            Some(i) => self.send_connection(i, p).await,
+            None => self.pending.push_back(p),
+        }
+    }
+
+    fn count_accept(&mut self, listener: u16) {
+        self.totals.accepted += 1;
+        if let Some(l) = self.listeners.get_mut(listener as usize) {
+            l.accepted += 1;
+        }
+        if let Some(s) = self.listener_status.get_mut(listener as usize) {
+            s.accepted = Some(s.accepted.unwrap_or(0) + 1);
+        }
+    }
+
+    async fn send_connection(&mut self, i: usize, p: Pending) {
+        let mut buf = [0u8; CONNECTION_MAX_LEN];
+        let name = self.listener_status.get(p.listener as usize).map_or("", |l| l.name.as_str());
+        let n =
+            ConnectionInfo { id: p.id, listener: p.listener, listener_name: name, peer: p.peer }
+                .encode(&mut buf);
+        let w = &self.workers[i];
+        let (id, channel) = (w.id, Rc::clone(&w.channel));
+        let sent = tokio::time::timeout(
+            SEND_TIMEOUT,
+            channel.send(&buf[..n], &[p.socket.as_socket_ref()]),
+        )
+        .await;
+        match sent {
+            Ok(Ok(())) => {
+                let w = &mut self.workers[i];
+                w.live += 1;
+                w.unacked += 1;
+                self.totals.dispatched += 1;
+                let conn = Conn {
+                    worker: id,
+                    socket: p.socket,
+                    acked: false,
+                    sent_at: Instant::now(),
+                    listener: p.listener,
+                    peer: p.peer,
+                };
+                self.conns.insert(p.id, conn);
+            }
+            Ok(Err(err)) => {
+                // The message was not delivered (a send fails whole): the connection waits for
+                // another worker, and this one's channel is broken.
+                self.pending.push_front(p);
+                self.kill_worker(id, format!("control channel send failed: {err}"));
+            }
+            Err(_) => {
+                self.pending.push_front(p);
+                self.kill_worker(id, "stopped reading its control channel".to_owned());
+            }
+        }
+    }
+
+    async fn send_drain(&mut self, id: u64) {
+        let Some(i) = self.index(id) else { return };
+        let channel = Rc::clone(&self.workers[i].channel);
+        self.workers[i].state = WState::Draining;
+        let msg = SupervisorMessage::control(kind::DRAIN);
+        match tokio::time::timeout(SEND_TIMEOUT, channel.send(&msg, &[])).await {
+            Ok(Ok(())) => {}
+            _ => self.kill_worker(id, "could not be told to drain".to_owned()),
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Message(id, m) => self.on_message(id, m),
+            Event::Violation(id, why) => self.misbehaved(id, why),
+            Event::Closed(id) => self.cleanup(id, "exited"),
+        }
+    }
+
+    fn on_message(&mut self, id: u64, m: WorkerMessage) {
+        let Some(i) = self.index(id) else { return };
+        // Late messages from a worker being killed still count: an ACK or FINISHED that made
+        // it out before the kill tells the truth about its connections.
+        match m {
+            WorkerMessage::Hello { capacity, pid } => {
+                let w = &mut self.workers[i];
+                if w.state != WState::Starting {
+                    return self.misbehaved(id, "sent a second hello".to_owned());
+                }
+                w.state = WState::Ready;
+                w.ready = true;
+                w.capacity = capacity;
+                let slot = w.slot;
+                info!(program = %self.prog.name, slot, pid = w.pid, capacity, "worker ready");
+                if pid != w.pid {
+                    debug!(slot, "worker reports pid {pid}, spawned as {}", w.pid);
+                }
+                self.on_ready(slot, id);
+            }
+            WorkerMessage::Ack(cid) => match self.conns.get_mut(&cid) {
+                Some(c) if c.worker == id && !c.acked => {
+                    c.acked = true;
+                    self.workers[i].unacked -= 1;
+                }
+                _ => self.misbehaved(
+                    id,
+                    format!("acknowledged connection {cid}, which it was not waiting on"),
+                ),
+            },
+            WorkerMessage::Finished(cid) => match self.conns.get(&cid) {
+                Some(c) if c.worker == id && c.acked => {
+                    let c = self.conns.remove(&cid).expect("present");
+                    drop(c.socket); // our copy: the client sees the end of the response now
+                    let w = &mut self.workers[i];
+                    w.live -= 1;
+                    w.handled += 1;
+                    self.totals.handled += 1;
+                }
+                _ => {
+                    self.misbehaved(id, format!("finished connection {cid}, which it did not hold"))
+                }
+            },
+            WorkerMessage::Reject(cid) => match self.conns.get(&cid) {
+                Some(c) if c.worker == id && !c.acked => {
+                    let c = self.conns.remove(&cid).expect("present");
+                    let w = &mut self.workers[i];
+                    w.live -= 1;
+                    w.unacked -= 1;
+                    self.totals.redispatched += 1;
+                    self.pending.push_front(Pending {
+                        id: cid,
+                        socket: c.socket,
+                        listener: c.listener,
+                        peer: c.peer,
+                    });
+                }
+                _ => self
+                    .misbehaved(id, format!("rejected connection {cid}, which it was not offered")),
+            },
+        }
+    }
+
+    /// A worker said hello: if it replaces a worker (reload), the old one drains now.
+    fn on_ready(&mut self, slot: usize, id: u64) {
+        let s = &mut self.slots[slot];
+        if s.incoming == Some(id) {
+            s.incoming = None;
+            let old = s.current.replace(id);
+            if self.reloading == Some(slot) {
+                self.reloading = None;
+            }
+            if let Some(old) = old {
+                if let Some(i) = self.index(old) {
+                    // Connections already sent to it arrive before the DRAIN, in order.
+                    let ch = Rc::clone(&self.workers[i].channel);
+                    self.workers[i].state = WState::Draining;
+                    let msg = SupervisorMessage::control(kind::DRAIN);
+                    let tx = self.events.clone();
+                    tokio::task::spawn_local(async move {
+                        if !matches!(
+                            tokio::time::timeout(SEND_TIMEOUT, ch.send(&msg, &[])).await,
+                            Ok(Ok(()))
+                        ) {
+                            let _ =
+                                tx.send(Event::Violation(old, "could not be told to drain".into()));
+                        }
+                    });
+                }
+            }
+        } else if s.current.is_none() {
+            s.current = Some(id);
+        }
+    }
+
+    fn on_request(&mut self, req: Request) {
+        match req {
+            Request::Status(tx) => {
+                let _ = tx.send(self.status());
+            }
+            Request::Reload => {
+                if self.phase == Phase::Running {
+                    info!(program = %self.prog.name, "reload: restarting workers one at a time");
+                    self.reload = (0..self.slots.len()).collect();
+                }
+            }
+            Request::Drain => self.begin_drain(),
+            Request::Kill => {}
+        }
+    }
+
+    fn begin_drain(&mut self) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        self.phase = Phase::Draining { deadline: Instant::now() + self.prog.timeouts.drain };
+        // Take what the kernel already accepted, so closing the listener refuses only clients
+        // that arrive after it is closed, and resets none.
+        for l in std::mem::take(&mut self.listeners) {
+            loop {
+                match l.try_accept() {
+                    Ok(Some(a)) => {
+                        let id = self.next_conn;
+                        self.next_conn += 1;
+                        self.totals.accepted += 1;
+                        if let Some(s) = self.listener_status.get_mut(a.listener as usize) {
+                            s.accepted = Some(s.accepted.unwrap_or(0) + 1);
+                        }
+                        self.pending.push_back(Pending {
+                            id,
+                            socket: a.socket,
+                            listener: a.listener,
+                            peer: a.peer,
+                        });
+                    }
+                    Ok(None) => break,
+                    Err(err) if listener::is_transient(&err) => continue,
+                    Err(_) => break,
+                }
+            }
+        }
+        for s in &mut self.listener_status {
+            s.open = false;
+        }
+        for s in &mut self.slots {
+            s.start_at = None;
+        }
+        self.reload.clear();
+        info!(program = %self.prog.name, waiting = self.pending.len(), live = self.conns.len(), "draining");
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let ack = self.prog.timeouts.ack;
+        let mut stuck: Vec<(u64, String)> = Vec::new();
+        for (cid, c) in &self.conns {
+            if !c.acked && now.duration_since(c.sent_at) > ack {
+                stuck.push((
+                    c.worker,
+                    format!("did not acknowledge connection {cid} within {ack:?}"),
+                ));
+            }
+        }
+        let start = self.prog.timeouts.start;
+        for w in &self.workers {
+            if w.state == WState::Starting && now.duration_since(w.started) > start {
+                stuck.push((w.id, format!("did not say hello within {start:?}")));
+            }
+        }
+        for (id, why) in stuck {
+            if self.index(id).is_some_and(|i| self.workers[i].state != WState::Dying) {
+                self.totals.misbehaving_killed += 1;
+                self.kill_worker(id, why);
+            }
+        }
+        let gone: Vec<u64> = self
+            .workers
+            .iter()
+            .filter(|w| w.killed_at.is_some_and(|t| now.duration_since(t) > KILL_GRACE))
+            .map(|w| w.id)
+            .collect();
+        for id in gone {
+            self.cleanup(id, "killed");
+        }
+        self.reap_zombies();
+    }
+
+    /// Kills a worker; its connections are settled when its channel closes ([`cleanup`]), so
+    /// messages it sent before dying still count.
+    fn kill_worker(&mut self, id: u64, why: String) {
+        let Some(i) = self.index(id) else { return };
+        let w = &mut self.workers[i];
+        if w.state == WState::Dying {
+            return;
+        }
+        warn!(program = %self.prog.name, slot = w.slot, pid = w.pid, "killing worker: {why}");
+        sys::signal_group(w.pid, Stop::Kill);
+        w.state = WState::Dying;
+        w.killed_at = Some(Instant::now());
+        w.kill_reason = Some(why);
+    }
+
+    /// A worker broke the protocol: it is killed and settled at once (nothing more is read).
+    fn misbehaved(&mut self, id: u64, why: String) {
+        let Some(i) = self.index(id) else { return };
+        if self.workers[i].state != WState::Dying {
+            self.totals.misbehaving_killed += 1;
+        }
+        self.kill_worker(id, why);
+        self.cleanup(id, "killed");
+    }
+
+    /// The worker is gone: settle its connections, reap it, restart its slot.
+    fn cleanup(&mut self, id: u64, how: &str) {
+        let Some(i) = self.index(id) else { return };
+        let mut w = self.workers.remove(i);
+        w.reader.abort();
+        sys::signal_group(w.pid, Stop::Kill);
+        let mut redispatched = 0;
+        let mut lost = 0;
+        let ids: Vec<u64> =
+            self.conns.iter().filter(|(_, c)| c.worker == id).map(|(k, _)| *k).collect();
+        for cid in ids {
+            let c = self.conns.remove(&cid).expect("present");
+            if c.acked {
+                lost += 1;
+                listener::reset(c.socket);
+            } else {
+                redispatched += 1;
+                self.pending.push_front(Pending {
+                    id: cid,
+                    socket: c.socket,
+                    listener: c.listener,
+                    peer: c.peer,
+                });
+            }
+        }
+        self.totals.redispatched += redispatched;
+        self.totals.lost_mid_request += lost;
+        let status = child::reap(&mut w.child, Duration::from_millis(50));
+        if status.is_none() {
+            self.zombies.push(w.child);
+        }
+        let lived = w.started.elapsed();
+        let what = match &w.kill_reason {
+            Some(r) => format!("killed ({r})"),
+            None => format!("{how} ({})", child::describe(status)),
+        };
+        let expected = w.state == WState::Draining || matches!(self.phase, Phase::Draining { .. });
+        if expected && w.kill_reason.is_none() {
+            info!(program = %self.prog.name, slot = w.slot, pid = w.pid, handled = w.handled, "worker exited");
+        } else {
+            warn!(
+                program = %self.prog.name, slot = w.slot, pid = w.pid, redispatched, lost_mid_request = lost,
+                "worker {what} after {lived:?}"
+            );
+        }
+        let slot = w.slot;
+        self.slots[slot].last_exit = Some(what);
+        let s = &mut self.slots[slot];
+        if s.current == Some(id) {
+            s.current = None;
+            if s.incoming.is_none() {
+                self.schedule_restart(slot, lived, w.ready);
+            }
+        } else if s.incoming == Some(id) {
+            s.incoming = None;
+            self.schedule_restart(slot, lived, w.ready);
+        }
+    }
+
+    fn reap_zombies(&mut self) {
+        self.zombies.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
+    }
+
+    fn status(&self) -> (ProgramStatus, Vec<ListenerStatus>) {
+        let mut workers: Vec<WorkerStatus> = self
+            .workers
+            .iter()
+            .map(|w| WorkerStatus {
+                slot: w.slot,
+                pid: Some(w.pid),
+                state: w.state.name().to_owned(),
+                capacity: w.ready.then_some(w.capacity),
+                live: Some(u64::from(w.live)),
+                handled: Some(w.handled),
+                restarts: self.slots[w.slot].restarts.count,
+            })
+            .collect();
+        for (slot, s) in self.slots.iter().enumerate() {
+            if s.start_at.is_some() && s.current.is_none() {
+                workers.push(WorkerStatus {
+                    slot,
+                    state: "backoff".to_owned(),
+                    restarts: s.restarts.count,
+                    ..WorkerStatus::default()
+                });
+            }
+        }
+        workers.sort_by_key(|w| w.slot);
+        let mut totals = self.totals;
+        totals.live = (self.conns.len() + self.pending.len()) as u64;
+        let state = if self.reloading.is_some() || !self.reload.is_empty() {
+            "reloading"
+        } else {
+            self.phase.name()
+        };
+        let p = ProgramStatus {
+            name: self.prog.name.clone(),
+            mode: "prefork".to_owned(),
+            command: self.prog.program.display().to_string(),
+            state: state.to_owned(),
+            workers,
+            totals,
+        };
+        (p, self.listener_status.clone())
+    }
+}
+
+/// Reads one worker's channel, turning messages into events until it closes or misbehaves.
+async fn read_worker(id: u64, channel: Rc<Channel>, events: mpsc::UnboundedSender<Event>) {
+    let mut msg = Message::default();
+    loop {
+        msg.sockets.clear(); // closes anything a misbehaving worker sent
+        let ev = match channel.recv_into(&mut msg).await {
+            Ok(()) if !msg.sockets.is_empty() => Event::Violation(
+                id,
+                format!("sent {} socket(s); workers never send sockets", msg.sockets.len()),
+            ),
+            Ok(()) => match WorkerMessage::decode(&msg.bytes) {
+                Ok(m) => Event::Message(id, m),
+                Err(err) => Event::Violation(id, format!("sent a bad message: {err}")),
+            },
+            Err(handover::Error::PeerClosed) => Event::Closed(id),
+            Err(handover::Error::Io(err)) if err.kind() == std::io::ErrorKind::ConnectionReset => {
+                Event::Closed(id)
+            }
+            Err(err) => Event::Violation(id, format!("broke the control channel: {err}")),
+        };
+        let go_on = matches!(ev, Event::Message(..));
+        if events.send(ev).is_err() || !go_on {
+            return;
+        }
+    }
+}

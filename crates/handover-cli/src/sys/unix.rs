@@ -1,0 +1,114 @@
+//! Unix: signals through tokio, process groups and `kill(2)` through nix.
+
+use std::io;
+use std::path::Path;
+
+use socket2::Socket;
+use tokio::io::unix::AsyncFd;
+
+use anyhow::Result;
+use nix::sys::signal::{killpg, Signal as NixSignal};
+use nix::unistd::{access, AccessFlags, Pid};
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::{Signal, Stop};
+use crate::cli::Mode;
+
+pub(crate) fn current_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+pub(crate) fn check_executable(path: &Path) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => "no such file".to_owned(),
+        _ => e.to_string(),
+    })?;
+    if meta.is_dir() {
+        return Err("is a directory".to_owned());
+    }
+    // access(2) alone is not enough: it grants root execute on any file with one x bit.
+    use std::os::unix::fs::PermissionsExt;
+    let not_executable = || "not executable (check its permissions)".to_owned();
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(not_executable());
+    }
+    access(path, AccessFlags::X_OK).map_err(|_| not_executable())
+}
+
+pub(crate) fn check_mode(_mode: Mode) -> Result<()> {
+    Ok(())
+}
+
+/// Each worker leads its own process group, so a stop reaches everything it started; and it
+/// dies with the supervisor (`PR_SET_PDEATHSIG` on Linux: the spawning thread must outlive the
+/// child, which holds because the supervisor runs on one thread).
+pub(crate) fn prepare_child(cmd: &mut handover::Command<'_>) {
+    use handover::unix::CommandExt;
+    cmd.process_group(0).die_with_parent(true);
+}
+
+/// Signals the process group led by `pid`. A group that is gone already is not an error.
+pub(crate) fn signal_group(pid: u32, how: Stop) {
+    let sig = match how {
+        Stop::Terminate => NixSignal::SIGTERM,
+        Stop::Kill => NixSignal::SIGKILL,
+    };
+    let Ok(pid) = i32::try_from(pid) else { return };
+    let _ = killpg(Pid::from_raw(pid), sig);
+}
+
+/// The signals the supervisor handles, registered once.
+#[derive(Debug)]
+pub(crate) struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub(crate) fn new() -> io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    pub(crate) async fn recv(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Terminate,
+            _ = self.int.recv() => Signal::Interrupt,
+            _ = self.hup.recv() => Signal::Reload,
+        }
+    }
+}
+
+/// Wakes when a child process may have exited (`SIGCHLD`).
+#[derive(Debug)]
+pub(crate) struct ChildExits(tokio::signal::unix::Signal);
+
+impl ChildExits {
+    pub(crate) fn new() -> io::Result<ChildExits> {
+        Ok(ChildExits(signal(SignalKind::child())?))
+    }
+
+    pub(crate) async fn recv(&mut self) {
+        self.0.recv().await;
+    }
+}
+
+/// A non-blocking listening socket registered with the reactor.
+pub(crate) type AsyncListener = AsyncFd<Socket>;
+
+/// Registers a (non-blocking) listening socket with the current runtime's reactor.
+pub(crate) fn register_listener(socket: Socket) -> io::Result<AsyncListener> {
+    // SAFETY: the AsyncFd takes ownership of `socket`, which owns its descriptor: it stays
+    // open, and `as_raw_fd` returns the same descriptor, until the AsyncFd drops it.
+    Ok(unsafe { AsyncFd::register(socket) }?)
+}
+
+/// Whether `path` is a Unix-domain socket file.
+pub(crate) fn is_socket_file(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    meta.file_type().is_socket()
+}

@@ -1,0 +1,55 @@
+//! prefork mode with real workers on loopback.
+#![cfg(unix)] // the library's Windows backend is not built yet
+
+mod testenv;
+
+use std::time::Duration;
+
+use testenv::*;
+
+fn serve_1000(env: &mut TestEnv, policy: &str, cmd: &[&str]) {
+    env.serve(&["-l", "http=tcp://127.0.0.1:0", "-w", "4", "--policy", policy], cmd);
+    let addr = env.wait_ready(4);
+    let l = load(addr, 1000, 8);
+    assert_eq!(l.ok, 1000, "failures: {:?}\n{}", l.errors, env.log_text());
+    // Every worker took a share (round-robin, least-connections) or, for source-hash, one
+    // client address went to one worker.
+    let t = env.totals();
+    assert_eq!(t["handled"], 1000, "{t}");
+    assert_eq!(t["lost_mid_request"], 0);
+    assert_eq!(t["redispatched"], 0);
+    let status = env.status().unwrap();
+    let handled: Vec<u64> = status["programs"][0]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["handled"].as_u64().unwrap())
+        .collect();
+    assert_eq!(handled.iter().sum::<u64>(), 1000);
+    if policy == "source-hash" {
+        assert_eq!(handled.iter().filter(|&&h| h > 0).count(), 1, "{handled:?}");
+    } else {
+        assert!(handled.iter().all(|&h| h > 0), "{handled:?}");
+    }
+    env.signal("TERM");
+    let st = env.wait_exit(Duration::from_secs(10));
+    assert!(st.success(), "{st}\n{}", env.log_text());
+}
+
+#[test]
+fn rust_worker_serves_1000_requests_round_robin() {
+    let mut env = TestEnv::new("rr");
+    serve_1000(&mut env, "round-robin", &[DEMO_WORKER]);
+}
+
+#[test]
+fn rust_worker_serves_1000_requests_least_connections() {
+    let mut env = TestEnv::new("lc");
+    serve_1000(&mut env, "least-connections", &[DEMO_WORKER]);
+}
+
+#[test]
+fn rust_worker_serves_1000_requests_source_hash() {
+    let mut env = TestEnv::new("sh");
+    serve_1000(&mut env, "source-hash", &[DEMO_WORKER]);
+}

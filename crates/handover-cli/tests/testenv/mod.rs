@@ -1,0 +1,258 @@
+//! TestEnv: a supervisor started as a real process, with a private control socket, plus an
+//! HTTP client that never retries (so a lost connection fails the test).
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub const HANDOVER: &str = env!("CARGO_BIN_EXE_handover");
+pub const DEMO_WORKER: &str = env!("CARGO_BIN_EXE_handover-demo-worker");
+
+/// The Python example worker, from the repository.
+pub fn python_worker() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/workers/worker.py")
+}
+
+pub fn have_python() -> bool {
+    Command::new("python3")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+pub struct TestEnv {
+    pub dir: PathBuf,
+    pub control: PathBuf,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl TestEnv {
+    /// A fresh directory for one test.
+    pub fn new(name: &str) -> TestEnv {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir =
+            std::env::temp_dir().join(format!("handover-test-{}-{name}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let control = dir.join("control.sock");
+        let log = dir.join("supervisor.log");
+        TestEnv { dir, control, child: None, log }
+    }
+
+    /// Starts `handover serve ARGS --control … -- CMD…`, logging to a file.
+    pub fn serve(&mut self, args: &[&str], cmd: &[&str]) {
+        let log = std::fs::File::create(&self.log).unwrap();
+        let mut c = Command::new(HANDOVER);
+        c.arg("serve").args(args).arg("--control").arg(&self.control);
+        if !cmd.is_empty() {
+            c.arg("--").args(cmd);
+        }
+        c.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        self.child = Some(c.spawn().expect("start handover"));
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `handover status --json`, parsed; `None` while the supervisor is not answering.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let out = Command::new(HANDOVER)
+            .args(["status", "--json", "--control"])
+            .arg(&self.control)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Waits until `n` workers report `ready` (prefork) or `running` (shared), or any state
+    /// for spawn, and returns the first listener's TCP address.
+    pub fn wait_ready(&mut self, n: usize) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.status() {
+                let ready = s["programs"][0]["workers"].as_array().map_or(0, |w| {
+                    w.iter().filter(|w| w["state"] == "ready" || w["state"] == "running").count()
+                });
+                let mode = s["programs"][0]["mode"].as_str().unwrap_or("");
+                if ready >= n || mode == "spawn" {
+                    let addr = s["listeners"][0]["address"].as_str().unwrap();
+                    return addr.trim_start_matches("tcp://").parse().unwrap();
+                }
+            }
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("supervisor exited early ({st}):\n{}", self.log_text());
+            }
+            assert!(Instant::now() < deadline, "workers not ready in time:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn totals(&self) -> serde_json::Value {
+        self.status().expect("status")["totals"].clone()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("supervisor did not exit in {within:?}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Worker pids: the supervisor's direct children.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        children_of(self.pid())
+    }
+
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map(|d| d.count()).unwrap_or(0)
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if c.try_wait().ok().flatten().is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for e in dir.flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        // pid (comm) state ppid ...: comm may contain spaces, so parse after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let mut f = rest.split_whitespace();
+        let state = f.next();
+        if state == Some("Z") {
+            continue;
+        }
+        if f.next().and_then(|s| s.parse::<u32>().ok()) == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// One HTTP/1.0 request on a fresh connection, no retry. `Ok(body)` only for a complete
+/// response followed by a clean end of stream.
+pub fn get(addr: SocketAddr) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return Err(format!("no header end: {text:?}"));
+    };
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(format!("bad status: {head:?}"));
+    }
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap_or(0))
+        })
+        .ok_or("no content-length")?;
+    if body.len() != len || !body.starts_with("hello from") {
+        return Err(format!("truncated or wrong body: {body:?}"));
+    }
+    Ok(body.to_owned())
+}
+
+/// Result of a load run.
+#[derive(Debug, Default)]
+pub struct Load {
+    pub ok: usize,
+    pub failed: usize,
+    pub connect_failed: usize,
+    pub errors: Vec<String>,
+    pub bodies: std::collections::HashMap<String, usize>,
+}
+
+/// `total` requests over `threads` client threads, each a new connection.
+pub fn load(addr: SocketAddr, total: usize, threads: usize) -> Load {
+    let next = std::sync::Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let next = std::sync::Arc::clone(&next);
+            std::thread::spawn(move || {
+                let mut l = Load::default();
+                while (next.fetch_add(1, Ordering::SeqCst) as usize) < total {
+                    match get(addr) {
+                        Ok(body) => {
+                            l.ok += 1;
+                            *l.bodies.entry(body).or_default() += 1;
+                        }
+                        Err(e) => {
+                            if e.starts_with("connect") {
+                                l.connect_failed += 1;
+                            }
+                            l.failed += 1;
+                            if l.errors.len() < 5 {
+                                l.errors.push(e);
+                            }
+                        }
+                    }
+                }
+                l
+            })
+        })
+        .collect();
+    let mut all = Load::default();
+    for h in handles {
+        let l = h.join().unwrap();
+        all.ok += l.ok;
+        all.failed += l.failed;
+        all.connect_failed += l.connect_failed;
+        all.errors.extend(l.errors);
+        for (k, v) in l.bodies {
+            *all.bodies.entry(k).or_default() += v;
+        }
+    }
+    all
+}

@@ -1,0 +1,252 @@
+//! Write a worker for the `handover` supervisor's prefork mode in a few lines.
+//!
+//! The supervisor accepts connections and hands each one to a worker over the worker's
+//! control channel (the protocol is in `docs/protocol.md`, and [`protocol`] has its
+//! messages). [`Worker`] speaks that protocol for you: it announces the worker's capacity,
+//! acknowledges each connection as it arrives (so the supervisor can forget it), and reports
+//! it finished when the [`Connection`] is dropped.
+//!
+//! ```no_run
+//! use std::io::{Read, Write};
+//! use handover_worker::{Event, Worker};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut worker = Worker::from_env(1)?;
+//! loop {
+//!     match worker.recv()? {
+//!         Event::Connection(mut conn) => {
+//!             let mut buf = [0u8; 1024];
+//!             let _ = conn.read(&mut buf)?;
+//!             conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nhi\n")?;
+//!         } // dropped: closed, then reported finished
+//!         Event::Drain | Event::Stop => break,
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+#![warn(unreachable_pub)]
+
+pub mod protocol;
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use handover::{Channel, Message};
+
+use crate::protocol::{ProtocolError, SupervisorMessage, WorkerMessage, ID_MSG_LEN};
+
+/// What went wrong talking to the supervisor.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// This process was not started by a supervisor in prefork mode (no inherited channel).
+    NotSupervised,
+    /// The channel failed (the supervisor went away, a frame was malformed, …).
+    Channel(handover::Error),
+    /// The supervisor sent something this build does not understand.
+    Protocol(ProtocolError),
+    /// A CONNECTION came without exactly one socket.
+    MissingSocket,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NotSupervised => f.write_str(
+                "no control channel inherited: run this worker under `handover serve --mode prefork`",
+            ),
+            Error::Channel(e) => write!(f, "control channel: {e}"),
+            Error::Protocol(e) => write!(f, "control channel: {e}"),
+            Error::MissingSocket => f.write_str("control channel: a connection came without its socket"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Channel(e) => Some(e),
+            Error::Protocol(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<handover::Error> for Error {
+    fn from(e: handover::Error) -> Error {
+        Error::Channel(e)
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> io::Error {
+        io::Error::other(e)
+    }
+}
+
+/// What the supervisor asked for.
+#[derive(Debug)]
+pub enum Event {
+    /// A connection, already acknowledged: it is this worker's to serve.
+    Connection(Connection),
+    /// No more connections will come: finish the ones you hold, then exit 0.
+    Drain,
+    /// Exit now.
+    Stop,
+}
+
+/// The worker's end of the control channel.
+#[derive(Debug)]
+pub struct Worker {
+    channel: Arc<Channel>,
+    msg: Message,
+    /// Listener names seen so far, by index: shared, not reallocated per connection.
+    names: Vec<Arc<str>>,
+}
+
+impl Worker {
+    /// Takes the control channel this process inherited and tells the supervisor it is ready
+    /// for up to `capacity` connections at once.
+    ///
+    /// Call it once, early: it takes the inherited descriptors ([`handover::inherited`]).
+    pub fn from_env(capacity: u32) -> Result<Worker, Error> {
+        let inherited = handover::inherited()?;
+        let channel = inherited.channel.ok_or(Error::NotSupervised)?;
+        Worker::from_channel(channel, capacity)
+    }
+
+    /// Like [`from_env`](Worker::from_env), over a channel you already have.
+    pub fn from_channel(channel: Channel, capacity: u32) -> Result<Worker, Error> {
+        let worker =
+            Worker { channel: Arc::new(channel), msg: Message::default(), names: Vec::new() };
+        worker.send(WorkerMessage::Hello { capacity: capacity.max(1), pid: std::process::id() })?;
+        Ok(worker)
+    }
+
+    fn send(&self, m: WorkerMessage) -> Result<(), Error> {
+        send(&self.channel, m)
+    }
+
+    /// Waits for the next event. A connection is acknowledged before it is returned.
+    pub fn recv(&mut self) -> Result<Event, Error> {
+        self.msg.sockets.clear();
+        self.channel.recv_into(&mut self.msg)?;
+        let parsed = SupervisorMessage::decode(&self.msg.bytes).map_err(Error::Protocol)?;
+        match parsed {
+            SupervisorMessage::Connection(info) => {
+                if self.msg.sockets.len() != 1 {
+                    return Err(Error::MissingSocket);
+                }
+                let socket = self.msg.sockets.pop().expect("one socket").into_socket2();
+                let index = info.listener as usize;
+                if self.names.get(index).map_or(true, |n| **n != *info.listener_name) {
+                    if self.names.len() <= index {
+                        self.names.resize(index + 1, Arc::from(""));
+                    }
+                    self.names[index] = Arc::from(info.listener_name);
+                }
+                let id = info.id;
+                let conn = Connection {
+                    id,
+                    listener: Arc::clone(&self.names[index]),
+                    peer: info.peer,
+                    socket: Some(socket),
+                    finisher: Finisher { channel: Some(Arc::clone(&self.channel)), id },
+                };
+                self.send(WorkerMessage::Ack(id))?;
+                Ok(Event::Connection(conn))
+            }
+            SupervisorMessage::Drain => Ok(Event::Drain),
+            SupervisorMessage::Stop => Ok(Event::Stop),
+        }
+    }
+}
+
+fn send(channel: &Channel, m: WorkerMessage) -> Result<(), Error> {
+    let mut buf = [0u8; ID_MSG_LEN];
+    let n = m.encode(&mut buf);
+    channel.send(&buf[..n], &[])?;
+    Ok(())
+}
+
+/// Reports a connection finished when dropped.
+#[derive(Debug)]
+pub struct Finisher {
+    channel: Option<Arc<Channel>>,
+    id: u64,
+}
+
+impl Finisher {
+    fn take(&mut self) -> Finisher {
+        Finisher { channel: self.channel.take(), id: self.id }
+    }
+}
+
+impl Drop for Finisher {
+    fn drop(&mut self) {
+        if let Some(channel) = self.channel.take() {
+            // The supervisor may be gone already; nothing useful to do about it here.
+            let _ = send(&channel, WorkerMessage::Finished(self.id));
+        }
+    }
+}
+
+/// An acknowledged connection. Read and write it directly; dropping it closes the socket and
+/// then tells the supervisor it is finished (which frees a slot of the worker's capacity).
+#[derive(Debug)]
+pub struct Connection {
+    id: u64,
+    listener: Arc<str>,
+    peer: Option<SocketAddr>,
+    // Field order matters: the socket closes before the finisher reports.
+    socket: Option<socket2::Socket>,
+    finisher: Finisher,
+}
+
+impl Connection {
+    /// The supervisor's id for this connection.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The name of the listener it came in on.
+    pub fn listener(&self) -> &str {
+        &self.listener
+    }
+
+    /// The client's address, when it has an IP one.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    /// The socket, for options (timeouts, `TCP_NODELAY`).
+    pub fn socket(&self) -> &socket2::Socket {
+        self.socket.as_ref().expect("socket present until drop")
+    }
+
+    /// Splits off the socket. The supervisor is told the connection is finished when the
+    /// returned [`Finisher`] is dropped: drop it after closing the socket.
+    pub fn into_parts(mut self) -> (socket2::Socket, Finisher) {
+        let socket = self.socket.take().expect("socket present until drop");
+        (socket, self.finisher.take())
+    }
+}
+
+impl Read for Connection {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.socket().read(buf)
+    }
+}
+
+impl Write for Connection {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.socket().write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
