@@ -53,3 +53,23 @@ fn rust_worker_serves_1000_requests_source_hash() {
     let mut env = TestEnv::new("sh");
     serve_1000(&mut env, "source-hash", &[DEMO_WORKER]);
 }
+
+#[test]
+fn python_worker_serves_1000_requests() {
+    if !have_python() {
+        eprintln!("python3 not found; the CI image has it");
+        return;
+    }
+    let py = python_worker();
+    let mut env = TestEnv::new("py");
+    env.serve(&["-l", "http=tcp://127.0.0.1:0", "-w", "4"], &["python3", py.to_str().unwrap()]);
+    let addr = env.wait_ready(4);
+    let l = load(addr, 1000, 8);
+    assert_eq!(l.ok, 1000, "failures: {:?}\n{}", l.errors, env.log_text());
+    assert!(l.bodies.keys().all(|b| b.starts_with("hello from the python worker")));
+    assert_eq!(l.bodies.len(), 4, "every worker served: {:?}", l.bodies);
+    let t = env.totals();
+    assert_eq!(t["handled"], 1000, "{t}");
+    env.signal("TERM");
+    assert!(env.wait_exit(Duration::from_secs(10)).success(), "{}", env.log_text());
+}
