@@ -8,29 +8,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Turn any program into a multi-process server.
-///
-/// `handover serve` owns the listening sockets and runs worker processes in one of three modes:
-///
-///   prefork  The supervisor accepts each connection and hands it to a running worker over the
-///            worker's control channel; the worker acknowledges it, and a connection whose worker
-///            dies before acknowledging goes to another worker (none is lost). Workers speak the
-///            protocol in docs/protocol.md (Rust: the handover-worker crate; Python: only
-///            socket.recv_fds).
-///              handover serve --listen tcp://127.0.0.1:8080 --workers 4 -- ./worker
-///
-///   spawn    One process per connection, the socket on its stdin/stdout (inetd, systemd
-///            Accept=yes) or as descriptor 3 (--socket fd3); at most --workers at once, further
-///            connections wait in the kernel backlog.
-///              handover serve --mode spawn --listen tcp://127.0.0.1:8080 --workers 16 -- ./serve-one
-///
-///   shared   Every worker gets the listening sockets as LISTEN_FDS/LISTEN_FDNAMES/LISTEN_PID
-///            (systemd socket activation) and accepts by itself; any socket-activation-aware
-///            program runs unchanged.
-///              handover serve --mode shared --listen tcp://127.0.0.1:8080 --workers 4 -- ./server
-///
-/// Signals: SIGTERM/SIGINT drain (stop accepting, let workers finish, kill after
-/// --drain-timeout); SIGHUP restarts the workers one at a time. `handover status` reports.
+/// Turn any program into a multi-process server: `handover serve --help` explains the modes.
 #[derive(Debug, Parser)]
 #[command(name = "handover", version, verbatim_doc_comment, max_term_width = 100)]
 pub(crate) struct Cli {
@@ -45,6 +23,28 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run a supervisor: bind the listeners and run the workers.
+    ///
+    /// The supervisor owns the listening sockets and runs worker processes in one of three modes:
+    ///
+    ///   prefork  The supervisor accepts each connection and hands it to a running worker over the
+    ///            worker's control channel; the worker acknowledges it, and a connection whose worker
+    ///            dies before acknowledging goes to another worker (none is lost). Workers speak the
+    ///            protocol in docs/protocol.md (Rust: the handover-worker crate; Python: only
+    ///            socket.recv_fds).
+    ///              handover serve --listen tcp://127.0.0.1:8080 --workers 4 -- ./worker
+    ///
+    ///   spawn    One process per connection, the socket on its stdin/stdout (inetd, systemd
+    ///            Accept=yes) or as descriptor 3 (--socket fd3); at most --workers at once, further
+    ///            connections wait in the kernel backlog.
+    ///              handover serve --mode spawn --listen tcp://127.0.0.1:8080 --workers 16 -- ./serve-one
+    ///
+    ///   shared   Every worker gets the listening sockets as LISTEN_FDS/LISTEN_FDNAMES/LISTEN_PID
+    ///            (systemd socket activation) and accepts by itself; any socket-activation-aware
+    ///            program runs unchanged.
+    ///              handover serve --mode shared --listen tcp://127.0.0.1:8080 --workers 4 -- ./server
+    ///
+    /// Signals: SIGTERM/SIGINT drain (stop accepting, let workers finish, kill after
+    /// --drain-timeout); SIGHUP restarts the workers one at a time. `handover status` reports.
     #[command(verbatim_doc_comment)]
     Serve(ServeArgs),
     /// Show a running supervisor's workers, listeners and totals.

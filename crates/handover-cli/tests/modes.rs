@@ -1,0 +1,105 @@
+//! spawn and shared modes with real processes on loopback.
+#![cfg(unix)] // the library's Windows backend is not built yet
+
+mod testenv;
+
+use std::time::Duration;
+
+use testenv::*;
+
+fn serve_and_check(
+    env: &mut TestEnv,
+    args: &[&str],
+    cmd: &[&str],
+    requests: usize,
+    ready: usize,
+) -> Load {
+    let mut all = vec!["-l", "http=tcp://127.0.0.1:0"];
+    all.extend(args);
+    env.serve(&all, cmd);
+    let addr = env.wait_ready(ready);
+    let l = load(addr, requests, 8);
+    assert_eq!(l.ok, requests, "failures: {:?}\n{}", l.errors, env.log_text());
+    env.signal("TERM");
+    let st = env.wait_exit(Duration::from_secs(10));
+    assert!(st.success(), "{st}\n{}", env.log_text());
+    l
+}
+
+#[test]
+fn spawn_mode_stdio_serves_1000_requests() {
+    let mut env = TestEnv::new("spawn-stdio");
+    let l = serve_and_check(&mut env, &["--mode", "spawn", "-w", "4"], &[DEMO_WORKER], 1000, 0);
+    // One process per connection.
+    assert_eq!(l.bodies.len(), 1000);
+}
+
+#[test]
+fn spawn_mode_fd3_serves_requests() {
+    let mut env = TestEnv::new("spawn-fd3");
+    let l = serve_and_check(
+        &mut env,
+        &["--mode", "spawn", "--socket", "fd3", "-w", "4"],
+        &[DEMO_WORKER],
+        300,
+        0,
+    );
+    assert_eq!(l.bodies.len(), 300);
+}
+
+#[test]
+fn spawn_mode_waits_over_the_cap_instead_of_dropping() {
+    // Two children at once, each taking 200ms: 12 clients at once must all be served.
+    let mut env = TestEnv::new("spawn-cap");
+    env.serve(
+        &["-l", "tcp://127.0.0.1:0", "--mode", "spawn", "-w", "2"],
+        &[DEMO_WORKER, "--delay-ms", "200"],
+    );
+    let addr = env.wait_ready(0);
+    let start = std::time::Instant::now();
+    let l = load(addr, 12, 12);
+    assert_eq!(l.ok, 12, "{:?}", l.errors);
+    assert!(
+        start.elapsed() >= Duration::from_millis(1000),
+        "cap not enforced: {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn shared_mode_serves_1000_requests() {
+    let mut env = TestEnv::new("shared");
+    let l = serve_and_check(&mut env, &["--mode", "shared", "-w", "4"], &[DEMO_WORKER], 1000, 4);
+    assert!(l.bodies.keys().all(|b| b.starts_with("hello from the rust worker")));
+}
+
+#[test]
+fn shared_mode_python_worker_serves_1000_requests() {
+    assert!(have_python(), "python3 (3.9+) is needed for the Python worker test");
+    let py = python_worker();
+    let mut env = TestEnv::new("shared-py");
+    let l = serve_and_check(
+        &mut env,
+        &["--mode", "shared", "-w", "4"],
+        &["python3", py.to_str().unwrap()],
+        1000,
+        4,
+    );
+    assert!(l.bodies.keys().all(|b| b.starts_with("hello from the python worker")));
+}
+
+#[test]
+fn shared_mode_restarts_a_killed_worker_on_the_same_listener() {
+    let mut env = TestEnv::new("shared-restart");
+    env.serve(&["-l", "tcp://127.0.0.1:0", "--mode", "shared", "-w", "2"], &[DEMO_WORKER]);
+    let addr = env.wait_ready(2);
+    let victim = env.worker_pids()[0];
+    std::process::Command::new("kill").args(["-9", &victim.to_string()]).status().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while env.status().unwrap()["totals"]["restarts"] == 0 {
+        assert!(std::time::Instant::now() < deadline, "{}", env.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    env.wait_ready(2);
+    assert_eq!(load(addr, 100, 4).ok, 100);
+}
