@@ -103,3 +103,39 @@ fn shared_mode_restarts_a_killed_worker_on_the_same_listener() {
     env.wait_ready(2);
     assert_eq!(load(addr, 100, 4).ok, 100);
 }
+
+fn have_node() -> bool {
+    std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+fn node_worker() -> String {
+    python_worker().with_file_name("worker.js").to_str().unwrap().to_owned()
+}
+
+#[test]
+fn shared_mode_node_worker_serves_requests() {
+    assert!(have_node(), "node is needed for the Node.js worker test");
+    let mut env = TestEnv::new("shared-node");
+    let l = serve_and_check(
+        &mut env,
+        &["--mode", "shared", "-w", "2"],
+        &["node", &node_worker()],
+        300,
+        2,
+    );
+    assert!(l.bodies.keys().all(|b| b.starts_with("hello from the node worker")));
+}
+
+#[test]
+fn spawn_mode_node_worker_serves_requests() {
+    assert!(have_node(), "node is needed for the Node.js worker test");
+    let mut env = TestEnv::new("spawn-node");
+    let l = serve_and_check(
+        &mut env,
+        &["--mode", "spawn", "--socket", "fd3", "-w", "4"],
+        &["node", &node_worker()],
+        40,
+        0,
+    );
+    assert_eq!(l.bodies.len(), 40);
+}
