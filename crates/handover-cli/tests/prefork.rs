@@ -70,3 +70,16 @@ fn python_worker_serves_1000_requests() {
     env.signal("TERM");
     assert!(env.wait_exit(Duration::from_secs(10)).success(), "{}", env.log_text());
 }
+
+#[test]
+fn tokio_worker_serves_1000_requests() {
+    let mut env = TestEnv::new("tokio");
+    env.serve(&["-l", "http=tcp://127.0.0.1:0", "-w", "4"], &[DEMO_WORKER, "--tokio"]);
+    let addr = env.wait_ready(4);
+    let l = load(addr, 1000, 8);
+    assert_eq!(l.ok, 1000, "failures: {:?}\n{}", l.errors, env.log_text());
+    assert!(l.bodies.keys().all(|b| b.starts_with("hello from the rust tokio worker")));
+    env.signal("TERM");
+    assert!(env.wait_exit(Duration::from_secs(10)).success(), "{}", env.log_text());
+    assert_eq!(env.log_text().matches("worker exited").count(), 4);
+}

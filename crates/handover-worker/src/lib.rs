@@ -29,6 +29,8 @@
 #![warn(unreachable_pub)]
 
 pub mod protocol;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -142,17 +144,11 @@ impl Worker {
                     return Err(Error::MissingSocket);
                 }
                 let socket = self.msg.sockets.pop().expect("one socket").into_socket2();
-                let index = info.listener as usize;
-                if self.names.get(index).map_or(true, |n| **n != *info.listener_name) {
-                    if self.names.len() <= index {
-                        self.names.resize(index + 1, Arc::from(""));
-                    }
-                    self.names[index] = Arc::from(info.listener_name);
-                }
+                let listener = intern(&mut self.names, info.listener as usize, info.listener_name);
                 let id = info.id;
                 let conn = Connection {
                     id,
-                    listener: Arc::clone(&self.names[index]),
+                    listener,
                     peer: info.peer,
                     socket: Some(socket),
                     finisher: Finisher { channel: Some(Arc::clone(&self.channel)), id },
@@ -164,6 +160,17 @@ impl Worker {
             SupervisorMessage::Stop => Ok(Event::Stop),
         }
     }
+}
+
+/// The shared copy of listener `index`'s name: allocated once per listener, not per connection.
+fn intern(names: &mut Vec<Arc<str>>, index: usize, name: &str) -> Arc<str> {
+    if names.get(index).map_or(true, |n| **n != *name) {
+        if names.len() <= index {
+            names.resize(index + 1, Arc::from(""));
+        }
+        names[index] = Arc::from(name);
+    }
+    Arc::clone(&names[index])
 }
 
 fn send(channel: &Channel, m: WorkerMessage) -> Result<(), Error> {

@@ -35,6 +35,7 @@ struct Opts {
     delay: Duration,
     misbehave: Option<String>,
     count: usize,
+    tokio: bool,
     once: Option<std::path::PathBuf>,
 }
 
@@ -52,6 +53,7 @@ fn parse_opts() -> Result<Opts, String> {
             "--misbehave" => o.misbehave = Some(val()?),
             "--count" => o.count = val()?.parse().map_err(|e| format!("--count: {e}"))?,
             "--once" => o.once = Some(val()?.into()),
+            "--tokio" => o.tokio = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -86,6 +88,7 @@ fn run(mut opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(channel) = inherited.channel.take() {
         return match opts.misbehave.clone() {
             Some(mode) => misbehave(channel, &mode, &opts),
+            None if opts.tokio => prefork_tokio(channel, &opts),
             None => prefork(Worker::from_channel(channel, opts.capacity)?, &opts),
         };
     }
@@ -163,6 +166,54 @@ fn prefork(mut worker: Worker, opts: &Opts) -> Result<(), Box<dyn std::error::Er
         let _ = t.join();
     }
     Ok(())
+}
+
+/// prefork on tokio, through `handover_worker::tokio` (`--tokio`).
+fn prefork_tokio(channel: Channel, opts: &Opts) -> Result<(), Box<dyn std::error::Error>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let delay = opts.delay;
+    let capacity = opts.capacity;
+    runtime.block_on(async move {
+        let channel = handover::tokio::Channel::try_from(channel)?;
+        let mut worker = handover_worker::tokio::Worker::from_channel(channel, capacity).await?;
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            match worker.recv().await? {
+                handover_worker::tokio::Event::Connection(conn) => {
+                    tasks.spawn(async move {
+                        let (socket, finisher) = conn.into_parts();
+                        let mut stream = tokio::net::TcpStream::try_from(socket)?;
+                        let mut buf = [0u8; 8192];
+                        let mut len = 0;
+                        while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < buf.len() {
+                            let n = stream.read(&mut buf[len..]).await?;
+                            if n == 0 {
+                                break;
+                            }
+                            len += n;
+                        }
+                        tokio::time::sleep(delay).await;
+                        let body = format!("hello from the rust tokio worker {}\n", std::process::id());
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        stream.write_all(response.as_bytes()).await?;
+                        drop(stream);
+                        drop(finisher);
+                        Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+                    });
+                    while tasks.try_join_next().is_some() {}
+                }
+                handover_worker::tokio::Event::Drain => break,
+                handover_worker::tokio::Event::Stop => std::process::exit(0),
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+        worker.close().await;
+        Ok(())
+    })
 }
 
 fn shared(listeners: Vec<handover::Socket>, opts: &Opts) -> Result<(), Box<dyn std::error::Error>> {

@@ -1,0 +1,172 @@
+//! The async worker (feature `tokio`): the same protocol as [`crate::Worker`], on tokio.
+//!
+//! ```no_run
+//! use handover_worker::tokio::{Event, Worker};
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut worker = Worker::from_env(64).await?;
+//! while let Event::Connection(conn) = worker.recv().await? {
+//!     tokio::spawn(async move {
+//!         let (socket, finisher) = conn.into_parts();
+//!         let mut stream = tokio::net::TcpStream::try_from(socket)?;
+//!         let mut buf = [0u8; 1024];
+//!         let _ = stream.read(&mut buf).await?;
+//!         stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nhi\n").await?;
+//!         drop(stream);
+//!         drop(finisher); // reports the connection finished
+//!         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+//!     });
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use handover::tokio::Channel;
+use handover::Message;
+use tokio::sync::mpsc;
+
+use crate::protocol::{SupervisorMessage, WorkerMessage, ID_MSG_LEN};
+use crate::Error;
+
+/// What the supervisor asked for.
+#[derive(Debug)]
+pub enum Event {
+    /// A connection, already acknowledged.
+    Connection(Connection),
+    /// No more connections will come: finish the ones you hold, then exit 0.
+    Drain,
+    /// Exit now.
+    Stop,
+}
+
+/// The worker's end of the control channel, on tokio.
+#[derive(Debug)]
+pub struct Worker {
+    channel: Arc<Channel>,
+    finished: mpsc::UnboundedSender<u64>,
+    reporter: tokio::task::JoinHandle<()>,
+    msg: Message,
+    names: Vec<Arc<str>>,
+}
+
+async fn send(channel: &Channel, m: WorkerMessage) -> Result<(), Error> {
+    let mut buf = [0u8; ID_MSG_LEN];
+    let n = m.encode(&mut buf);
+    channel.send(&buf[..n], &[]).await?;
+    Ok(())
+}
+
+impl Worker {
+    /// Takes the inherited control channel and says hello with `capacity`. Call it from within
+    /// a tokio runtime; it spawns a task that reports finished connections.
+    pub async fn from_env(capacity: u32) -> Result<Worker, Error> {
+        let inherited = handover::inherited()?;
+        let channel = inherited.channel.ok_or(Error::NotSupervised)?;
+        Worker::from_channel(Channel::try_from(channel)?, capacity).await
+    }
+
+    /// Like [`from_env`](Worker::from_env), over a channel you already have.
+    pub async fn from_channel(channel: Channel, capacity: u32) -> Result<Worker, Error> {
+        let channel = Arc::new(channel);
+        send(&channel, WorkerMessage::Hello { capacity: capacity.max(1), pid: std::process::id() })
+            .await?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
+        let ch = Arc::clone(&channel);
+        let reporter = tokio::spawn(async move {
+            while let Some(id) = rx.recv().await {
+                if send(&ch, WorkerMessage::Finished(id)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Worker { channel, finished: tx, reporter, msg: Message::default(), names: Vec::new() })
+    }
+
+    /// After a drain: waits until every finished connection has been reported (call it once all
+    /// connections and their finishers are dropped), then gives the channel up.
+    pub async fn close(self) {
+        drop(self.finished);
+        let _ = self.reporter.await;
+    }
+
+    /// Waits for the next event. A connection is acknowledged before it is returned.
+    pub async fn recv(&mut self) -> Result<Event, Error> {
+        self.msg.sockets.clear();
+        self.channel.recv_into(&mut self.msg).await?;
+        match SupervisorMessage::decode(&self.msg.bytes).map_err(Error::Protocol)? {
+            SupervisorMessage::Connection(info) => {
+                if self.msg.sockets.len() != 1 {
+                    return Err(Error::MissingSocket);
+                }
+                let socket = self.msg.sockets.pop().expect("one socket");
+                let listener =
+                    crate::intern(&mut self.names, info.listener as usize, info.listener_name);
+                let id = info.id;
+                send(&self.channel, WorkerMessage::Ack(id)).await?;
+                Ok(Event::Connection(Connection {
+                    id,
+                    listener,
+                    peer: info.peer,
+                    socket: Some(socket),
+                    finisher: Finisher { tx: Some(self.finished.clone()), id },
+                }))
+            }
+            SupervisorMessage::Drain => Ok(Event::Drain),
+            SupervisorMessage::Stop => Ok(Event::Stop),
+        }
+    }
+}
+
+/// Reports a connection finished when dropped.
+#[derive(Debug)]
+pub struct Finisher {
+    tx: Option<mpsc::UnboundedSender<u64>>,
+    id: u64,
+}
+
+impl Drop for Finisher {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(self.id);
+        }
+    }
+}
+
+/// An acknowledged connection. Dropping it closes the socket, then reports it finished.
+#[derive(Debug)]
+pub struct Connection {
+    id: u64,
+    listener: Arc<str>,
+    peer: Option<SocketAddr>,
+    // Field order matters: the socket closes before the finisher reports.
+    socket: Option<handover::Socket>,
+    finisher: Finisher,
+}
+
+impl Connection {
+    /// The supervisor's id for this connection.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The name of the listener it came in on.
+    pub fn listener(&self) -> &str {
+        &self.listener
+    }
+
+    /// The client's address, when it has an IP one.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    /// The socket (convert it with `tokio::net::TcpStream::try_from`) and the finisher: drop
+    /// the finisher after closing the socket.
+    pub fn into_parts(mut self) -> (handover::Socket, Finisher) {
+        let socket = self.socket.take().expect("socket present until drop");
+        let finisher = Finisher { tx: self.finisher.tx.take(), id: self.id };
+        (socket, finisher)
+    }
+}
