@@ -114,7 +114,6 @@ pub(crate) struct Accepted {
 
 impl Listener {
     pub(crate) fn new(index: u16, mut bound: Bound) -> io::Result<Listener> {
-        bound.socket.set_nonblocking(true)?;
         let socket = bound.socket.try_clone()?;
         let path = bound.unix_path.take();
         let (name, local, policy) = (bound.name.clone(), bound.local.clone(), bound.policy);
@@ -125,49 +124,28 @@ impl Listener {
             local,
             policy,
             accepted: 0,
-            io: crate::sys::register_listener(socket)?,
+            io: crate::sys::AsyncListener::new(socket)?,
             _bound_path: path,
         })
     }
 
-    fn accept_now(&self) -> io::Result<Accepted> {
-        let (socket, addr) = self.io.get_ref().accept()?;
-        // Non-blocking mode is a property of the listener's file description only: accept4
-        // without SOCK_NONBLOCK gives a blocking socket, which is what workers expect.
-        Ok(Accepted { listener: self.index, socket, peer: addr.as_socket() })
+    fn accepted(&self, (socket, addr): (Socket, SockAddr)) -> Accepted {
+        // Non-blocking mode belongs to the listener's file description only: accept4 without
+        // SOCK_NONBLOCK gives a blocking socket, which is what workers expect.
+        Accepted { listener: self.index, socket, peer: addr.as_socket() }
     }
 
     /// Accepts one connection without waiting (`Ok(None)` when the backlog is empty).
     pub(crate) fn try_accept(&self) -> io::Result<Option<Accepted>> {
-        match self.accept_now() {
-            Ok(a) => Ok(Some(a)),
+        match self.io.try_accept() {
+            Ok(a) => Ok(Some(self.accepted(a))),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
         }
     }
 
     pub(crate) fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<Accepted>> {
-        loop {
-            let mut guard = match self.io.poll_read_ready(cx) {
-                Poll::Ready(Ok(g)) => g,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            };
-            match guard.try_io(|io| {
-                let (socket, addr) = io.get_ref().accept()?;
-                Ok((socket, addr))
-            }) {
-                Ok(Ok((socket, addr))) => {
-                    return Poll::Ready(Ok(Accepted {
-                        listener: self.index,
-                        socket,
-                        peer: addr.as_socket(),
-                    }))
-                }
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
-            }
-        }
+        self.io.poll_accept(cx).map(|r| r.map(|a| self.accepted(a)))
     }
 }
 

@@ -35,6 +35,7 @@ pub(crate) enum Stop {
 
 /// A signal (or console event) the supervisor acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(windows, allow(dead_code))] // Windows only has Ctrl-C so far
 pub(crate) enum Signal {
     /// `SIGTERM`: drain and exit.
     Terminate,

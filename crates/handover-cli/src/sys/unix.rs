@@ -3,7 +3,9 @@
 use std::io;
 use std::path::Path;
 
-use socket2::Socket;
+use std::task::{Context, Poll};
+
+use socket2::{SockAddr, Socket};
 use tokio::io::unix::AsyncFd;
 
 use anyhow::Result;
@@ -97,14 +99,38 @@ impl ChildExits {
     }
 }
 
-/// A non-blocking listening socket registered with the reactor.
-pub(crate) type AsyncListener = AsyncFd<Socket>;
+/// A non-blocking listening socket registered with the reactor. Accepted sockets are never
+/// registered: they only pass through the supervisor.
+#[derive(Debug)]
+pub(crate) struct AsyncListener(AsyncFd<Socket>);
 
-/// Registers a (non-blocking) listening socket with the current runtime's reactor.
-pub(crate) fn register_listener(socket: Socket) -> io::Result<AsyncListener> {
-    // SAFETY: the AsyncFd takes ownership of `socket`, which owns its descriptor: it stays
-    // open, and `as_raw_fd` returns the same descriptor, until the AsyncFd drops it.
-    Ok(unsafe { AsyncFd::register(socket) }?)
+impl AsyncListener {
+    /// Registers a listening socket (made non-blocking) with the current runtime's reactor.
+    pub(crate) fn new(socket: Socket) -> io::Result<AsyncListener> {
+        socket.set_nonblocking(true)?;
+        // SAFETY: the AsyncFd takes ownership of `socket`, which owns its descriptor: it stays
+        // open, and `as_raw_fd` returns the same descriptor, until the AsyncFd drops it.
+        Ok(AsyncListener(unsafe { AsyncFd::register(socket) }?))
+    }
+
+    /// `accept(2)` now; `WouldBlock` when the backlog is empty.
+    pub(crate) fn try_accept(&self) -> io::Result<(Socket, SockAddr)> {
+        self.0.get_ref().accept()
+    }
+
+    pub(crate) fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Socket, SockAddr)>> {
+        loop {
+            let mut guard = match self.0.poll_read_ready(cx) {
+                Poll::Ready(Ok(g)) => g,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            match guard.try_io(|io| io.get_ref().accept()) {
+                Ok(r) => return Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
+    }
 }
 
 /// Whether `path` is a Unix-domain socket file.

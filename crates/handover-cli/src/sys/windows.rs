@@ -62,3 +62,28 @@ impl ChildExits {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// Stub: every mode is refused on Windows before a listener is registered (see `check_mode`).
+#[derive(Debug)]
+pub(crate) struct AsyncListener(#[allow(dead_code)] socket2::Socket);
+
+impl AsyncListener {
+    pub(crate) fn new(socket: socket2::Socket) -> io::Result<AsyncListener> {
+        Ok(AsyncListener(socket))
+    }
+
+    pub(crate) fn try_accept(&self) -> io::Result<(socket2::Socket, socket2::SockAddr)> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+
+    pub(crate) fn poll_accept(
+        &self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<(socket2::Socket, socket2::SockAddr)>> {
+        std::task::Poll::Ready(Err(io::Error::from(io::ErrorKind::Unsupported)))
+    }
+}
+
+pub(crate) fn is_socket_file(_meta: &std::fs::Metadata) -> bool {
+    false
+}

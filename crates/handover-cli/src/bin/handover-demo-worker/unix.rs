@@ -1,23 +1,4 @@
-//! The example Rust worker: answers every connection with a tiny HTTP response, in whichever
-//! mode the supervisor runs it.
-//!
-//! - prefork: a control channel was inherited; connections arrive over it
-//!   ([`handover_worker::Worker`] speaks the protocol), served by a pool of `--capacity`
-//!   threads.
-//! - shared: listening sockets were inherited (`LISTEN_FDS`); `--capacity` threads accept.
-//! - spawn: one connected socket as descriptor 3 (`LISTEN_FDS=1`) or on standard input.
-//!
-//! ```text
-//! handover serve --listen tcp://127.0.0.1:8080 -- target/debug/handover-demo-worker
-//! curl http://127.0.0.1:8080/
-//! ```
-//!
-//! `--misbehave MODE` makes it break the protocol on purpose (the supervisor's tests use it):
-//! `exit` (exit 1 at once), `garbage` (garbage instead of an ACK), `wrong-ack`, `never-ack`,
-//! `die-before-ack` (take connections, never acknowledge, exit after `--count` of them).
-//! With `--once FILE` only the first worker to create FILE misbehaves.
-#![forbid(unsafe_code)]
-#![allow(clippy::print_stderr, clippy::exit)] // a program, not a library
+//! Unix implementation of the demo worker (see `main.rs`).
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -60,7 +41,7 @@ fn parse_opts() -> Result<Opts, String> {
     Ok(o)
 }
 
-fn main() {
+pub(crate) fn main() {
     let opts = match parse_opts() {
         Ok(o) => o,
         Err(e) => {
