@@ -108,10 +108,32 @@ pub(crate) struct TxState {
 }
 
 impl TxState {
-    /// Encodes one message after any leftover bytes.
-    pub(crate) fn begin(&mut self, payload: &[u8], sockets: usize) -> Result<()> {
+    /// Encodes one message after any leftover bytes. Where the transport carries sockets
+    /// inline (Windows), their records for the channel's peer are written into the frames here.
+    pub(crate) fn begin(
+        &mut self,
+        raw: &RawChannel,
+        payload: &[u8],
+        sockets: &[SocketRef<'_>],
+    ) -> Result<()> {
+        self.encode(payload, sockets.len(), |out, first, count| {
+            let batch = sockets[first..first + count].iter().map(|s| s.0);
+            sys::encode_inline(raw, out, batch).map_err(Error::Io)
+        })
+    }
+
+    fn encode(
+        &mut self,
+        payload: &[u8],
+        sockets: usize,
+        inline: impl FnMut(&mut Vec<u8>, usize, usize) -> Result<()>,
+    ) -> Result<()> {
         if payload.len() > frame::MAX_PAYLOAD {
-            return Err(Error::TooLarge { what: "payload bytes", len: payload.len(), max: frame::MAX_PAYLOAD });
+            return Err(Error::TooLarge {
+                what: "payload bytes",
+                len: payload.len(),
+                max: frame::MAX_PAYLOAD,
+            });
         }
         if sockets > frame::MAX_HANDLES {
             return Err(Error::TooLarge { what: "sockets", len: sockets, max: frame::MAX_HANDLES });
@@ -120,22 +142,33 @@ impl TxState {
         self.pos = 0;
         self.batches.clear();
         self.next_batch = 0;
-        frame::encode_message::<Error>(
+        let res = frame::encode_message::<Error>(
             &mut self.buf,
             &mut self.batches,
             payload,
             sockets,
             sys::HANDLES_PER_FRAME,
-            |_, _, _| Ok(()),
-        )
+            inline,
+        );
+        if res.is_err() {
+            // Nothing of this message goes out: keep only the leftover.
+            self.buf.truncate(self.leftover);
+            self.batches.clear();
+        }
+        res
     }
 
     /// Writes until the message is out (`Ok`) or the socket would block (`WouldBlock`).
-    pub(crate) fn advance(&mut self, raw: &RawChannel, sockets: &[SocketRef<'_>]) -> io::Result<()> {
+    pub(crate) fn advance(
+        &mut self,
+        raw: &RawChannel,
+        sockets: &[SocketRef<'_>],
+    ) -> io::Result<()> {
         while self.pos < self.buf.len() {
             let (end, attach) = match self.batches.get(self.next_batch) {
                 Some(b) if b.offset == self.pos => {
-                    let end = self.batches.get(self.next_batch + 1).map_or(self.buf.len(), |n| n.offset);
+                    let end =
+                        self.batches.get(self.next_batch + 1).map_or(self.buf.len(), |n| n.offset);
                     (end, &sockets[b.first..b.first + b.count])
                 }
                 Some(b) => (b.offset, &[][..]),
@@ -147,6 +180,8 @@ impl TxState {
             }
             self.pos += n;
         }
+        // Where writes complete in the background (Windows), wait until the last one has.
+        sys::flush(raw)?;
         self.buf.clear();
         self.pos = 0;
         self.leftover = 0;
@@ -207,10 +242,8 @@ fn limits(max_payload: usize, max_sockets: usize) -> frame::Limits {
 impl RxState {
     pub(crate) fn set_limits(&mut self, max_payload: Option<usize>, max_sockets: Option<usize>) {
         let old = self.decoder.limits();
-        let new = limits(
-            max_payload.unwrap_or(old.max_payload),
-            max_sockets.unwrap_or(old.max_handles),
-        );
+        let new =
+            limits(max_payload.unwrap_or(old.max_payload), max_sockets.unwrap_or(old.max_handles));
         if self.decoder.is_idle() {
             self.decoder = Decoder::new(new);
         }
@@ -244,6 +277,15 @@ impl RxState {
     fn try_recv_inner(&mut self, raw: &RawChannel) -> Result<()> {
         loop {
             if self.decoder.next_into(&mut self.out)? {
+                // Inline socket records (Windows) become sockets now; each is owned as soon
+                // as it exists, so an error here closes the ones made before it.
+                let inline = std::mem::take(&mut self.out.inline);
+                sys::sockets_from_inline(&inline, &mut self.out.handles).map_err(|e| {
+                    match e.kind() {
+                        io::ErrorKind::InvalidData => Error::Protocol(e.to_string()),
+                        _ => Error::Io(e),
+                    }
+                })?;
                 return Ok(());
             }
             let room = self.decoder.limits().max_handles;
@@ -266,6 +308,15 @@ impl RxState {
 pub(crate) fn transport_error(e: io::Error) -> Error {
     match e.kind() {
         io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Error::PeerClosed,
+        _ => Error::Io(e),
+    }
+}
+
+/// Maps a backend's refusal of a connecting peer (Windows: the peer did not know the
+/// rendezvous secret) to [`Error::PeerRejected`].
+pub(crate) fn refused(e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::PermissionDenied => Error::PeerRejected { pid: None, uid: None },
         _ => Error::Io(e),
     }
 }
@@ -371,13 +422,23 @@ impl Channel {
 
     /// Like [`send`](Channel::send), giving up after `timeout` ([`Error::TimedOut`]). A message
     /// that timed out is delivered whole or not at all.
-    pub fn send_timeout(&self, bytes: &[u8], sockets: &[SocketRef<'_>], timeout: Duration) -> Result<()> {
+    pub fn send_timeout(
+        &self,
+        bytes: &[u8],
+        sockets: &[SocketRef<'_>],
+        timeout: Duration,
+    ) -> Result<()> {
         self.send_until(bytes, sockets, Some(Instant::now() + timeout))
     }
 
-    fn send_until(&self, bytes: &[u8], sockets: &[SocketRef<'_>], deadline: Option<Instant>) -> Result<()> {
+    fn send_until(
+        &self,
+        bytes: &[u8],
+        sockets: &[SocketRef<'_>],
+        deadline: Option<Instant>,
+    ) -> Result<()> {
         let mut tx = lock(&self.tx);
-        tx.begin(bytes, sockets.len())?;
+        tx.begin(&self.raw, bytes, sockets)?;
         loop {
             match tx.advance(&self.raw, sockets) {
                 Ok(()) => return Ok(()),
@@ -484,6 +545,7 @@ impl ChannelListener {
         Ok(ChannelListener { inner, policy: PeerPolicy::SameUser, path })
     }
 
+    #[allow(dead_code)] // Used by the OS extension modules, which not every OS has.
     pub(crate) fn from_raw(inner: sys::RawListener) -> ChannelListener {
         ChannelListener { inner, policy: PeerPolicy::SameUser, path: RemoveOnDrop(None) }
     }
@@ -502,7 +564,7 @@ impl ChannelListener {
     /// Waits for a connection and checks the peer. A refused peer is disconnected and
     /// reported as [`Error::PeerRejected`]; call `accept` again for the next one.
     pub fn accept(&self) -> Result<Channel> {
-        let raw = sys::accept(&self.inner)?;
+        let raw = sys::accept(&self.inner).map_err(refused)?;
         let peer = self.policy.check(&raw)?;
         Ok(Channel::from_raw(raw, peer))
     }
@@ -526,14 +588,14 @@ mod tests {
     #[test]
     fn cancel_between_frames_appends_an_abort() {
         let mut tx = TxState::default();
-        tx.begin(b"p", 300).unwrap();
+        tx.encode(b"p", 300, |_, _, _| Ok(())).unwrap();
         let second = tx.batches[1].offset;
         // Pretend the first frame went out whole.
         tx.pos = second;
         tx.cancel();
         assert_eq!(tx.buf, frame::abort_frame());
         // The next message goes after the abort frame.
-        tx.begin(b"q", 0).unwrap();
+        tx.encode(b"q", 0, |_, _, _| Ok(())).unwrap();
         assert_eq!(&tx.buf[..frame::HEADER_LEN], &frame::abort_frame());
         assert_eq!(tx.leftover, frame::HEADER_LEN);
     }
@@ -541,13 +603,13 @@ mod tests {
     #[test]
     fn cancel_inside_a_frame_keeps_its_tail() {
         let mut tx = TxState::default();
-        tx.begin(b"hello", 1).unwrap();
+        tx.encode(b"hello", 1, |_, _, _| Ok(())).unwrap();
         let total = tx.buf.len();
         tx.pos = 3;
         tx.cancel();
         assert_eq!(tx.buf.len(), total - 3);
         let mut tx = TxState::default();
-        tx.begin(b"hello", 0).unwrap();
+        tx.encode(b"hello", 0, |_, _, _| Ok(())).unwrap();
         tx.cancel(); // nothing written: nothing kept
         assert!(tx.buf.is_empty());
     }

@@ -234,10 +234,14 @@ impl<'a> Command<'a> {
     /// Spawns the child. The standard stream settings are consumed: set them again before
     /// spawning another child from the same builder.
     pub fn spawn(&mut self) -> Result<Child> {
-        if let Some((name, _)) = self.listen.iter().find(|(n, _)| n.contains(':') || n.contains('\0')) {
+        if let Some((name, _)) =
+            self.listen.iter().find(|(n, _)| n.contains(':') || n.contains('\0'))
+        {
             return Err(Error::Io(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                format!("socket name {name:?} contains ':' or NUL, which LISTEN_FDNAMES cannot carry"),
+                format!(
+                    "socket name {name:?} contains ':' or NUL, which LISTEN_FDNAMES cannot carry"
+                ),
             )));
         }
         let (inner, raw) = sys::spawn(self)?;
@@ -249,7 +253,9 @@ impl<'a> Command<'a> {
             // Windows: the sockets can only be duplicated for the child now that its pid is
             // known; they wait in the pipe until the child's `inherited()` reads them.
             let sockets: Vec<SocketRef<'_>> = self.listen.iter().map(|(_, s)| *s).collect();
-            let ch = channel.as_ref().ok_or_else(|| Error::Inherit("no channel for the sockets".into()))?;
+            let ch = channel
+                .as_ref()
+                .ok_or_else(|| Error::Inherit("no channel for the sockets".into()))?;
             ch.send_timeout(b"", &sockets, LISTEN_ON_CHANNEL_TIMEOUT)?;
             if !self.channel {
                 channel = None;
@@ -360,7 +366,9 @@ pub fn inherited() -> Result<Inherited> {
     };
     let mut sockets: Vec<Socket> = parts.sockets.into_iter().map(Socket::from_sys).collect();
     if parts.on_channel > 0 {
-        let ch = channel.as_ref().ok_or_else(|| Error::Inherit("sockets announced, but no channel".into()))?;
+        let ch = channel
+            .as_ref()
+            .ok_or_else(|| Error::Inherit("sockets announced, but no channel".into()))?;
         let msg = ch.recv_timeout(LISTEN_ON_CHANNEL_TIMEOUT)?;
         if msg.sockets.len() != parts.on_channel {
             return Err(Error::Inherit(format!(

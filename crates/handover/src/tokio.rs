@@ -81,8 +81,13 @@ impl Channel {
 
     /// Connects to a listener at `path` whose owner `policy` allows.
     pub async fn connect_with_policy(path: impl AsRef<Path>, policy: &PeerPolicy) -> Result<Channel> {
-        // connect(2) on a Unix socket does not wait for the peer to accept.
-        Channel::try_from(crate::Channel::connect_with_policy(path, policy)?)
+        // connect(2) on a Unix socket does not wait for the peer to accept, but a Windows
+        // rendezvous waits for the listener's hello: keep that off the runtime's threads.
+        let (path, policy) = (path.as_ref().to_owned(), policy.clone());
+        let ch = tokio::task::spawn_blocking(move || crate::Channel::connect_with_policy(path, &policy))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(format!("connect task failed: {e}"))))??;
+        Channel::try_from(ch)
     }
 
     /// Connects to a listener at `path` owned by the same user.
@@ -103,7 +108,7 @@ impl Channel {
     /// Sends `bytes` and lends `sockets` to the peer.
     pub async fn send(&self, bytes: &[u8], sockets: &[SocketRef<'_>]) -> Result<()> {
         let mut tx = self.tx.lock().await;
-        tx.begin(bytes, sockets.len())?;
+        tx.begin(self.io.raw(), bytes, sockets)?;
         let mut guard = SendGuard { tx: &mut tx, done: false };
         let res = self.io.writable(|raw| guard.tx.advance(raw, sockets)).await;
         guard.done = res.is_ok();
@@ -166,7 +171,7 @@ impl ChannelListener {
 
     /// Waits for a connection and checks the peer (see [`crate::ChannelListener::accept`]).
     pub async fn accept(&self) -> Result<Channel> {
-        let raw = self.inner.accept().await?;
+        let raw = self.inner.accept().await.map_err(crate::channel::refused)?;
         let peer = self.policy.check(&raw)?;
         Channel::try_from(crate::Channel::from_raw(raw, peer))
     }

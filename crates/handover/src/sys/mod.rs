@@ -10,13 +10,25 @@
 //! - `recv(&RawChannel, &mut [u8], &mut Vec<OwnedSocket>, max_handles) -> io::Result<Received>`:
 //!   one non-blocking read; every handle that arrived is owned before the call returns, and
 //!   `Received::truncated` says the OS cut control data off.
+//! - `flush(&RawChannel) -> io::Result<()>`: `WouldBlock` while bytes accepted by `send` are
+//!   still being written (Windows cancels a thread's pending I/O when the thread exits, so a
+//!   send returns only after this); always `Ok` on Unix.
 //! - `wait(&RawChannel, Interest, deadline) -> io::Result<bool>`: block until ready or deadline.
 //! - `peer_credentials(&RawChannel) -> io::Result<PeerCredentials>`, `current_uid()`.
-//! - `bind(path)`, `bind_abstract(name)`, `accept`, `connect(path)`, `connect_abstract(name)`.
+//! - `bind(path)`, `accept`, `connect(path)` (a refused peer is `PermissionDenied`), and on
+//!   Unix `bind_abstract(name)`, `connect_abstract(name)` for the `unix` extension module.
 //! - `socket_kind(&socket2::Socket) -> io::Result<SocketKind>`.
-//! - `spawn(&Command) -> io::Result<(Child, Option<RawChannel>)>` and `inherited() -> ...`.
+//! - `spawn(&Command) -> io::Result<(Child, Option<RawChannel>)>`.
 //! - `HANDLES_PER_FRAME`, `INLINE_HANDLE_BYTES`: how many handles one write can carry, and the
 //!   bytes of inline data each handle needs in a frame (0 where they travel out of band).
+//! - `encode_inline(&RawChannel, &mut Vec<u8>, sockets)`: append each socket's inline record
+//!   for the channel's peer (Windows: `WSADuplicateSocketW`; nothing on Unix), and
+//!   `sockets_from_inline(&[u8], &mut Vec<OwnedSocket>)`: open the sockets those records
+//!   describe, each owned as soon as it exists; a bad record is `InvalidData`.
+//! - `LISTEN_OVER_CHANNEL`: whether a child's listening sockets travel as the first message
+//!   on its channel (Windows) rather than as inherited descriptors (Unix).
+//! - `inherited() -> io::Result<Option<InheritedParts>>`: what this process was started with;
+//!   environment problems are `InvalidInput`.
 //! - `async_io` (feature `tokio`): `AsyncChannel` wrapping `RawChannel` with
 //!   `readable(|raw| ...)` / `writable(|raw| ...)`.
 

@@ -31,6 +31,10 @@ impl AsyncChannel {
         self.0.into_inner()
     }
 
+    pub(crate) fn raw(&self) -> &RawChannel {
+        self.0.get_ref()
+    }
+
     /// Runs `f` until it does not return `WouldBlock`, waiting for readiness in between.
     /// `f` must return `WouldBlock` only when the system call did.
     pub(crate) async fn readable<R>(&self, mut f: impl FnMut(&RawChannel) -> io::Result<R>) -> io::Result<R> {

@@ -16,7 +16,10 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::uds::{pair, RawChannel};
-use crate::spawn::{Command, ENV_CHANNEL_FD, ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ENV_LISTEN_PID};
+use crate::spawn::{
+    listen_count, listen_names, Command, InheritedParts, ENV_CHANNEL_FD, ENV_LISTEN_FDNAMES,
+    ENV_LISTEN_FDS, ENV_LISTEN_PID,
+};
 
 /// A spawned child process.
 #[derive(Debug)]
@@ -73,7 +76,8 @@ impl ExecPlan {
         for (i, src) in self.sources.iter().enumerate() {
             // Move every source above the target range first, so no dup2 clobbers a source.
             // SAFETY: src is open in the child (inherited from the parent's borrow).
-            self.temps[i] = syscall!(unsafe { libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, first_free) })?;
+            let tmp = syscall!(unsafe { libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, first_free) })?;
+            self.temps[i] = tmp;
         }
         for (i, tmp) in self.temps.iter().enumerate() {
             // dup2 clears FD_CLOEXEC on the target: these are the only descriptors inherited
@@ -92,7 +96,9 @@ impl ExecPlan {
         }
         // SAFETY: path, argv and envp are NUL-terminated strings in NULL-terminated arrays that
         // live in this plan. execve returns only on failure.
-        unsafe { libc::execve(self.path.as_ptr(), self.argv_ptrs.as_ptr(), self.envp_ptrs.as_ptr()) };
+        unsafe {
+            libc::execve(self.path.as_ptr(), self.argv_ptrs.as_ptr(), self.envp_ptrs.as_ptr())
+        };
         Err(io::Error::last_os_error())
     }
 }
@@ -128,7 +134,12 @@ fn write_pid(slot: *mut u8, pid: u32) {
 fn mark_cloexec_from(first: RawFd) -> io::Result<()> {
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes descriptor flags.
     let res = unsafe {
-        libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC)
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
     };
     if res == 0 {
         return Ok(());
@@ -194,10 +205,7 @@ fn resolve_program(program: &OsStr, env: &[(OsString, OsString)]) -> io::Result<
             return Ok(candidate);
         }
     }
-    Err(io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("program {:?} not found in PATH", program),
-    ))
+    Err(io::Error::new(io::ErrorKind::NotFound, format!("program {:?} not found in PATH", program)))
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -306,11 +314,45 @@ fn dup_cloexec(fd: RawFd) -> io::Result<OwnedFd> {
 
 static TAKEN: AtomicBool = AtomicBool::new(false);
 
+fn inherit_error(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+/// Adopts what the environment says this process was started with (`LISTEN_PID` must name
+/// us): descriptors 3, 4, … and, after them, the channel. Environment problems are
+/// `InvalidInput` errors.
+pub(crate) fn inherited() -> io::Result<Option<InheritedParts>> {
+    let var = |k: &str| std::env::var(k).ok();
+    let Some(pid) = var(ENV_LISTEN_PID) else { return Ok(None) };
+    let pid: u32 =
+        pid.parse().map_err(|_| inherit_error(format!("{ENV_LISTEN_PID}={pid:?} is not a pid")))?;
+    if pid != std::process::id() {
+        return Ok(None);
+    }
+    let count = listen_count()?;
+    let names = listen_names();
+    let channel_fd = match var(ENV_CHANNEL_FD) {
+        None => None,
+        Some(n) => Some(n.parse::<usize>().ok().filter(|n| *n == 3 + count).ok_or_else(|| {
+            inherit_error(format!(
+                "{ENV_CHANNEL_FD}={n:?} does not follow the {count} listening descriptors"
+            ))
+        })?),
+    };
+    let mut fds = inherited_fds(count + channel_fd.map_or(0, |_| 1))
+        .map_err(|e| inherit_error(e.to_string()))?;
+    let channel = match channel_fd {
+        Some(_) => Some(RawChannel::from_owned(fds.pop().expect("channel descriptor"))?),
+        None => None,
+    };
+    Ok(Some(InheritedParts { channel, sockets: fds, on_channel: 0, names, keep_channel: true }))
+}
+
 /// Adopts the inherited descriptors `3..3 + count`, marking them close-on-exec.
 ///
 /// Only the first call adopts anything (later calls fail), and the caller only asks when
 /// `LISTEN_PID` names this process: the descriptors were passed to it to own.
-pub(crate) fn inherited_fds(count: usize) -> io::Result<Vec<OwnedFd>> {
+fn inherited_fds(count: usize) -> io::Result<Vec<OwnedFd>> {
     if TAKEN.swap(true, Ordering::SeqCst) {
         return Err(io::Error::other("already taken by an earlier call to inherited()"));
     }
