@@ -32,6 +32,12 @@ pub struct Message {
 /// On Linux every field comes from `SO_PEERCRED`, recorded when the connection was made. On
 /// macOS the uid/gid come from `getpeereid` and the pid from `LOCAL_PEERPID`; other BSDs report
 /// no pid. For a [`Channel::pair`] both ends report the process that created the pair.
+///
+/// On Windows the pid is the process sockets are duplicated for (`WSADuplicateSocketW` needs
+/// it): the spawned child, the parent, or the peer of a rendezvous, whose hello must agree with
+/// the pid the pipe reports. Windows has no uid: `uid` is the relative id (last
+/// sub-authority) of the current user's SID, reported for every peer because the pipe's
+/// owner-only DACL admits no other user, and `gid` is `None`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerCredentials {
     /// The peer's process id.
@@ -505,8 +511,18 @@ impl Channel {
 /// A rendezvous where processes connect to get a [`Channel`].
 ///
 /// On Unix it is a Unix-domain socket at a path (created with mode `0600`, removed on drop)
-/// or, on Linux, an abstract name (see [`crate::unix::ChannelListenerExt`]). Every connecting
+/// or, on Linux, an abstract name (see `unix::ChannelListenerExt`). Every connecting
 /// peer is checked against the listener's [`PeerPolicy`] (by default: same user only).
+///
+/// # Platform-specific behavior
+///
+/// On Windows the path names a file (created new, readable by the current user only, removed
+/// on drop) that holds the name of a named pipe with 128 random bits in it and a 256-bit
+/// secret; [`Channel::connect`] reads it, opens the pipe and proves it knows the secret in a
+/// hello, and both sides exchange pids. The pipe admits local clients of the current user only
+/// (owner-only DACL, `PIPE_REJECT_REMOTE_CLIENTS`). A path that is itself a pipe name
+/// (`\\.\pipe\name`) binds that pipe directly, with no secret: the DACL is then the only
+/// gate. A peer without the secret is refused with [`Error::PeerRejected`].
 ///
 /// ```no_run
 /// # fn main() -> handover::Result<()> {

@@ -1,7 +1,8 @@
 //! Hand live sockets — listeners and accepted connections — from one process to another.
 //!
 //! A classic multi-process server accepts a connection in one process and serves it in
-//! another. `handover` does that safely on Unix (`SCM_RIGHTS`) behind one portable API:
+//! another. `handover` does that safely on Unix (`SCM_RIGHTS`) and on Windows
+//! (`WSADuplicateSocketW` records over named pipes) behind one portable API:
 //!
 //! - [`Channel`]: a connected endpoint carrying messages of bytes plus sockets, made by
 //!   [`Channel::pair`], a [`ChannelListener`] rendezvous, or inherited at spawn.

@@ -96,6 +96,17 @@ pub(crate) struct InheritedParts {
 /// `LISTEN_FDNAMES` and `LISTEN_PID` set as systemd does, and the channel (if any) the next
 /// descriptor, named in `HANDOVER_CHANNEL_FD`. Every other descriptor of the parent is closed
 /// in the child (marked close-on-exec between `fork` and `exec`), whatever its flags.
+///
+/// On Windows the child is started with `CreateProcessW` and inherits only the handles named
+/// in its `PROC_THREAD_ATTRIBUTE_HANDLE_LIST`: its standard handles and, when a channel or
+/// listening sockets are given, one end of a private named pipe. Sockets are not inherited
+/// (layered providers make that unreliable): listening sockets are duplicated for the child's
+/// pid and sent as the first message on that pipe, which [`inherited`] reads. A
+/// [`stdio_socket`](Command::stdio_socket) becomes the child's standard input and output as
+/// an inheritable duplicate. `stdin`/`stdout`/`stderr` given as [`Stdio`] are not supported
+/// there (std offers no way to read the handle back) and make `spawn` fail with
+/// `Unsupported`; the child inherits this process's standard handles instead.
+/// [`die_with_parent`](Command::die_with_parent) is ignored.
 #[derive(Debug)]
 pub struct Command<'a> {
     pub(crate) program: OsString,
@@ -341,6 +352,13 @@ impl Inherited {
 ///
 /// The descriptors become owned by the returned value, so only the first call takes them; a
 /// later call that finds descriptors meant for this process returns [`Error::Inherit`].
+///
+/// # Platform-specific behavior
+///
+/// On Windows the channel is the pipe handle named in `HANDOVER_CHANNEL_FD`, adopted only if
+/// the parent process is the one `HANDOVER_PARENT_PID` names and serves that pipe (so a
+/// grandchild that inherited the environment takes nothing); listening sockets are then
+/// received from it, waiting up to 30 seconds.
 ///
 /// ```no_run
 /// # fn main() -> handover::Result<()> {
