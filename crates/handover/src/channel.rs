@@ -250,9 +250,7 @@ impl RxState {
         let old = self.decoder.limits();
         let new =
             limits(max_payload.unwrap_or(old.max_payload), max_sockets.unwrap_or(old.max_handles));
-        if self.decoder.is_idle() {
-            self.decoder = Decoder::new(new);
-        }
+        self.decoder.set_limits(new);
     }
 
     /// Reads until one whole message is decoded into `out`, or the socket would block
@@ -408,7 +406,7 @@ impl Channel {
 
     /// Limits what one received message may carry: payload bytes and sockets (defaults
     /// [`DEFAULT_MAX_PAYLOAD`] and [`DEFAULT_MAX_SOCKETS`]). A message over a limit is an error
-    /// and every socket that came with it is closed. Takes effect between messages.
+    /// and every socket that came with it is closed. Applies to frames read from now on.
     ///
     /// # Platform-specific behavior
     ///

@@ -65,9 +65,16 @@ pub(crate) enum DecodeError {
     UnknownKind(u8),
     ReservedFlags(u16),
     /// A length field over the limit.
-    TooLarge { what: &'static str, len: usize, max: usize },
+    TooLarge {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
     /// The frame declares more handles than arrived with it.
-    MissingHandles { expected: usize, received: usize },
+    MissingHandles {
+        expected: usize,
+        received: usize,
+    },
     /// Handles arrived that no frame claims.
     UnexpectedHandles,
     /// An abort frame that carries data.
@@ -229,6 +236,12 @@ impl<H> Decoder<H> {
         self.limits
     }
 
+    /// Replaces the limits; frames parsed from now on are checked against the new ones.
+    pub(crate) fn set_limits(&mut self, limits: Limits) {
+        debug_assert!(limits.max_handles_per_frame > 0);
+        self.limits = limits;
+    }
+
     /// Feeds bytes read from the stream.
     pub(crate) fn push_bytes(&mut self, bytes: &[u8]) {
         if self.start == self.buf.len() {
@@ -242,7 +255,10 @@ impl<H> Decoder<H> {
     }
 
     /// Feeds out-of-band handles, in the order they arrived.
-    pub(crate) fn push_handles(&mut self, handles: impl IntoIterator<Item = H>) -> Result<(), DecodeError> {
+    pub(crate) fn push_handles(
+        &mut self,
+        handles: impl IntoIterator<Item = H>,
+    ) -> Result<(), DecodeError> {
         self.queued.extend(handles);
         // Handles arrive with the first byte of their frame, so at most one frame's worth can
         // be ahead of the frame being read (plus the one in progress).
@@ -295,7 +311,11 @@ impl<H> Decoder<H> {
             }
             if count > self.limits.max_handles_per_frame {
                 let max = self.limits.max_handles_per_frame;
-                return Err(DecodeError::TooLarge { what: "sockets in one frame", len: count, max });
+                return Err(DecodeError::TooLarge {
+                    what: "sockets in one frame",
+                    len: count,
+                    max,
+                });
             }
             let max_handles = self.limits.max_handles.min(MAX_HANDLES);
             if done_handles + count > max_handles {
@@ -308,7 +328,10 @@ impl<H> Decoder<H> {
                 return Ok(false);
             }
             if self.limits.inline_handle_bytes == 0 && self.queued.len() < count {
-                return Err(DecodeError::MissingHandles { expected: count, received: self.queued.len() });
+                return Err(DecodeError::MissingHandles {
+                    expected: count,
+                    received: self.queued.len(),
+                });
             }
             let body = &avail[HEADER_LEN..HEADER_LEN + payload_len];
             let inline = &avail[HEADER_LEN + payload_len..frame_len];
@@ -373,12 +396,18 @@ mod tests {
     use proptest::prelude::*;
 
     fn limits() -> Limits {
-        Limits { max_payload: 1 << 20, max_handles: 4096, max_handles_per_frame: 253, inline_handle_bytes: 0 }
+        Limits {
+            max_payload: 1 << 20,
+            max_handles: 4096,
+            max_handles_per_frame: 253,
+            inline_handle_bytes: 0,
+        }
     }
 
     fn encode(payload: &[u8], handles: usize) -> (Vec<u8>, Vec<Batch>) {
         let (mut out, mut batches) = (Vec::new(), Vec::new());
-        encode_message::<()>(&mut out, &mut batches, payload, handles, 253, |_, _, _| Ok(())).unwrap();
+        encode_message::<()>(&mut out, &mut batches, payload, handles, 253, |_, _, _| Ok(()))
+            .unwrap();
         (out, batches)
     }
 
@@ -472,7 +501,8 @@ mod tests {
 
     #[test]
     fn bad_fields() {
-        let good = Header { kind: KIND_MESSAGE, flags: 0, payload_len: 0, handle_count: 0 }.encode();
+        let good =
+            Header { kind: KIND_MESSAGE, flags: 0, payload_len: 0, handle_count: 0 }.encode();
         let mut b = good;
         b[0] = b'X';
         assert_eq!(Header::decode(&b), Err(DecodeError::BadMagic));
@@ -490,7 +520,10 @@ mod tests {
     #[test]
     fn truncated_stream_is_reported_at_finish() {
         let (bytes, _) = encode(b"abc", 0);
-        assert_eq!(decode_all(&bytes[..bytes.len() - 1], 0), Err(DecodeError::EndOfStream.to_string()));
+        assert_eq!(
+            decode_all(&bytes[..bytes.len() - 1], 0),
+            Err(DecodeError::EndOfStream.to_string())
+        );
         assert_eq!(decode_all(&bytes, 0), Ok(1));
         assert_eq!(decode_all(&bytes, 1), Err(DecodeError::UnexpectedHandles.to_string()));
     }
