@@ -26,7 +26,11 @@ pub enum SocketKind {
 }
 
 impl SocketKind {
-    pub(crate) fn classify(domain: socket2::Domain, ty: socket2::Type, listening: bool) -> SocketKind {
+    pub(crate) fn classify(
+        domain: socket2::Domain,
+        ty: socket2::Type,
+        listening: bool,
+    ) -> SocketKind {
         use socket2::{Domain, Type};
         let inet = domain == Domain::IPV4 || domain == Domain::IPV6;
         match (inet, domain == Domain::UNIX, ty, listening) {

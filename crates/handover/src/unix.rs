@@ -2,7 +2,9 @@
 
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 
-use crate::{sys, Channel, ChannelListener, Command, Error, PeerPolicy, Result, Socket, SocketKind};
+use crate::{
+    sys, Channel, ChannelListener, Command, Error, PeerPolicy, Result, Socket, SocketKind,
+};
 
 /// Linux abstract-namespace rendezvous for [`ChannelListener`].
 pub trait ChannelListenerExt: Sized {

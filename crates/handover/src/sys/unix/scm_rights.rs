@@ -56,7 +56,8 @@ pub(crate) fn send<'a>(
     let count = fds.len();
     assert!(count <= HANDLES_PER_FRAME, "a frame carries at most {HANDLES_PER_FRAME} descriptors");
     let mut cmsg = CmsgBuf([0; 1088]);
-    let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() };
+    let mut iov =
+        libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() };
     // SAFETY: msghdr is plain old data, for which all-zero is a valid value.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
     msg.msg_iov = &mut iov;

@@ -169,7 +169,11 @@ pub(crate) enum Interest {
 }
 
 /// Blocks until the channel is ready, or the deadline passes (`Ok(false)`).
-pub(crate) fn wait(ch: &RawChannel, interest: Interest, deadline: Option<Instant>) -> io::Result<bool> {
+pub(crate) fn wait(
+    ch: &RawChannel,
+    interest: Interest,
+    deadline: Option<Instant>,
+) -> io::Result<bool> {
     let events = match interest {
         Interest::Readable => libc::POLLIN,
         Interest::Writable => libc::POLLOUT,
