@@ -142,9 +142,11 @@ fn sighup_restarts_workers_without_refusing_clients() {
 fn kill_9_under_load_loses_only_acknowledged_mid_request_connections() {
     let mut env = TestEnv::new("kill9");
     let mut args = listen().to_vec();
-    // Workers are killed faster than any sane min-uptime: keep crash-loop detection out of it.
-    args.extend(["-w", "4", "--crash-limit", "0"]);
-    env.serve(&args, &[DEMO_WORKER, "--capacity", "4"]);
+    // Workers are killed faster than any sane min-uptime: keep crash-loop detection and its
+    // backoff out of it (a worker killed after 10 ms of life is restarted at once).
+    args.extend(["-w", "4", "--crash-limit", "0", "--min-uptime", "10ms"]);
+    // A 3 ms service time keeps requests in flight, so kills land mid-request too.
+    env.serve(&args, &[DEMO_WORKER, "--capacity", "4", "--delay-ms", "3"]);
     let addr = env.wait_ready(4);
     let stop = Arc::new(AtomicBool::new(false));
     let killer = {
