@@ -13,11 +13,11 @@ echo "== Linux: cargo test --workspace --all-features"
 cargo test --workspace --all-features
 
 if [ -z "${HANDOVER_NO_WINE:-}" ]; then
-    echo "== Windows (x86_64-pc-windows-gnu) under Wine: cargo test -p handover --all-features"
+    echo "== Windows (x86_64-pc-windows-gnu) under Wine: the library and the shared cross-process tests"
     # shellcheck source=/dev/null
     . .ci/wine-env.sh
     # Wine's helper processes inherit stdout and linger; start them quietly, stop them after.
     wineserver -p </dev/null >/dev/null 2>&1 || true
     trap 'wineserver -k >/dev/null 2>&1 || true' EXIT
-    cargo test -p handover --all-features --target x86_64-pc-windows-gnu
+    cargo test -p handover -p integration-tests --all-features --target x86_64-pc-windows-gnu
 fi

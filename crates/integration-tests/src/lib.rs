@@ -17,6 +17,12 @@ pub fn raise_nofile(want: u64) -> std::io::Result<u64> {
     Ok(lim.rlim_cur as u64)
 }
 
+/// Descriptor limits are a Unix notion: nothing to raise on Windows.
+#[cfg(windows)]
+pub fn raise_nofile(want: u64) -> std::io::Result<u64> {
+    Ok(want)
+}
+
 /// Number of open descriptors of this process.
 #[cfg(target_os = "linux")]
 pub fn fd_count() -> usize {

@@ -1,5 +1,4 @@
 //! Sockets handed to another process over a channel, which then serves or accepts on them.
-#![cfg(unix)] // the helper program's roles use Unix-only pieces; Windows has its own tests
 
 mod util;
 

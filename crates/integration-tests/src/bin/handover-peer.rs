@@ -4,11 +4,10 @@
 //! code). Exit codes: 0 success, 2 usage, 3 the operation failed as reported on stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr, clippy::exit)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::time::Duration;
 
-use handover::{AsSocketRef, Channel, Error, PeerPolicy};
+use handover::{AsSocketRef, Channel, Error};
 
 type Res<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
@@ -22,12 +21,18 @@ fn main() {
         "udp-echo" => udp_echo(),
         "report-ports" => report_ports(),
         "send-sockets" => send_sockets(rest),
+        #[cfg(unix)]
         "list-fds" => list_fds(),
+        #[cfg(unix)]
         "listen-fds" => listen_fds(),
+        #[cfg(unix)]
         "inetd-echo" => inetd_echo(),
         "handoff-loop" => handoff_loop(),
+        #[cfg(unix)]
         "garbage" => garbage(rest),
+        #[cfg(unix)]
         "connect-abstract" => connect_abstract(rest),
+        #[cfg(unix)]
         "listen-abstract" => listen_abstract(rest),
         "tokio-serve-stream" => tokio_serve_stream(),
         _ => {
@@ -117,6 +122,7 @@ fn send_sockets(args: &[String]) -> Res {
     Ok(())
 }
 
+#[cfg(unix)]
 /// Open descriptors, without the one that reads the directory.
 fn fd_list() -> Res<Vec<u32>> {
     let mut fds = Vec::new();
@@ -132,6 +138,7 @@ fn fd_list() -> Res<Vec<u32>> {
     Ok(fds)
 }
 
+#[cfg(unix)]
 /// Reports the descriptors it has, excluding the one used to list them.
 fn list_fds() -> Res {
     let open: Vec<String> = fd_list()?.iter().map(u32::to_string).collect();
@@ -140,6 +147,7 @@ fn list_fds() -> Res {
     Ok(())
 }
 
+#[cfg(unix)]
 /// Takes systemd-style sockets and prints "name=kind" lines plus its pid to stdout.
 fn listen_fds() -> Res {
     let before = fd_list()?;
@@ -155,6 +163,7 @@ fn listen_fds() -> Res {
     Ok(())
 }
 
+#[cfg(unix)]
 /// inetd style: serves one line on standard input/output, which is a socket.
 fn inetd_echo() -> Res {
     let socket = handover::unix::stdin_socket()?.ok_or("stdin is not a socket")?;
@@ -184,9 +193,12 @@ fn handoff_loop() -> Res {
     }
 }
 
+#[cfg(unix)]
 /// Connects to a channel rendezvous at PATH with a raw Unix stream and writes a bad frame.
 fn garbage(args: &[String]) -> Res {
+    use std::io::Read;
     use std::os::unix::net::UnixStream;
+    use std::time::Duration;
     let (mode, path) = (args.first().ok_or("mode")?, args.get(1).ok_or("path")?);
     let mut s = UnixStream::connect(path)?;
     let header = |payload_len: u32, handles: u32| {
@@ -217,9 +229,12 @@ fn garbage(args: &[String]) -> Res {
     Ok(())
 }
 
+#[cfg(unix)]
 /// Connects to an abstract rendezvous; exit 0 if accepted, 10 if refused by our own check.
 fn connect_abstract(args: &[String]) -> Res {
     use handover::unix::ChannelExt;
+    use handover::PeerPolicy;
+    use std::time::Duration;
     let name = args.first().ok_or("name")?;
     match Channel::connect_abstract(name.as_bytes(), &PeerPolicy::SameUser) {
         Ok(ch) => {
@@ -234,9 +249,11 @@ fn connect_abstract(args: &[String]) -> Res {
     }
 }
 
+#[cfg(unix)]
 /// Listens on an abstract name and accepts one connection; prints what happened.
 fn listen_abstract(args: &[String]) -> Res {
     use handover::unix::ChannelListenerExt;
+    use std::time::Duration;
     let name = args.first().ok_or("name")?;
     let listener = handover::ChannelListener::bind_abstract(name.as_bytes())?;
     println!("listening");
