@@ -170,6 +170,19 @@ impl<'a> Command<'a> {
         self
     }
 
+    /// Sets several environment variables for the child.
+    pub fn envs<I, K, V>(&mut self, vars: I) -> &mut Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        for (k, v) in vars {
+            self.env(k, v);
+        }
+        self
+    }
+
     /// Removes an environment variable from the child's environment.
     pub fn env_remove(&mut self, key: impl AsRef<OsStr>) -> &mut Self {
         self.env.push((key.as_ref().to_owned(), None));
@@ -277,16 +290,18 @@ impl<'a> Command<'a> {
 
     /// The environment the child starts with, before the socket variables are added.
     pub(crate) fn resolved_env(&self) -> Vec<(OsString, OsString)> {
-        let mut env: Vec<(OsString, OsString)> =
-            if self.env_clear { Vec::new() } else { std::env::vars_os().collect() };
+        let mut env: std::collections::BTreeMap<OsString, OsString> =
+            if self.env_clear { Default::default() } else { std::env::vars_os().collect() };
         for (k, v) in &self.env {
-            env.retain(|(ek, _)| ek != k);
-            if let Some(v) = v {
-                env.push((k.clone(), v.clone()));
-            }
+            match v {
+                Some(v) => env.insert(k.clone(), v.clone()),
+                None => env.remove(k),
+            };
         }
-        env.retain(|(k, _)| !MANAGED_ENV.iter().any(|m| k == m));
-        env
+        for m in MANAGED_ENV {
+            env.remove(OsStr::new(m));
+        }
+        env.into_iter().collect()
     }
 }
 

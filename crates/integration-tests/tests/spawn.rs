@@ -83,6 +83,12 @@ fn inetd_style_the_socket_is_stdin_and_stdout() {
 }
 
 #[test]
+fn the_inherited_channel_starts_blocking_for_programs_in_other_languages() {
+    let (mut child, _ch) = spawn_peer("channel-is-blocking", &[]);
+    assert_exit(&mut child, 0);
+}
+
+#[test]
 fn a_missing_program_is_a_clear_error() {
     let err = Command::new("handover-no-such-program").spawn().unwrap_err();
     assert!(err.to_string().contains("not found in PATH"), "{err}");

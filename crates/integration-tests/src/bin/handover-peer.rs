@@ -24,6 +24,8 @@ fn main() {
         #[cfg(unix)]
         "list-fds" => list_fds(),
         #[cfg(unix)]
+        "channel-is-blocking" => channel_is_blocking(),
+        #[cfg(unix)]
         "listen-fds" => listen_fds(),
         #[cfg(unix)]
         "inetd-echo" => inetd_echo(),
@@ -144,6 +146,22 @@ fn list_fds() -> Res {
     let open: Vec<String> = fd_list()?.iter().map(u32::to_string).collect();
     let ch = channel()?;
     ch.send(open.join(",").as_bytes(), &[])?;
+    Ok(())
+}
+
+#[cfg(unix)]
+/// Exits 0 if the inherited channel descriptor is blocking before adoption, as a program in
+/// another language expects; 4 if it is non-blocking.
+fn channel_is_blocking() -> Res {
+    let fd: i32 = std::env::var("HANDOVER_CHANNEL_FD")?.parse()?;
+    // SAFETY: F_GETFL only reads the descriptor's status flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    if flags & libc::O_NONBLOCK != 0 {
+        std::process::exit(4);
+    }
     Ok(())
 }
 

@@ -25,6 +25,12 @@ impl RawChannel {
     pub(crate) fn from_owned(fd: OwnedFd) -> io::Result<RawChannel> {
         RawChannel::new(UnixStream::from(fd))
     }
+
+    /// Makes this end blocking, as a program in another language expects a descriptor it
+    /// inherits to be (`inherited()` makes it non-blocking again on adoption).
+    pub(crate) fn set_blocking_for_child(&self) -> io::Result<()> {
+        self.0.set_nonblocking(false)
+    }
 }
 
 impl AsRawFd for RawChannel {
