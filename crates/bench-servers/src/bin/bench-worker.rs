@@ -5,6 +5,7 @@
 //! bench-worker reuseport ADDR     bind ADDR with SO_REUSEPORT and accept (the no-hand-off ceiling)
 //! bench-worker inherited          accept on the LISTEN_FDS sockets (handover --mode shared)
 //! bench-worker scm                receive accepted fds, one per byte, on inherited fd "scm"
+//! bench-worker prefork            receive connections from `handover serve --mode prefork`
 //! ```
 #![allow(clippy::print_stderr)]
 
@@ -22,7 +23,8 @@ fn main() {
             Some("reuseport") => reuseport(args.get(1).ok_or("ADDR")?.parse()?).await,
             Some("inherited") => inherited().await,
             Some("scm") => scm().await,
-            _ => Err("usage: bench-worker reuseport ADDR | inherited | scm".into()),
+            Some("prefork") => prefork().await,
+            _ => Err("usage: bench-worker reuseport ADDR | inherited | scm | prefork".into()),
         }
     });
     if let Err(e) = res {
@@ -105,6 +107,23 @@ async fn scm() -> Res {
                 Err(_would_block) => continue,
             }
         }
+    })
+    .await
+}
+
+async fn prefork() -> Res {
+    use handover_worker::tokio::{Event, Worker};
+    run_local(async {
+        let mut worker = Worker::from_env(4096).await?;
+        while let Event::Connection(conn) = worker.recv().await? {
+            let (socket, finisher) = conn.into_parts();
+            let stream = tokio::net::TcpStream::try_from(socket)?;
+            tokio::task::spawn_local(async move {
+                serve(stream).await;
+                drop(finisher);
+            });
+        }
+        Ok(())
     })
     .await
 }
