@@ -8,7 +8,14 @@ use crate::config::{Env, ProgramConfig, Timeouts};
 use crate::sys;
 
 /// Variables the supervisor sets itself; never passed through from its own environment.
-const OURS: [&str; 8] = [
+/// `NOTIFY_SOCKET` is the supervisor's own line to systemd: workers are not the main process.
+const OURS: [&str; 14] = [
+    "NOTIFY_SOCKET",
+    "HANDOVER_UPGRADE",
+    "EINHORN_FDS",
+    "EINHORN_FD_COUNT",
+    "SERVER_STARTER_PORT",
+    "SERVER_STARTER_GENERATION",
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
@@ -25,7 +32,8 @@ pub(crate) fn command<'a>(prog: &ProgramConfig, env: &Env) -> handover::Command<
     let mut cmd = handover::Command::new(&prog.program);
     cmd.args(&prog.args).env_clear();
     for (k, v) in &env.vars {
-        if !OURS.iter().any(|o| OsStr::new(o) == k) {
+        let einhorn_fd = k.to_str().is_some_and(|k| k.starts_with("EINHORN_FD_"));
+        if !OURS.iter().any(|o| OsStr::new(o) == k) && !einhorn_fd {
             cmd.env(k, v);
         }
     }

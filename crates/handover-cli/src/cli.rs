@@ -44,15 +44,26 @@ pub(crate) enum Command {
     ///              handover serve --mode shared --listen tcp://127.0.0.1:8080 --workers 4 -- ./server
     ///
     /// Signals: SIGTERM/SIGINT drain (stop accepting, let workers finish, kill after
-    /// --drain-timeout); SIGHUP restarts the workers one at a time. `handover status` reports.
+    /// --drain-timeout); SIGHUP restarts the workers one at a time; SIGUSR2 (or `handover
+    /// upgrade`) starts a new generation from the binary on disk, hands it the listening sockets
+    /// and drains this one once the new one is ready (docs/upgrade.md). `handover status` reports.
+    ///
+    /// Started by systemd socket activation (LISTEN_FDS), the listeners are taken from systemd
+    /// by name (FileDescriptorName= matching the --listen name) instead of being bound, and
+    /// READY=1 / RELOADING=1 / STOPPING=1 / MAINPID= are reported (docs/systemd.md).
     #[command(verbatim_doc_comment)]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Show a running supervisor's workers, listeners and totals.
     Status(StatusArgs),
     /// Restart a running supervisor's workers one at a time (as SIGHUP does).
     Reload(ControlArgs),
     /// Drain a running supervisor and let it exit (as SIGTERM does).
     Stop(ControlArgs),
+    /// Zero-downtime upgrade (as SIGUSR2 does): start a new generation of the supervisor from
+    /// the binary now on disk with the configuration re-read, hand it the listening sockets,
+    /// and drain the old generation once the new one is ready. Waits for the outcome; exits
+    /// non-zero (and the old generation carries on) if the new one fails to become ready.
+    Upgrade(ControlArgs),
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +119,26 @@ pub(crate) struct ServeArgs {
     /// Listen backlog of each socket. Default 1024.
     #[arg(long, value_name = "N")]
     pub(crate) backlog: Option<i32>,
+
+    /// How long a new generation (upgrade) has to get its workers ready before the upgrade is
+    /// abandoned and the old generation carries on. Default 30s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) ready_timeout: Option<std::time::Duration>,
+
+    /// Write the supervisor's pid here; an upgrade replaces it atomically with the new
+    /// generation's.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) pid_file: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9100).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) metrics: Option<String>,
+
+    /// shared mode: also describe the sockets the way other supervisors do, so programs written
+    /// for them run unchanged: `einhorn` (EINHORN_FDS, EINHORN_FD_COUNT, EINHORN_FD_<n>) or
+    /// `server-starter` (SERVER_STARTER_PORT). Repeat for both.
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub(crate) compat: Vec<Compat>,
 
     /// The control socket `handover status` talks to.
     /// Default $XDG_RUNTIME_DIR/handover.sock, else /tmp/handover-UID.sock.
@@ -167,6 +198,16 @@ pub(crate) fn policy_name(p: Policy) -> &'static str {
         Policy::LeastConnections => "least-connections",
         Policy::SourceHash => "source-hash",
     }
+}
+
+/// Environment variables other supervisors pass, for programs written for them (shared mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Compat {
+    /// einhorn: EINHORN_FDS="3 4", EINHORN_FD_COUNT=2, EINHORN_FD_0=3, EINHORN_FD_1=4.
+    Einhorn,
+    /// Server::Starter: SERVER_STARTER_PORT="127.0.0.1:8080=3;/run/app.sock=4".
+    ServerStarter,
 }
 
 /// spawn mode: where the child finds its connection.

@@ -6,6 +6,9 @@
 //! ```toml
 //! control = "/run/user/1000/handover.sock"   # optional
 //! drain_timeout = "30s"                       # optional, as are the other durations
+//! ready_timeout = "30s"                       # upgrade: how long the new generation may take
+//! pid_file = "/run/handover.pid"              # optional
+//! metrics = "127.0.0.1:9100"                  # optional Prometheus endpoint
 //!
 //! [[listener]]
 //! name = "http"
@@ -19,6 +22,7 @@
 //! workers = 4
 //! listeners = ["http"]
 //! env = { GREETING = "hello" }
+//! # compat = ["einhorn", "server-starter"]  # shared mode only
 //! ```
 
 use std::collections::BTreeMap;
@@ -30,7 +34,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
-use crate::cli::{Mode, Policy, ServeArgs, SpawnSocket};
+use crate::cli::{Compat, Mode, Policy, ServeArgs, SpawnSocket};
 
 /// The process environment, read once at start. Children's environments are built from this
 /// snapshot; the process environment itself is never changed.
@@ -107,6 +111,8 @@ pub(crate) struct ProgramConfig {
     pub(crate) env: Vec<(OsString, OsString)>,
     pub(crate) socket: SpawnSocket,
     pub(crate) timeouts: Timeouts,
+    /// shared mode: extra variables for programs written for other supervisors.
+    pub(crate) compat: Vec<Compat>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -137,6 +143,11 @@ pub(crate) struct Config {
     pub(crate) programs: Vec<ProgramConfig>,
     pub(crate) control: PathBuf,
     pub(crate) env: Env,
+    /// How long a new generation may take to become ready in an upgrade.
+    pub(crate) ready_timeout: Duration,
+    pub(crate) pid_file: Option<PathBuf>,
+    /// Where to serve Prometheus metrics.
+    pub(crate) metrics: Option<SocketAddr>,
 }
 
 /// The TOML file, as written.
@@ -145,6 +156,9 @@ pub(crate) struct Config {
 struct FileConfig {
     control: Option<PathBuf>,
     drain_timeout: Option<String>,
+    ready_timeout: Option<String>,
+    pid_file: Option<PathBuf>,
+    metrics: Option<String>,
     #[serde(default)]
     listener: Vec<FileListener>,
     #[serde(default)]
@@ -175,10 +189,21 @@ struct FileProgram {
     start_timeout: Option<String>,
     min_uptime: Option<String>,
     crash_limit: Option<u32>,
+    #[serde(default)]
+    compat: Vec<Compat>,
 }
 
 const DEFAULT_WORKERS: usize = 4;
 const DEFAULT_BACKLOG: i32 = 1024;
+const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn parse_metrics(s: &str) -> Result<SocketAddr> {
+    let s = s.strip_prefix("http://").unwrap_or(s);
+    s.to_socket_addrs()
+        .map_err(|e| anyhow!("bad metrics address {s:?}: {e} (expected HOST:PORT)"))?
+        .next()
+        .ok_or_else(|| anyhow!("bad metrics address {s:?}: the host has no address"))
+}
 
 impl Config {
     /// Builds and validates the configuration for `serve`.
@@ -211,6 +236,7 @@ impl Config {
                     || args.mode.is_some()
                     || args.policy.is_some()
                     || args.socket.is_some()
+                    || !args.compat.is_empty()
                 {
                     bail!(
                         "--config replaces --listen, --workers, --mode, --policy, --socket and \
@@ -221,6 +247,16 @@ impl Config {
             }
             None => from_flags(&args, base, control, env)?,
         };
+        let mut config = config;
+        if let Some(d) = args.ready_timeout {
+            config.ready_timeout = d;
+        }
+        if let Some(p) = args.pid_file {
+            config.pid_file = Some(p);
+        }
+        if let Some(m) = &args.metrics {
+            config.metrics = Some(parse_metrics(m)?);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -265,6 +301,13 @@ impl Config {
                 bail!("program {:?}: too many listeners", p.name);
             }
             crate::sys::check_mode(p.mode)?;
+            if !p.compat.is_empty() && p.mode != Mode::Shared {
+                bail!(
+                    "program {:?}: --compat describes listening sockets, which only shared mode \
+                     passes to workers",
+                    p.name
+                );
+            }
         }
         if let Some(i) = owner.iter().position(Option::is_none) {
             bail!("listener {:?} is not used by any program", self.listeners[i].name);
@@ -313,9 +356,18 @@ fn from_flags(args: &ServeArgs, timeouts: Timeouts, control: PathBuf, env: Env) 
             env: Vec::new(),
             socket: args.socket.unwrap_or(SpawnSocket::Stdio),
             timeouts,
+            compat: args.compat.clone(),
         });
     }
-    Ok(Config { listeners, programs, control, env })
+    Ok(Config {
+        listeners,
+        programs,
+        control,
+        env,
+        ready_timeout: DEFAULT_READY_TIMEOUT,
+        pid_file: None,
+        metrics: None,
+    })
 }
 
 fn from_file(
@@ -387,9 +439,18 @@ fn from_file(
             env: p.env.iter().map(|(k, v)| (k.into(), v.into())).collect(),
             socket: p.socket.unwrap_or(SpawnSocket::Stdio),
             timeouts: t,
+            compat: p.compat.clone(),
         });
     }
-    Ok(Config { listeners, programs, control, env })
+    Ok(Config {
+        listeners,
+        programs,
+        control,
+        env,
+        ready_timeout: dur(&file.ready_timeout, "ready_timeout", DEFAULT_READY_TIMEOUT)?,
+        pid_file: file.pid_file.clone(),
+        metrics: file.metrics.as_deref().map(parse_metrics).transpose()?,
+    })
 }
 
 /// Finds the program as `execvp` would, in the captured `PATH`, and checks it can run.
@@ -422,7 +483,7 @@ mod tests {
     fn serve(argv: &[&str]) -> Result<Config> {
         let cli = crate::cli::Cli::try_parse_from(argv).map_err(|e| anyhow!("{e}"))?;
         match cli.command {
-            crate::cli::Command::Serve(args) => Config::from_args(args, Env::capture()),
+            crate::cli::Command::Serve(args) => Config::from_args(*args, Env::capture()),
             _ => unreachable!(),
         }
     }

@@ -1,11 +1,18 @@
-//! The control socket: `handover status`, `reload` and `stop` talk to a running supervisor.
+//! The control socket: `handover status`, `reload`, `upgrade` and `stop` talk to a running
+//! supervisor.
 //!
 //! A [`handover::ChannelListener`] at a path: the socket file is created `0600` and every
 //! peer is checked to run as the same user, so only the owner can query or steer the
-//! supervisor. One request per connection: the client sends `status`, `reload` or `stop`; the
-//! supervisor answers with JSON ([`Status`]) or `ok`.
+//! supervisor. One request per connection: the client sends `status`, `reload`, `upgrade` or
+//! `stop`; the supervisor answers with JSON ([`Status`], [`UpgradeReply`]) or `ok`.
+//!
+//! In an upgrade the new generation binds its control socket at a temporary path and renames
+//! it over the old one once it has taken over, so a client always finds exactly one live
+//! supervisor at the path, and never none. Each generation removes the path at exit only if it
+//! still names the socket it created.
 
-use std::path::Path;
+use std::mem::ManuallyDrop;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -18,6 +25,7 @@ pub(crate) enum Command {
     Status,
     Reload,
     Stop,
+    Upgrade,
 }
 
 impl Command {
@@ -26,6 +34,7 @@ impl Command {
             Command::Status => b"status",
             Command::Reload => b"reload",
             Command::Stop => b"stop",
+            Command::Upgrade => b"upgrade",
         }
     }
 
@@ -34,13 +43,83 @@ impl Command {
             b"status" => Some(Command::Status),
             b"reload" => Some(Command::Reload),
             b"stop" => Some(Command::Stop),
+            b"upgrade" => Some(Command::Upgrade),
             _ => None,
         }
     }
 }
 
-/// Binds the control socket, replacing a stale one but never a live supervisor's.
-pub(crate) fn bind(path: &Path) -> Result<handover::tokio::ChannelListener> {
+/// The answer to `upgrade`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct UpgradeReply {
+    pub(crate) ok: bool,
+    pub(crate) message: String,
+}
+
+/// The bound control socket. The library's listener removes its path when dropped; here the
+/// path may have been taken over by the next generation, so the listener is never dropped and
+/// the path is removed by [`ControlSocket::close`] only if it is still ours.
+pub(crate) struct ControlSocket {
+    listener: ManuallyDrop<handover::tokio::ChannelListener>,
+    /// Where clients find it (after [`ControlSocket::publish`] for a new generation).
+    path: PathBuf,
+    /// Where it was bound (a temporary path for a new generation).
+    bound_at: PathBuf,
+    identity: Option<(u64, u64)>,
+}
+
+impl ControlSocket {
+    /// Binds at `path`, replacing a stale socket but never a live supervisor's.
+    pub(crate) fn bind(path: &Path) -> Result<ControlSocket> {
+        let listener = bind_at(path)?;
+        Ok(ControlSocket::new(listener, path, path))
+    }
+
+    /// Binds at a temporary path beside `path`, for a new generation that takes `path` over
+    /// with [`publish`](ControlSocket::publish) once the upgrade is committed.
+    pub(crate) fn bind_staged(path: &Path) -> Result<ControlSocket> {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{}.new", std::process::id()));
+        let staged = PathBuf::from(name);
+        let _ = std::fs::remove_file(&staged);
+        let listener = bind_at(&staged)?;
+        Ok(ControlSocket::new(listener, path, &staged))
+    }
+
+    fn new(listener: handover::tokio::ChannelListener, path: &Path, at: &Path) -> ControlSocket {
+        ControlSocket {
+            listener: ManuallyDrop::new(listener),
+            path: path.to_owned(),
+            bound_at: at.to_owned(),
+            identity: crate::sys::file_identity(at),
+        }
+    }
+
+    /// Moves a staged socket to the real path, atomically replacing the old generation's.
+    pub(crate) fn publish(&mut self) -> Result<()> {
+        if self.bound_at != self.path {
+            std::fs::rename(&self.bound_at, &self.path).with_context(|| {
+                format!("cannot move the control socket to {}", self.path.display())
+            })?;
+            self.bound_at = self.path.clone();
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn accept(&self) -> handover::Result<handover::tokio::Channel> {
+        self.listener.accept().await
+    }
+
+    /// Removes the socket file if it is still the one this process bound (not a newer
+    /// generation's), at exit.
+    pub(crate) fn close(&self) {
+        if self.identity.is_some() && crate::sys::file_identity(&self.bound_at) == self.identity {
+            let _ = std::fs::remove_file(&self.bound_at);
+        }
+    }
+}
+
+fn bind_at(path: &Path) -> Result<handover::tokio::ChannelListener> {
     let what = || format!("cannot create the control socket {}", path.display());
     let listener = match handover::ChannelListener::bind(path) {
         Ok(l) => l,
@@ -59,8 +138,8 @@ pub(crate) fn bind(path: &Path) -> Result<handover::tokio::ChannelListener> {
     handover::tokio::ChannelListener::try_from(listener).with_context(what)
 }
 
-/// Sends one request and returns the answer.
-pub(crate) fn request(path: &Path, cmd: Command) -> Result<Vec<u8>> {
+/// Sends one request and returns the answer, waiting up to `patience` for it.
+pub(crate) fn request_within(path: &Path, cmd: Command, patience: Duration) -> Result<Vec<u8>> {
     let channel = handover::Channel::connect(path).map_err(|e| {
         anyhow!(
             "cannot reach a supervisor at {}: {e} (is `handover serve` running? see --control)",
@@ -69,12 +148,26 @@ pub(crate) fn request(path: &Path, cmd: Command) -> Result<Vec<u8>> {
     })?;
     channel.send(cmd.as_bytes(), &[])?;
     let reply = channel
-        .recv_timeout(Duration::from_secs(10))
+        .recv_timeout(patience)
         .with_context(|| format!("no answer from the supervisor at {}", path.display()))?;
     Ok(reply.bytes)
+}
+
+/// Sends one request and returns the answer.
+pub(crate) fn request(path: &Path, cmd: Command) -> Result<Vec<u8>> {
+    request_within(path, cmd, Duration::from_secs(10))
 }
 
 pub(crate) fn status(path: &Path) -> Result<Status> {
     let bytes = request(path, Command::Status)?;
     serde_json::from_slice(&bytes).context("the supervisor sent a status this build cannot read")
+}
+
+/// Asks for an upgrade and waits for its outcome (the new generation may take up to its
+/// `--ready-timeout`).
+pub(crate) fn upgrade(path: &Path) -> Result<UpgradeReply> {
+    let bytes = request_within(path, Command::Upgrade, Duration::from_secs(3600))?;
+    serde_json::from_slice(&bytes).map_err(|_| {
+        anyhow!("unexpected answer from the supervisor: {}", String::from_utf8_lossy(&bytes))
+    })
 }

@@ -16,6 +16,22 @@ pub(crate) enum Request {
     Drain,
     /// Kill everything now (a second `SIGTERM`).
     Kill,
+    /// Whether every worker is ready (a new generation waits for this before the old drains).
+    Ready(oneshot::Sender<bool>),
+    /// Start accepting (a new generation was held until the old one let go).
+    Start,
+}
+
+/// What the supervisor tells every engine at start.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Context {
+    /// Accept nothing until [`Request::Start`]: a new generation does not take connections
+    /// before the upgrade is committed, so abandoning it loses none.
+    pub(crate) held: bool,
+    /// The supervisor's generation (1, then one more per upgrade).
+    pub(crate) generation: u64,
+    /// Hand-off latency (prefork: connection sent to acknowledgement), when metrics are on.
+    pub(crate) handoff_latency: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 pub(crate) type Requests = mpsc::UnboundedReceiver<Request>;

@@ -1,5 +1,9 @@
-//! The supervisor's listening sockets: bound once at start, accepted without registering each
-//! accepted connection with the reactor (it only passes through this process).
+//! The supervisor's listening sockets: bound once at start (or adopted: from systemd socket
+//! activation, or from the previous generation in an upgrade), accepted without registering
+//! each accepted connection with the reactor (it only passes through this process).
+//!
+//! A Unix socket file is removed by the supervisor when it exits for good, not when a listener
+//! closes: after an upgrade the file belongs to the next generation.
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,24 +24,55 @@ pub(crate) struct Bound {
     /// The address actually bound (port 0 resolved).
     pub(crate) local: String,
     pub(crate) policy: Policy,
-    /// Removed when the listener closes.
-    unix_path: Option<PathBuf>,
+    /// The socket file this supervisor created (and removes when it exits for good); `None`
+    /// for TCP and for sockets systemd created.
+    pub(crate) unix_path: Option<PathBuf>,
 }
 
-impl Drop for Bound {
-    fn drop(&mut self) {
-        if let Some(p) = &self.unix_path {
-            let _ = std::fs::remove_file(p);
+impl Bound {
+    /// Adopts a listening socket someone else bound (systemd, the previous generation) for the
+    /// listener `l`, checking it is a listening stream socket. `owned_path`: a Unix socket file
+    /// this supervisor is now responsible for removing.
+    pub(crate) fn adopt(
+        l: &ListenerConfig,
+        socket: handover::Socket,
+        owned_path: Option<PathBuf>,
+    ) -> Result<Bound> {
+        use handover::SocketKind;
+        let kind = socket.kind().with_context(|| format!("listener {:?}", l.name))?;
+        if !matches!(kind, SocketKind::TcpListener | SocketKind::UnixListener) {
+            bail!("listener {:?}: the socket passed for it is a {kind}, not a listening stream socket", l.name);
+        }
+        let socket = socket.into_socket2();
+        let local = describe_local(&socket, &l.addr);
+        Ok(Bound { name: l.name.clone(), socket, local, policy: l.policy, unix_path: owned_path })
+    }
+
+    /// Whether this socket listens where `addr` says (a TCP port 0 matches any port).
+    pub(crate) fn matches(socket: &handover::Socket, addr: &ListenAddr) -> bool {
+        let Ok(s) = socket.try_clone() else { return false };
+        let Ok(local) = s.into_socket2().local_addr() else { return false };
+        match addr {
+            ListenAddr::Tcp(want) => local.as_socket().is_some_and(|got| {
+                got.ip() == want.ip() && (want.port() == 0 || got.port() == want.port())
+            }),
+            ListenAddr::Unix(want) => local.as_pathname().is_some_and(|got| got == want.as_path()),
         }
     }
 }
 
-/// Binds every listener, failing on the first that cannot be bound (port in use, …).
-pub(crate) fn bind_all(listeners: &[ListenerConfig]) -> Result<Vec<Bound>> {
-    listeners.iter().map(bind).collect()
+fn describe_local(socket: &Socket, addr: &ListenAddr) -> String {
+    match addr {
+        ListenAddr::Tcp(_) => match socket.local_addr().ok().and_then(|a| a.as_socket()) {
+            Some(a) => format!("tcp://{a}"),
+            None => addr.to_string(),
+        },
+        ListenAddr::Unix(_) => addr.to_string(),
+    }
 }
 
-fn bind(l: &ListenerConfig) -> Result<Bound> {
+/// Binds a listener, failing clearly if it cannot be bound (port in use, …).
+pub(crate) fn bind(l: &ListenerConfig) -> Result<Bound> {
     let what = || format!("cannot listen on {} ({})", l.addr, l.name);
     let (socket, unix_path) = match &l.addr {
         ListenAddr::Tcp(addr) => {
@@ -58,13 +93,7 @@ fn bind(l: &ListenerConfig) -> Result<Bound> {
         }
     };
     socket.listen(l.backlog).with_context(what)?;
-    let local = match &l.addr {
-        ListenAddr::Tcp(_) => match socket.local_addr().ok().and_then(|a| a.as_socket()) {
-            Some(a) => format!("tcp://{a}"),
-            None => l.addr.to_string(),
-        },
-        ListenAddr::Unix(_) => l.addr.to_string(),
-    };
+    let local = describe_local(&socket, &l.addr);
     Ok(Bound { name: l.name.clone(), socket, local, policy: l.policy, unix_path })
 }
 
@@ -101,7 +130,6 @@ pub(crate) struct Listener {
     pub(crate) policy: Policy,
     pub(crate) accepted: u64,
     io: crate::sys::AsyncListener,
-    _bound_path: Option<PathBuf>,
 }
 
 /// An accepted connection, still a plain (blocking) socket never registered with the reactor.
@@ -113,11 +141,8 @@ pub(crate) struct Accepted {
 }
 
 impl Listener {
-    pub(crate) fn new(index: u16, mut bound: Bound) -> io::Result<Listener> {
-        let socket = bound.socket.try_clone()?;
-        let path = bound.unix_path.take();
-        let (name, local, policy) = (bound.name.clone(), bound.local.clone(), bound.policy);
-        drop(bound);
+    pub(crate) fn new(index: u16, bound: Bound) -> io::Result<Listener> {
+        let Bound { name, socket, local, policy, .. } = bound;
         Ok(Listener {
             index,
             name,
@@ -125,7 +150,6 @@ impl Listener {
             policy,
             accepted: 0,
             io: crate::sys::AsyncListener::new(socket)?,
-            _bound_path: path,
         })
     }
 
@@ -146,14 +170,6 @@ impl Listener {
 
     pub(crate) fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<Accepted>> {
         self.io.poll_accept(cx).map(|r| r.map(|a| self.accepted(a)))
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        if let Some(p) = &self._bound_path {
-            let _ = std::fs::remove_file(p);
-        }
     }
 }
 

@@ -12,6 +12,7 @@ mod control;
 mod engine;
 mod exit_codes;
 mod listener;
+mod metrics;
 mod prefork;
 mod shared;
 mod spawn;
@@ -19,6 +20,7 @@ mod status;
 mod supervisor;
 #[allow(unsafe_code)]
 mod sys;
+mod upgrade;
 
 use clap::Parser;
 
@@ -66,8 +68,16 @@ fn run() -> Result<ExitCode, (ExitCode, anyhow::Error)> {
     let failure = |e: anyhow::Error| (ExitCode::Failure, e);
     match cli.command {
         Command::Serve(args) => {
-            let config = Config::from_args(args, env).map_err(|e| (ExitCode::Usage, e))?;
-            let outcome = supervisor::serve(config).map_err(failure)?;
+            // Sockets and channels this process was started with are taken first, once.
+            let startup = upgrade::Startup::capture(&env).map_err(failure)?;
+            let config = match Config::from_args(*args, env) {
+                Ok(c) => c,
+                Err(e) => {
+                    startup.fail(&format!("{e:#}"));
+                    return Err((ExitCode::Usage, e));
+                }
+            };
+            let outcome = supervisor::serve(config, startup).map_err(failure)?;
             if let Some(msg) = &outcome.message {
                 if outcome.code != ExitCode::Success {
                     eprintln!("handover: {msg}");
@@ -90,6 +100,16 @@ fn run() -> Result<ExitCode, (ExitCode, anyhow::Error)> {
             let path = control_path(args.control, &env);
             control::request(&path, control::Command::Reload).map_err(failure)?;
             Ok(ExitCode::Success)
+        }
+        Command::Upgrade(args) => {
+            let path = control_path(args.control, &env);
+            let reply = control::upgrade(&path).map_err(failure)?;
+            if reply.ok {
+                println!("{}", reply.message);
+                Ok(ExitCode::Success)
+            } else {
+                Err((ExitCode::Failure, anyhow::anyhow!(reply.message)))
+            }
         }
         Command::Stop(args) => {
             let path = control_path(args.control, &env);

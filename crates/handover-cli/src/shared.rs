@@ -15,8 +15,9 @@ use handover::AsSocketRef;
 use tracing::{error, info, warn};
 
 use crate::child::{self, Restarts};
+use crate::cli::Compat;
 use crate::config::{Env, ProgramConfig};
-use crate::engine::{Outcome, Phase, Request, Requests};
+use crate::engine::{Context, Outcome, Phase, Request, Requests};
 use crate::exit_codes::ExitCode;
 use crate::listener::Bound;
 use crate::status::{ListenerStatus, ProgramStatus, Totals, WorkerStatus};
@@ -51,6 +52,45 @@ struct Engine {
     phase: Phase,
     reload: Vec<usize>,
     give_up: Option<String>,
+    /// The supervisor's generation (Server::Starter's SERVER_STARTER_GENERATION).
+    generation: u64,
+}
+
+/// The variables programs written for other supervisors expect, describing the sockets as
+/// `Command::listen_socket` passes them (descriptor 3 + n for the n-th listener).
+pub(crate) fn compat_env(
+    compat: &[Compat],
+    listeners: &[Bound],
+    generation: u64,
+) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    let fds = || (0..listeners.len()).map(|i| i + 3);
+    for c in compat {
+        match c {
+            Compat::Einhorn => {
+                let all: Vec<String> = fds().map(|fd| fd.to_string()).collect();
+                env.push(("EINHORN_FDS".to_owned(), all.join(" ")));
+                env.push(("EINHORN_FD_COUNT".to_owned(), listeners.len().to_string()));
+                for (n, fd) in fds().enumerate() {
+                    env.push((format!("EINHORN_FD_{n}"), fd.to_string()));
+                }
+            }
+            Compat::ServerStarter => {
+                let ports: Vec<String> = listeners
+                    .iter()
+                    .zip(fds())
+                    .map(|(l, fd)| {
+                        let addr = l.local.strip_prefix("tcp://").unwrap_or(&l.local);
+                        let addr = addr.strip_prefix("unix:").unwrap_or(addr);
+                        format!("{addr}={fd}")
+                    })
+                    .collect();
+                env.push(("SERVER_STARTER_PORT".to_owned(), ports.join(";")));
+                env.push(("SERVER_STARTER_GENERATION".to_owned(), generation.to_string()));
+            }
+        }
+    }
+    env
 }
 
 pub(crate) async fn run(
@@ -58,6 +98,7 @@ pub(crate) async fn run(
     env: Rc<Env>,
     listeners: Vec<Bound>,
     mut requests: Requests,
+    ctx: Context,
 ) -> Outcome {
     let listener_status = listeners
         .iter()
@@ -81,6 +122,7 @@ pub(crate) async fn run(
         phase: Phase::Running,
         reload: Vec::new(),
         give_up: None,
+        generation: ctx.generation,
     };
     for slot in 0..e.slots.len() {
         e.slots[slot].start_at = Some(Instant::now());
@@ -128,6 +170,9 @@ pub(crate) async fn run(
                 }
                 Some(Request::Drain) => e.begin_drain(),
                 Some(Request::Kill) => { e.kill_all(); return Outcome::success(); }
+                Some(Request::Ready(tx)) => { let _ = tx.send(e.all_ready()); }
+                // Workers accept by themselves from the moment they start.
+                Some(Request::Start) => {}
                 None => { requests_open = false; e.begin_drain(); }
             },
             _ = exits.recv() => e.reap(),
@@ -146,10 +191,20 @@ impl Engine {
                 .sum::<usize>()
     }
 
+    /// With no readiness message in this mode, a worker is taken as ready once it has stayed
+    /// up as long as a reload waits for (`--min-uptime`, at least 200ms).
+    fn all_ready(&self) -> bool {
+        let settle = self.prog.timeouts.min_uptime.max(Duration::from_millis(200));
+        self.slots.iter().all(|s| s.current.as_ref().is_some_and(|p| p.started.elapsed() >= settle))
+    }
+
     fn spawn(&mut self, slot: usize) -> Option<Proc> {
         let mut cmd = child::command(&self.prog, &self.env);
         for l in &self.listeners {
             cmd.listen_socket(l.name.as_str(), l.socket.as_socket_ref());
+        }
+        for (k, v) in compat_env(&self.prog.compat, &self.listeners, self.generation) {
+            cmd.env(k, v);
         }
         cmd.env("HANDOVER_SLOT", slot.to_string());
         match cmd.spawn() {

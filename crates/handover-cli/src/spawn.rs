@@ -14,7 +14,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::cli::SpawnSocket;
 use crate::config::{Env, ProgramConfig};
-use crate::engine::{Outcome, Phase, Request, Requests};
+use crate::engine::{Context, Outcome, Phase, Request, Requests};
 use crate::exit_codes::ExitCode;
 use crate::listener::{self, Accepted, Listener};
 use crate::status::{ListenerStatus, ProgramStatus, Totals, WorkerStatus};
@@ -37,6 +37,8 @@ struct Engine {
     totals: Totals,
     phase: Phase,
     accept_paused_until: Option<Instant>,
+    /// Not accepting until the supervisor says so (a new generation in an upgrade).
+    held: bool,
 }
 
 pub(crate) async fn run(
@@ -44,6 +46,7 @@ pub(crate) async fn run(
     env: Rc<Env>,
     listeners: Vec<Listener>,
     mut requests: Requests,
+    ctx: Context,
 ) -> Outcome {
     let listener_status = listeners
         .iter()
@@ -67,6 +70,7 @@ pub(crate) async fn run(
         totals: Totals::default(),
         phase: Phase::Running,
         accept_paused_until: None,
+        held: ctx.held,
     };
     let mut exits = match sys::ChildExits::new() {
         Ok(x) => x,
@@ -99,6 +103,7 @@ pub(crate) async fn run(
             }
         }
         let accepting = e.phase == Phase::Running
+            && !e.held
             && e.children.len() < e.prog.workers
             && e.accept_paused_until.map_or(true, |t| Instant::now() >= t);
         tokio::select! {
@@ -108,6 +113,8 @@ pub(crate) async fn run(
                 Some(Request::Reload) => info!(program = %e.prog.name, "reload: nothing to do in spawn mode (every connection gets a fresh process)"),
                 Some(Request::Drain) => e.begin_drain(),
                 Some(Request::Kill) => { e.kill_all(); return Outcome::success(); }
+                Some(Request::Ready(tx)) => { let _ = tx.send(true); }
+                Some(Request::Start) => e.held = false,
                 None => { requests_open = false; e.begin_drain(); }
             },
             _ = exits.recv() => e.reap(),
@@ -184,7 +191,8 @@ impl Engine {
             return;
         }
         self.phase = Phase::Draining { deadline: Instant::now() + self.prog.timeouts.drain };
-        for l in std::mem::take(&mut self.listeners) {
+        let listeners = std::mem::take(&mut self.listeners);
+        for l in listeners.into_iter().filter(|_| !self.held) {
             loop {
                 match l.try_accept() {
                     Ok(Some(a)) => {

@@ -10,6 +10,14 @@ pub(crate) struct Status {
     pub(crate) pid: u32,
     pub(crate) uptime_ms: u64,
     pub(crate) state: String,
+    /// 1 for the supervisor first started, one more per zero-downtime upgrade.
+    #[serde(default)]
+    pub(crate) generation: u64,
+    /// Upgrades completed in this supervisor's lineage (`generation - 1`) and failed here.
+    #[serde(default)]
+    pub(crate) upgrades: u64,
+    #[serde(default)]
+    pub(crate) upgrades_failed: u64,
     pub(crate) listeners: Vec<ListenerStatus>,
     pub(crate) programs: Vec<ProgramStatus>,
     pub(crate) totals: Totals,
@@ -97,7 +105,16 @@ fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
 /// The human-readable form.
 pub(crate) fn render(s: &Status) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "supervisor pid {} ({}), up {}s", s.pid, s.state, s.uptime_ms / 1000);
+    let _ = writeln!(
+        out,
+        "supervisor pid {} ({}), generation {}, up {}s, upgrades {} ({} failed)",
+        s.pid,
+        s.state,
+        s.generation,
+        s.uptime_ms / 1000,
+        s.upgrades,
+        s.upgrades_failed
+    );
     let _ = writeln!(out, "\nLISTENER        ADDRESS                          PROGRAM     POLICY              ACCEPTED");
     for l in &s.listeners {
         let _ = writeln!(

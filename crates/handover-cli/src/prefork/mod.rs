@@ -40,7 +40,7 @@ use tracing::{debug, error, info, warn};
 use self::dispatch::{choose, Candidate};
 use crate::child::{self, Restarts};
 use crate::config::{Env, ProgramConfig};
-use crate::engine::{Outcome, Phase, Request, Requests};
+use crate::engine::{Context, Outcome, Phase, Request, Requests};
 use crate::exit_codes::ExitCode;
 use crate::listener::{self, Accepted, Listener};
 use crate::status::{ListenerStatus, ProgramStatus, Totals, WorkerStatus};
@@ -158,6 +158,9 @@ struct Engine {
     give_up: Option<String>,
     /// Scratch for the policy, reused so a hand-off allocates nothing.
     candidates: Vec<Candidate>,
+    /// Not accepting until the supervisor says so (a new generation in an upgrade).
+    held: bool,
+    handoff_latency: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 /// Runs a prefork program until it has drained (or gave up).
@@ -166,6 +169,7 @@ pub(crate) async fn run(
     env: Rc<Env>,
     listeners: Vec<Listener>,
     mut requests: Requests,
+    ctx: Context,
 ) -> Outcome {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let listener_status = listeners
@@ -203,6 +207,8 @@ pub(crate) async fn run(
         accept_paused_until: None,
         give_up: None,
         candidates: Vec::new(),
+        held: ctx.held,
+        handoff_latency: ctx.handoff_latency,
     };
     for slot in 0..e.slots.len() {
         e.spawn_worker(slot);
@@ -225,6 +231,7 @@ pub(crate) async fn run(
             return outcome;
         }
         let accepting = e.phase == Phase::Running
+            && !e.held
             && e.pending.is_empty()
             && e.has_room()
             && e.accept_paused_until.map_or(true, |t| Instant::now() >= t);
@@ -556,6 +563,9 @@ impl Engine {
                 Some(c) if c.worker == id && !c.acked => {
                     c.acked = true;
                     self.workers[i].unacked -= 1;
+                    if let Some(h) = &self.handoff_latency {
+                        h.observe(c.sent_at.elapsed().as_secs_f64());
+                    }
                 }
                 _ => self.misbehaved(
                     id,
@@ -640,7 +650,20 @@ impl Engine {
             }
             Request::Drain => self.begin_drain(),
             Request::Kill => {}
+            Request::Ready(tx) => {
+                let _ = tx.send(self.all_ready());
+            }
+            Request::Start => self.held = false,
         }
+    }
+
+    /// Every slot has a worker that said hello.
+    fn all_ready(&self) -> bool {
+        self.slots.iter().all(|s| {
+            s.current
+                .and_then(|id| self.index(id))
+                .is_some_and(|i| self.workers[i].state == WState::Ready)
+        })
     }
 
     fn begin_drain(&mut self) {
@@ -649,8 +672,10 @@ impl Engine {
         }
         self.phase = Phase::Draining { deadline: Instant::now() + self.prog.timeouts.drain };
         // Take what the kernel already accepted, so closing the listener refuses only clients
-        // that arrive after it is closed, and resets none.
-        for l in std::mem::take(&mut self.listeners) {
+        // that arrive after it is closed, and resets none. A held engine (a new generation
+        // being abandoned) takes nothing: the old generation serves those clients.
+        let listeners = std::mem::take(&mut self.listeners);
+        for l in listeners.into_iter().filter(|_| !self.held) {
             loop {
                 match l.try_accept() {
                     Ok(Some(a)) => {

@@ -8,8 +8,13 @@
 //! - `prepare_child(&mut handover::Command)`: its own process group (Unix), so the whole tree
 //!   can be signalled;
 //! - `signal_group(pid, Kill | Terminate)`;
+//! - `signal_process(pid, Kill | Terminate)`: one process (the next generation of an upgrade);
 //! - `Signals::new()?` and `Signals::recv().await -> Signal`: terminate, interrupt, reload,
-//!   child-exited notifications.
+//!   upgrade, child-exited notifications;
+//! - `notify(&[Notify])`: the service manager's readiness protocol (systemd `sd_notify` through
+//!   the `sd-notify` crate; a no-op where there is no `NOTIFY_SOCKET` or no systemd);
+//! - `file_identity(&Path) -> Option<(u64, u64)>`: device and inode, to tell whether a path is
+//!   still the file this process created (the control socket after an upgrade renamed over it).
 
 #[cfg(unix)]
 mod unix;
@@ -43,6 +48,23 @@ pub(crate) enum Signal {
     Interrupt,
     /// `SIGHUP`: restart the workers one at a time.
     Reload,
+    /// `SIGUSR2`: zero-downtime upgrade to the binary now on disk (as nginx does).
+    Upgrade,
+}
+
+/// A state reported to the service manager (`sd_notify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Notify<'a> {
+    /// `READY=1`: serving (start-up, a reload or an upgrade finished).
+    Ready,
+    /// `RELOADING=1` with `MONOTONIC_USEC=`: a reload or upgrade began.
+    Reloading,
+    /// `STOPPING=1`: draining before exit.
+    Stopping,
+    /// `MAINPID=`: the process systemd should track from now on (the new generation).
+    MainPid(u32),
+    /// `STATUS=`: one line for `systemctl status`.
+    Status(&'a str),
 }
 
 impl Signal {
@@ -52,6 +74,7 @@ impl Signal {
             Signal::Terminate => 15,
             Signal::Interrupt => 2,
             Signal::Reload => 1,
+            Signal::Upgrade => 12,
         }
     }
 }

@@ -13,7 +13,7 @@ use nix::sys::signal::{killpg, Signal as NixSignal};
 use nix::unistd::{access, AccessFlags, Pid};
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::{Signal, Stop};
+use super::{Notify, Signal, Stop};
 use crate::cli::Mode;
 
 pub(crate) fn current_uid() -> u32 {
@@ -59,12 +59,53 @@ pub(crate) fn signal_group(pid: u32, how: Stop) {
     let _ = killpg(Pid::from_raw(pid), sig);
 }
 
+/// Signals one process (not its group). A process that is gone already is not an error.
+pub(crate) fn signal_process(pid: u32, how: Stop) {
+    let sig = match how {
+        Stop::Terminate => NixSignal::SIGTERM,
+        Stop::Kill => NixSignal::SIGKILL,
+    };
+    let Ok(pid) = i32::try_from(pid) else { return };
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+}
+
+/// Tells the service manager about a state change. Without `NOTIFY_SOCKET` this does nothing;
+/// the environment is read, never changed (`unset_env` false).
+pub(crate) fn notify(states: &[Notify<'_>]) {
+    use sd_notify::NotifyState;
+    let mut out: Vec<NotifyState<'_>> = Vec::with_capacity(states.len() + 1);
+    for s in states {
+        match *s {
+            Notify::Ready => out.push(NotifyState::Ready),
+            Notify::Reloading => {
+                out.push(NotifyState::Reloading);
+                if let Ok(now) = NotifyState::monotonic_usec_now() {
+                    out.push(now);
+                }
+            }
+            Notify::Stopping => out.push(NotifyState::Stopping),
+            Notify::MainPid(pid) => out.push(NotifyState::MainPid(pid)),
+            Notify::Status(text) => out.push(NotifyState::Status(text)),
+        }
+    }
+    if let Err(e) = sd_notify::notify(false, &out) {
+        tracing::debug!("sd_notify: {e}");
+    }
+}
+
+/// Device and inode of `path` (not following a final symlink).
+pub(crate) fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
 /// The signals the supervisor handles, registered once.
 #[derive(Debug)]
 pub(crate) struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -73,6 +114,7 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            usr2: signal(SignalKind::user_defined2())?,
         })
     }
 
@@ -81,6 +123,7 @@ impl Signals {
             _ = self.term.recv() => Signal::Terminate,
             _ = self.int.recv() => Signal::Interrupt,
             _ = self.hup.recv() => Signal::Reload,
+            _ = self.usr2.recv() => Signal::Upgrade,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
-use super::{Signal, Stop};
+use super::{Notify, Signal, Stop};
 use crate::cli::Mode;
 
 pub(crate) fn current_uid() -> u32 {
@@ -35,6 +35,18 @@ pub(crate) fn prepare_child(cmd: &mut handover::Command<'_>) {
 }
 
 pub(crate) fn signal_group(_pid: u32, _how: Stop) {}
+
+pub(crate) fn signal_process(_pid: u32, _how: Stop) {}
+
+/// There is no systemd on Windows.
+pub(crate) fn notify(_states: &[Notify<'_>]) {}
+
+pub(crate) fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    // No inode; the modification time and length tell two files apart well enough here.
+    let m = std::fs::symlink_metadata(path).ok()?;
+    let t = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+    Some((m.len(), t.as_nanos() as u64))
+}
 
 #[derive(Debug)]
 pub(crate) struct Signals;

@@ -1,0 +1,250 @@
+//! `--metrics HOST:PORT`: Prometheus metrics (OpenMetrics text format, `prometheus-client`) on a
+//! tiny HTTP/1.x listener that answers `GET /metrics`.
+//!
+//! Almost everything is read at scrape time from the same status the control socket reports,
+//! so the dispatch path pays nothing for it. The one exception is the hand-off latency
+//! histogram, observed by the prefork engine when a worker acknowledges a connection: a lock
+//! and a bucket scan, no allocation.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{debug, warn};
+
+use crate::status::Status;
+
+type Labels = Vec<(String, String)>;
+
+/// Worker states reported as gauges even when no worker is in them (so a series drops to 0
+/// instead of vanishing).
+const STATES: [&str; 7] =
+    ["starting", "ready", "running", "serving", "draining", "stopping", "backoff"];
+
+pub(crate) struct Metrics {
+    registry: Registry,
+    accepted: Counter,
+    dispatched: Counter,
+    redispatched: Counter,
+    refused: Counter,
+    lost: Counter,
+    handled: Counter,
+    restarts: Counter,
+    upgrades: Counter,
+    upgrades_failed: Counter,
+    generation: Gauge,
+    live: Gauge,
+    workers: Family<Labels, Gauge>,
+    /// Seconds from sending a connection to a worker to its acknowledgement (prefork).
+    pub(crate) handoff_latency: Histogram,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Metrics {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("handover"),
+            accepted: Counter::default(),
+            dispatched: Counter::default(),
+            redispatched: Counter::default(),
+            refused: Counter::default(),
+            lost: Counter::default(),
+            handled: Counter::default(),
+            restarts: Counter::default(),
+            upgrades: Counter::default(),
+            upgrades_failed: Counter::default(),
+            generation: Gauge::default(),
+            live: Gauge::default(),
+            workers: Family::default(),
+            // 10µs .. ~1.3s
+            handoff_latency: Histogram::new(exponential_buckets(1e-5, 2.0, 18)),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "connections_accepted",
+            "Connections accepted by the supervisor (prefork, spawn)",
+            m.accepted.clone(),
+        );
+        r.register(
+            "connections_dispatched",
+            "Hand-offs of connections to workers (a re-dispatch counts again)",
+            m.dispatched.clone(),
+        );
+        r.register(
+            "connections_redispatched",
+            "Connections given to another worker because theirs died, was killed or rejected them before acknowledging",
+            m.redispatched.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Accepted connections closed without being served (drain cut short, no worker left, spawn failed)",
+            m.refused.clone(),
+        );
+        r.register(
+            "connections_lost_mid_request",
+            "Connections reset because the worker that acknowledged them died before finishing",
+            m.lost.clone(),
+        );
+        r.register("connections_handled", "Connections finished by a worker", m.handled.clone());
+        r.register(
+            "connections_live",
+            "Connections held by workers or waiting for one",
+            m.live.clone(),
+        );
+        r.register("worker_restarts", "Workers started again after they died", m.restarts.clone());
+        r.register("workers", "Workers by program and state", m.workers.clone());
+        r.register(
+            "upgrades",
+            "Zero-downtime upgrades completed in this supervisor's lineage",
+            m.upgrades.clone(),
+        );
+        r.register(
+            "upgrades_failed",
+            "Upgrades abandoned by this generation",
+            m.upgrades_failed.clone(),
+        );
+        r.register(
+            "generation",
+            "This supervisor's generation (1, plus one per upgrade)",
+            m.generation.clone(),
+        );
+        r.register(
+            "handoff_latency_seconds",
+            "prefork: time from sending a connection to a worker to its acknowledgement",
+            m.handoff_latency.clone(),
+        );
+        m
+    }
+
+    /// Brings the series up to date with a status report.
+    fn update(&self, s: &Status) {
+        let advance = |c: &Counter, to: u64| {
+            let _ = c.inc_by(to.saturating_sub(c.get()));
+        };
+        let t = &s.totals;
+        advance(&self.accepted, t.accepted);
+        advance(&self.dispatched, t.dispatched);
+        advance(&self.redispatched, t.redispatched);
+        advance(&self.refused, t.dropped);
+        advance(&self.lost, t.lost_mid_request);
+        advance(&self.handled, t.handled);
+        advance(&self.restarts, t.restarts);
+        advance(&self.upgrades, s.upgrades);
+        advance(&self.upgrades_failed, s.upgrades_failed);
+        self.generation.set(s.generation as i64);
+        self.live.set(t.live as i64);
+        self.workers.clear();
+        for p in &s.programs {
+            for state in STATES {
+                let n = p.workers.iter().filter(|w| w.state == state).count();
+                let labels = vec![
+                    ("program".to_owned(), p.name.clone()),
+                    ("state".to_owned(), state.to_owned()),
+                ];
+                self.workers.get_or_create(&labels).set(n as i64);
+            }
+        }
+    }
+
+    pub(crate) fn render(&self, s: &Status) -> String {
+        self.update(s);
+        let mut out = String::new();
+        if let Err(e) = encode(&mut out, &self.registry) {
+            warn!("cannot encode metrics: {e}");
+        }
+        out
+    }
+}
+
+/// Where the supervisor's status comes from (the same report as `handover status`).
+pub(crate) trait StatusSource {
+    async fn status(&self) -> Status;
+}
+
+/// Serves `GET /metrics` until the task is dropped.
+pub(crate) async fn serve<S: StatusSource + 'static>(
+    listener: tokio::net::TcpListener,
+    metrics: Rc<Metrics>,
+    source: Rc<S>,
+) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("metrics listener: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (metrics, source) = (Rc::clone(&metrics), Rc::clone(&source));
+        tokio::task::spawn_local(async move {
+            if let Err(e) = answer(stream, &metrics, &*source).await {
+                debug!("metrics request: {e}");
+            }
+        });
+    }
+}
+
+async fn answer<S: StatusSource>(
+    mut stream: tokio::net::TcpStream,
+    metrics: &Metrics,
+    source: &S,
+) -> std::io::Result<()> {
+    let mut buf = [0u8; 8192];
+    let mut n = 0;
+    let head_end = loop {
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf[n..]))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        if read == 0 {
+            return Ok(());
+        }
+        n += read;
+        if let Some(i) = buf[..n].windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        if n == buf.len() {
+            return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", "")
+                .await;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]);
+    let mut first = head.lines().next().unwrap_or("").split_whitespace();
+    let (method, path) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
+    if method != "GET" && method != "HEAD" {
+        return respond(&mut stream, "405 Method Not Allowed", "text/plain", "GET only\n").await;
+    }
+    let path = path.split('?').next().unwrap_or("");
+    if path != "/metrics" && path != "/" {
+        return respond(&mut stream, "404 Not Found", "text/plain", "see /metrics\n").await;
+    }
+    let body = metrics.render(&source.status().await);
+    let body = if method == "HEAD" { String::new() } else { body };
+    respond(
+        &mut stream,
+        "200 OK",
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        &body,
+    )
+    .await
+}
+
+async fn respond(
+    stream: &mut tokio::net::TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}

@@ -1,0 +1,273 @@
+//! Zero-downtime upgrades with real processes on loopback: under load, and to a broken config.
+#![cfg(target_os = "linux")] // reads /proc; the library's Windows backend is not built yet
+#![allow(clippy::print_stderr)] // the tests report their figures
+
+mod testenv;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use testenv::*;
+
+/// `handover upgrade`: (exit code, stdout + stderr).
+fn upgrade(control: &Path) -> (i32, String) {
+    let out = Command::new(HANDOVER).args(["upgrade", "--control"]).arg(control).output().unwrap();
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| !r.trim_start().starts_with('Z')))
+}
+
+/// Kills whichever generation the pid file names when the test ends (the later generations
+/// are not the test's children, so `TestEnv` cannot).
+struct Lineage(std::path::PathBuf);
+
+impl Drop for Lineage {
+    fn drop(&mut self) {
+        if let Some(pid) =
+            std::fs::read_to_string(&self.0).ok().and_then(|s| s.trim().parse::<u32>().ok())
+        {
+            if alive(pid) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+    }
+}
+
+/// A client making connect-per-request calls at full speed until stopped, never retrying.
+struct Hammer {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Tally>>,
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    sent: usize,
+    answered: usize,
+    refused: usize,
+    reset: usize,
+    other: usize,
+    errors: Vec<String>,
+}
+
+impl Hammer {
+    fn start(addr: std::net::SocketAddr, threads: usize) -> Hammer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut t = Tally::default();
+                    while !stop.load(Ordering::Relaxed) {
+                        t.sent += 1;
+                        match get(addr) {
+                            Ok(_) => t.answered += 1,
+                            Err(e) => {
+                                if e.contains("refused") {
+                                    t.refused += 1;
+                                } else if e.contains("reset") {
+                                    t.reset += 1;
+                                } else {
+                                    t.other += 1;
+                                }
+                                if t.errors.len() < 5 {
+                                    t.errors.push(e);
+                                }
+                            }
+                        }
+                    }
+                    t
+                })
+            })
+            .collect();
+        Hammer { stop, threads }
+    }
+
+    fn finish(self) -> Tally {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut all = Tally::default();
+        for h in self.threads {
+            let t = h.join().unwrap();
+            all.sent += t.sent;
+            all.answered += t.answered;
+            all.refused += t.refused;
+            all.reset += t.reset;
+            all.other += t.other;
+            all.errors.extend(t.errors);
+        }
+        all
+    }
+}
+
+fn generation(env: &TestEnv) -> (u64, u32) {
+    let s = env.status().expect("status");
+    (s["generation"].as_u64().unwrap(), s["pid"].as_u64().unwrap() as u32)
+}
+
+/// Stops the current generation through the control socket and waits for it to exit.
+fn stop_lineage(env: &TestEnv) {
+    let (_, pid) = generation(env);
+    let ok = Command::new(HANDOVER).args(["stop", "--control"]).arg(&env.control).status().unwrap();
+    assert!(ok.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "generation pid {pid} did not exit:\n{}",
+            env.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!env.control.exists(), "the last generation removes its control socket");
+}
+
+#[test]
+fn twenty_upgrades_under_load_lose_nothing() {
+    let mut env = TestEnv::new("upgrade20");
+    let pid_file = env.dir.join("handover.pid");
+    let _lineage = Lineage(pid_file.clone());
+    env.serve(
+        &["-l", "http=tcp://127.0.0.1:0", "-w", "2", "--pid-file", pid_file.to_str().unwrap()],
+        &[DEMO_WORKER],
+    );
+    let addr = env.wait_ready(2);
+    let first_pid = env.pid();
+    let started = Instant::now();
+    let hammer = Hammer::start(addr, 4);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut pids = vec![first_pid];
+    for n in 2..=21u64 {
+        let (code, out) = upgrade(&env.control);
+        assert_eq!(code, 0, "upgrade to generation {n}: {out}\n{}", env.log_text());
+        let (g, pid) = generation(&env);
+        assert_eq!(g, n, "{out}");
+        assert!(!pids.contains(&pid));
+        let in_file: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        assert_eq!(in_file, pid, "the pid file names the new generation");
+        pids.push(pid);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let t = hammer.finish();
+    let took = started.elapsed();
+    eprintln!(
+        "20 upgrades under load in {took:?}: sent {}, answered {}, refused {}, reset {}, other {}",
+        t.sent, t.answered, t.refused, t.reset, t.other
+    );
+    assert_eq!(t.refused, 0, "{:?}\n{}", t.errors, env.log_text());
+    assert_eq!(t.reset, 0, "{:?}\n{}", t.errors, env.log_text());
+    assert_eq!(t.other, 0, "{:?}\n{}", t.errors, env.log_text());
+    assert_eq!(t.answered, t.sent);
+    assert!(t.sent > 200, "the client ran: {}", t.sent);
+    // The first generation was the test's child: it drained and exited cleanly.
+    let st = env.wait_exit(Duration::from_secs(15));
+    assert!(st.success(), "{st}\n{}", env.log_text());
+    // Every old generation has gone; only the last one serves.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while pids[..20].iter().any(|&p| alive(p)) {
+        assert!(Instant::now() < deadline, "old generations still running:\n{}", env.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(alive(pids[20]));
+    stop_lineage(&env);
+    assert!(!pid_file.exists(), "the last generation removes the pid file");
+}
+
+fn write_config(path: &Path, port: u16, command: &[&str], extra: &str) {
+    let cmd: Vec<String> = command.iter().map(|c| format!("{c:?}")).collect();
+    std::fs::write(
+        path,
+        format!(
+            "ready_timeout = \"1500ms\"\n{extra}\n[[listener]]\nname = \"http\"\naddress = \"tcp://127.0.0.1:{port}\"\n\n\
+             [[program]]\ncommand = [{}]\nworkers = 2\ncrash_limit = 2\nmin_uptime = \"50ms\"\n",
+            cmd.join(", ")
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_broken_upgrade_leaves_the_old_generation_serving() {
+    let mut env = TestEnv::new("upgrade-broken");
+    let pid_file = env.dir.join("handover.pid");
+    let _lineage = Lineage(pid_file.clone());
+    let config = env.dir.join("handover.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    write_config(&config, port, &[DEMO_WORKER], "");
+    env.serve(
+        &["--config", config.to_str().unwrap(), "--pid-file", pid_file.to_str().unwrap()],
+        &[],
+    );
+    let addr = env.wait_ready(2);
+    let hammer = Hammer::start(addr, 2);
+    let me = env.pid();
+
+    // 1. The new configuration names a worker that does not exist: the new generation cannot
+    //    even start.
+    write_config(&config, port, &["/nonexistent/worker"], "");
+    let (code, out) = upgrade(&env.control);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("upgrade failed") && out.contains("/nonexistent/worker"), "{out}");
+    assert!(out.contains("carries on serving"), "{out}");
+
+    // 2. Its workers crash at once: the new generation gives up.
+    write_config(&config, port, &[DEMO_WORKER, "--misbehave", "exit"], "");
+    let (code, out) = upgrade(&env.control);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("crashed"), "{out}");
+
+    // 3. Its workers never become ready: --ready-timeout; a second upgrade meanwhile is refused.
+    write_config(&config, port, &["/bin/sleep", "60"], "");
+    let control = env.control.clone();
+    let first = std::thread::spawn(move || upgrade(&control));
+    std::thread::sleep(Duration::from_millis(400));
+    let (code2, out2) = upgrade(&env.control);
+    assert_ne!(code2, 0, "{out2}");
+    assert!(out2.contains("already in progress"), "{out2}");
+    let (code, out) = first.join().unwrap();
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("not ready within"), "{out}");
+
+    // The old generation is untouched: same pid, generation 1, control socket and pid file its own.
+    let (g, pid) = generation(&env);
+    assert_eq!((g, pid), (1, me));
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap().trim(), me.to_string());
+    assert_eq!(env.status().unwrap()["upgrades_failed"], 3);
+
+    // 4. Fixed: the upgrade goes through, on the same listener.
+    write_config(&config, port, &[DEMO_WORKER], "");
+    let (code, out) = upgrade(&env.control);
+    assert_eq!(code, 0, "{out}\n{}", env.log_text());
+    assert_eq!(generation(&env).0, 2);
+    let t = hammer.finish();
+    eprintln!("broken upgrades: sent {}, answered {}", t.sent, t.answered);
+    assert_eq!(t.answered, t.sent, "{:?}\n{}", t.errors, env.log_text());
+    assert!(t.sent > 20);
+    assert!(env.wait_exit(Duration::from_secs(15)).success(), "{}", env.log_text());
+    // No abandoned generation or worker is left behind.
+    assert!(children_of(me).is_empty());
+    stop_lineage(&env);
+}
+
+#[test]
+fn sigusr2_upgrades_too() {
+    let mut env = TestEnv::new("upgrade-usr2");
+    let pid_file = env.dir.join("handover.pid");
+    let _lineage = Lineage(pid_file.clone());
+    env.serve(
+        &["-l", "tcp://127.0.0.1:0", "-w", "1", "--pid-file", pid_file.to_str().unwrap()],
+        &[DEMO_WORKER],
+    );
+    let addr = env.wait_ready(1);
+    env.signal("USR2");
+    assert!(env.wait_exit(Duration::from_secs(15)).success(), "{}", env.log_text());
+    assert_eq!(generation(&env).0, 2);
+    assert!(get(addr).is_ok());
+    stop_lineage(&env);
+}
