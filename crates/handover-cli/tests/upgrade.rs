@@ -20,11 +20,6 @@ fn upgrade(control: &Path) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| !r.trim_start().starts_with('Z')))
-}
-
 /// Kills whichever generation the pid file names when the test ends (the later generations
 /// are not the test's children, so `TestEnv` cannot).
 struct Lineage(std::path::PathBuf);
