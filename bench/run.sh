@@ -40,11 +40,11 @@ echo "building release binaries..." >&2
 cargo build --quiet --release -p bench-servers
 HANDOVER_BIN=
 if [ -f crates/handover-cli/Cargo.toml ]; then
-    cargo build --quiet --release -p handover-cli && HANDOVER_BIN=target/release/handover
+    cargo build --quiet --release -p handover-cli && HANDOVER_BIN=${CARGO_TARGET_DIR:-target}/release/handover
 fi
-T=target/release
+T=${CARGO_TARGET_DIR:-target}/release
 RUST_WORKER=$T/bench-worker
-HANDOVER_RUST_WORKER=${HANDOVER_RUST_WORKER:-}
+HANDOVER_RUST_WORKER=${HANDOVER_RUST_WORKER:-$T/bench-worker prefork}
 HANDOVER_NODE_WORKER=${HANDOVER_NODE_WORKER:-examples/workers/worker.js}
 
 # --- helpers ------------------------------------------------------------------------------
@@ -163,3 +163,43 @@ for key in "${ROWS[@]}"; do
     xc=$(awk -v a="$c" -v b="$(base_cpu "$workload")" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
     echo "| $name | $workload | $r | $xr | $c | $xc | ${RESULT[$key.p50]} | ${RESULT[$key.p99]} | ${RESULT[$key.p999]} | ${RESULT[$key.err]} |"
 done
+
+# --- scale: supervisor memory and descriptors --------------------------------------------
+[[ scale =~ $ONLY ]] || [ "$ONLY" = . ] || exit 0
+[ -n "$HANDOVER_BIN" ] || exit 0
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+fds() { ls "/proc/$1/fd" | wc -l; }
+prefork() { # workers
+    start_server "scale" "$HANDOVER_BIN" serve --listen "tcp://127.0.0.1:{PORT}" --workers "$1" --mode prefork \
+        --control "$logdir/scale.sock" --log error -- "$T/bench-worker" prefork
+    # Every worker has said hello once the status lists them all ready.
+    for _ in $(seq 100); do
+        [ "$("$HANDOVER_BIN" status --control "$logdir/scale.sock" --json | grep -o '"state":"ready"' | wc -l)" -ge "$1" ] && break
+        sleep 0.1
+    done
+}
+echo
+echo "| supervisor (prefork, Rust workers) | resident memory | descriptors |"
+echo "| --- | ---: | ---: |"
+for w in 2 16 64; do
+    prefork "$w"
+    echo "| $w workers, idle | $(rss_kib "$server_pgid") KiB | $(fds "$server_pgid") |"
+    stop_server
+done
+prefork 2
+taskset -c 1 "$T/loadgen" "127.0.0.1:$port" --mode connect --concurrency 64 --duration 2 >/dev/null
+echo "| 2 workers, after warm-up | $(rss_kib "$server_pgid") KiB | $(fds "$server_pgid") |"
+total=0
+while [ "$total" -lt 1000000 ]; do
+    out=$(taskset -c 1 "$T/loadgen" "127.0.0.1:$port" --mode connect --concurrency 64 --duration 5)
+    total=$((total + $(field requests "$out")))
+done
+echo "| 2 workers, after $total more hand-offs | $(rss_kib "$server_pgid") KiB | $(fds "$server_pgid") |"
+taskset -c 1 "$T/loadgen" "127.0.0.1:$port" --mode hold --concurrency 10000 --duration 3 >"$logdir/hold.out" &
+hold=$!
+for _ in $(seq 600); do grep -q holding "$logdir/hold.out" && break; sleep 0.1; done
+echo "| 2 workers, 10,000 connections held open | $(rss_kib "$server_pgid") KiB | $(fds "$server_pgid") |"
+wait "$hold"
+echo
+echo "10,000 held connections: $(tail -n1 "$logdir/hold.out")"
+stop_server

@@ -114,7 +114,8 @@ async fn scm() -> Res {
 async fn prefork() -> Res {
     use handover_worker::tokio::{Event, Worker};
     run_local(async {
-        let mut worker = Worker::from_env(4096).await?;
+        let capacity = std::env::var("WORKER_CAPACITY").ok().and_then(|c| c.parse().ok());
+        let mut worker = Worker::from_env(capacity.unwrap_or(65_536)).await?;
         while let Event::Connection(conn) = worker.recv().await? {
             let (socket, finisher) = conn.into_parts();
             let stream = tokio::net::TcpStream::try_from(socket)?;

@@ -8,7 +8,9 @@
 //! closes with `SO_LINGER 0` after the full response, so no TIME_WAIT exhausts ports.
 //! `keepalive`: C connections, each making requests back to back. With `--rate`, requests are
 //! started on a fixed schedule (open loop) and latency counts from the scheduled start, so a
-//! stalled server cannot hide behind a slowed client. Prints one line of `key=value`.
+//! stalled server cannot hide behind a slowed client. `hold`: C connections, one request
+//! each, all held open at once for `--duration`, then closed (for concurrency and memory
+//! figures). Prints one line of `key=value`.
 //! Nothing is retried: every failure is counted.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -36,6 +38,7 @@ struct Stats {
 struct Opts {
     addr: SocketAddr,
     keepalive: bool,
+    hold: bool,
     concurrency: usize,
     duration: Duration,
     rate: Option<f64>,
@@ -47,6 +50,7 @@ fn parse() -> Result<Opts, String> {
     let mut o = Opts {
         addr: addr.parse().map_err(|e| format!("bad address {addr}: {e}"))?,
         keepalive: false,
+        hold: false,
         concurrency: 32,
         duration: Duration::from_secs(5),
         rate: None,
@@ -54,7 +58,10 @@ fn parse() -> Result<Opts, String> {
     while let Some(flag) = args.next() {
         let val = args.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
-            "--mode" => o.keepalive = val == "keepalive",
+            "--mode" => {
+                o.keepalive = val == "keepalive";
+                o.hold = val == "hold";
+            }
             "--concurrency" => o.concurrency = val.parse().map_err(|_| "bad --concurrency")?,
             "--duration" => {
                 o.duration = Duration::from_secs_f64(val.parse().map_err(|_| "bad --duration")?)
@@ -105,6 +112,9 @@ fn main() {
 }
 
 async fn run(o: &Opts, stats: Rc<RefCell<Stats>>) {
+    if o.hold {
+        return hold(o, stats).await;
+    }
     let start = Instant::now();
     let deadline = start + o.duration;
     let next = Rc::new(RefCell::new(0u64));
@@ -151,6 +161,50 @@ async fn run(o: &Opts, stats: Rc<RefCell<Stats>>) {
             }
         }));
     }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// Opens `concurrency` connections, one request each, holds them all open, then closes.
+async fn hold(o: &Opts, stats: Rc<RefCell<Stats>>) {
+    let mut tasks = Vec::new();
+    let release = Rc::new(tokio::sync::Notify::new());
+    for _ in 0..o.concurrency {
+        let (stats, release, addr) = (stats.clone(), release.clone(), o.addr);
+        tasks.push(tokio::task::spawn_local(async move {
+            let started = Instant::now();
+            let mut conn = None;
+            let res = tokio::time::timeout(Duration::from_secs(30), one(addr, true, &mut conn)).await;
+            let mut s = stats.borrow_mut();
+            match res {
+                Ok(Ok(())) => s.latencies_us.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                Ok(Err(Failure::Refused)) => s.refused += 1,
+                Ok(Err(Failure::Reset)) => s.reset += 1,
+                Ok(Err(Failure::Unanswered)) => s.unanswered += 1,
+                Ok(Err(Failure::Other)) => s.other += 1,
+                Err(_) => s.timeouts += 1,
+            }
+            drop(s);
+            release.notified().await;
+            drop(conn);
+        }));
+        // Pace the connects a little so the listen backlog never overflows.
+        tokio::task::yield_now().await;
+    }
+    // Wait until every connection has its answer (or failed), then hold for the duration.
+    loop {
+        let s = stats.borrow();
+        let done = s.latencies_us.len() as u64 + s.refused + s.reset + s.unanswered + s.timeouts + s.other;
+        drop(s);
+        if done as usize >= o.concurrency {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("holding {} connections", o.concurrency);
+    tokio::time::sleep(o.duration).await;
+    release.notify_waiters();
     for t in tasks {
         let _ = t.await;
     }
