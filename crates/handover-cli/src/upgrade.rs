@@ -219,7 +219,13 @@ async fn converse(plan: &Plan, channel: &Channel, pid: u32) -> Result<(), String
     let bytes = serde_json::to_vec(&handoff).map_err(|e| e.to_string())?;
     match tokio::time::timeout(PROMPT, channel.send(&bytes, &sockets)).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(format!("cannot hand the sockets to the new generation: {e}")),
+        Ok(Err(e)) => {
+            // It may have failed at once (a bad configuration) and said why before exiting.
+            return match receive(channel, Instant::now() + Duration::from_secs(1), PROMPT).await {
+                Err(why) if why.starts_with("the new generation failed") => Err(why),
+                _ => Err(format!("cannot hand the sockets to the new generation: {e}")),
+            };
+        }
         Err(_) => return Err("the new generation did not take the sockets".to_owned()),
     }
     let deadline = Instant::now() + plan.ready_timeout;

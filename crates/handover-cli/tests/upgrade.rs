@@ -125,11 +125,32 @@ fn stop_lineage(env: &TestEnv) {
 
 #[test]
 fn twenty_upgrades_under_load_lose_nothing() {
-    let mut env = TestEnv::new("upgrade20");
+    upgrades_under_load("prefork", 20);
+}
+
+#[test]
+fn upgrades_under_load_in_spawn_and_shared_modes() {
+    upgrades_under_load("spawn", 5);
+    upgrades_under_load("shared", 5);
+}
+
+fn upgrades_under_load(mode: &str, upgrades: u64) {
+    let mut env = TestEnv::new(&format!("upgrade-{mode}"));
     let pid_file = env.dir.join("handover.pid");
     let _lineage = Lineage(pid_file.clone());
     env.serve(
-        &["-l", "http=tcp://127.0.0.1:0", "-w", "2", "--pid-file", pid_file.to_str().unwrap()],
+        &[
+            "-l",
+            "http=tcp://127.0.0.1:0",
+            "-w",
+            "2",
+            "--mode",
+            mode,
+            "--min-uptime",
+            "50ms",
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+        ],
         &[DEMO_WORKER],
     );
     let addr = env.wait_ready(2);
@@ -138,7 +159,7 @@ fn twenty_upgrades_under_load_lose_nothing() {
     let hammer = Hammer::start(addr, 4);
     std::thread::sleep(Duration::from_millis(100));
     let mut pids = vec![first_pid];
-    for n in 2..=21u64 {
+    for n in 2..=upgrades + 1 {
         let (code, out) = upgrade(&env.control);
         assert_eq!(code, 0, "upgrade to generation {n}: {out}\n{}", env.log_text());
         let (g, pid) = generation(&env);
@@ -152,24 +173,25 @@ fn twenty_upgrades_under_load_lose_nothing() {
     let t = hammer.finish();
     let took = started.elapsed();
     eprintln!(
-        "20 upgrades under load in {took:?}: sent {}, answered {}, refused {}, reset {}, other {}",
+        "{mode}: {upgrades} upgrades under load in {took:?}: sent {}, answered {}, refused {}, reset {}, other {}",
         t.sent, t.answered, t.refused, t.reset, t.other
     );
     assert_eq!(t.refused, 0, "{:?}\n{}", t.errors, env.log_text());
     assert_eq!(t.reset, 0, "{:?}\n{}", t.errors, env.log_text());
     assert_eq!(t.other, 0, "{:?}\n{}", t.errors, env.log_text());
     assert_eq!(t.answered, t.sent);
-    assert!(t.sent > 200, "the client ran: {}", t.sent);
+    assert!(t.sent > 50, "the client ran: {}", t.sent);
     // The first generation was the test's child: it drained and exited cleanly.
     let st = env.wait_exit(Duration::from_secs(15));
     assert!(st.success(), "{st}\n{}", env.log_text());
     // Every old generation has gone; only the last one serves.
     let deadline = Instant::now() + Duration::from_secs(15);
-    while pids[..20].iter().any(|&p| alive(p)) {
+    let last = pids.len() - 1;
+    while pids[..last].iter().any(|&p| alive(p)) {
         assert!(Instant::now() < deadline, "old generations still running:\n{}", env.log_text());
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(alive(pids[20]));
+    assert!(alive(pids[last]));
     stop_lineage(&env);
     assert!(!pid_file.exists(), "the last generation removes the pid file");
 }

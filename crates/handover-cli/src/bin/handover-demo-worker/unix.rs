@@ -1,7 +1,6 @@
 //! Unix implementation of the demo worker (see `main.rs`).
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -197,25 +196,68 @@ fn prefork_tokio(channel: Channel, opts: &Opts) -> Result<(), Box<dyn std::error
     })
 }
 
+/// shared mode: accepts on the inherited listeners until `SIGTERM`, then stops accepting and
+/// finishes the connections it has (what a socket-activated program should do, so that a
+/// drain or an upgrade loses nothing). Accepting is non-blocking (epoll through tokio), so no
+/// connection is taken off the queue after `SIGTERM`.
 fn shared(listeners: Vec<handover::Socket>, opts: &Opts) -> Result<(), Box<dyn std::error::Error>> {
-    let mut threads = Vec::new();
-    for l in listeners {
-        let l = Arc::new(TcpListener::try_from(l)?);
-        for _ in 0..opts.capacity.max(1) {
-            let l = Arc::clone(&l);
-            let delay = opts.delay;
-            threads.push(thread::spawn(move || loop {
-                if let Ok((s, _)) = l.accept() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let delay = opts.delay;
+    rt.block_on(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut all = Vec::new();
+        for l in listeners {
+            all.push(match l.kind()? {
+                SocketKind::UnixListener => Listener::Unix(l.try_into()?),
+                _ => Listener::Tcp(l.try_into()?),
+            });
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            let accepted = tokio::select! {
+                _ = term.recv() => break,
+                r = accept_any(&all) => r,
+            };
+            if let Ok(s) = accepted {
+                tasks.spawn_blocking(move || {
+                    let _ = s.set_nonblocking(false);
                     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
                     let _ = serve(&mut &s, &mut &s, delay);
-                }
-            }));
+                });
+            }
+            while tasks.try_join_next().is_some() {}
         }
-    }
-    for t in threads {
-        let _ = t.join();
-    }
-    Ok(())
+        drop(all);
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    })
+}
+
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+/// Accepts one connection from whichever listener has one, as a blocking-capable socket.
+async fn accept_any(all: &[Listener]) -> std::io::Result<socket2::Socket> {
+    use std::task::Poll;
+    std::future::poll_fn(|cx| {
+        for l in all {
+            let r = match l {
+                Listener::Tcp(t) => t
+                    .poll_accept(cx)
+                    .map(|r| r.and_then(|(s, _)| s.into_std()).map(socket2::Socket::from)),
+                Listener::Unix(u) => u
+                    .poll_accept(cx)
+                    .map(|r| r.and_then(|(s, _)| s.into_std()).map(socket2::Socket::from)),
+            };
+            if r.is_ready() {
+                return r;
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 fn send(ch: &Channel, m: WorkerMessage) -> handover::Result<()> {
