@@ -25,6 +25,9 @@ missing=()
 for p in "${packages[@]}"; do
     command -v "$p" >/dev/null || missing+=("$p")
 done
+# systemd-socket-activate (package systemd) for the supervisor's socket-activation test.
+command -v systemd-socket-activate >/dev/null || [ -x /usr/lib/systemd/systemd-socket-activate ] \
+    || missing+=(systemd)
 if ((${#missing[@]})); then
     sudo=()
     [ "$(id -u)" -eq 0 ] || sudo=(sudo)

@@ -1,4 +1,6 @@
-//! `handover`: the supervisor binary. See `handover --help` and `docs/protocol.md`.
+//! `handover`: the supervisor binary. See `handover --help`, `docs/protocol.md` (workers),
+//! `docs/upgrade.md` (zero-downtime upgrade state machine), `docs/systemd.md` (socket
+//! activation, sd_notify, einhorn/Server::Starter variables) and `docs/multi-host.md`.
 // Unsafe code is confined to `sys` (the one place that may allow it).
 #![deny(unsafe_code)]
 #![deny(rust_2018_idioms)]
