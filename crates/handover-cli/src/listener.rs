@@ -56,7 +56,9 @@ impl Bound {
             ListenAddr::Tcp(want) => local.as_socket().is_some_and(|got| {
                 got.ip() == want.ip() && (want.port() == 0 || got.port() == want.port())
             }),
-            ListenAddr::Unix(want) => local.as_pathname().is_some_and(|got| got == want.as_path()),
+            ListenAddr::Unix(want) => {
+                crate::sys::socket_path(&local).is_some_and(|got| got == want.as_path())
+            }
         }
     }
 }

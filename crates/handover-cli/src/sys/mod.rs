@@ -13,6 +13,7 @@
 //!   upgrade, child-exited notifications;
 //! - `notify(&[Notify])`: the service manager's readiness protocol (systemd `sd_notify` through
 //!   the `sd-notify` crate; a no-op where there is no `NOTIFY_SOCKET` or no systemd);
+//! - `socket_path(&SockAddr) -> Option<PathBuf>`: the path a Unix-domain address names;
 //! - `file_identity(&Path) -> Option<(u64, u64)>`: device and inode, to tell whether a path is
 //!   still the file this process created (the control socket after an upgrade renamed over it).
 

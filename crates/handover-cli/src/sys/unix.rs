@@ -181,3 +181,8 @@ pub(crate) fn is_socket_file(meta: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::FileTypeExt;
     meta.file_type().is_socket()
 }
+
+/// The path a Unix-domain socket address names, if any.
+pub(crate) fn socket_path(addr: &SockAddr) -> Option<std::path::PathBuf> {
+    addr.as_pathname().map(Path::to_path_buf)
+}

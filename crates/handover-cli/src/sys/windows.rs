@@ -99,3 +99,8 @@ impl AsyncListener {
 pub(crate) fn is_socket_file(_meta: &std::fs::Metadata) -> bool {
     false
 }
+
+/// Unix-domain listeners are not supported on Windows yet.
+pub(crate) fn socket_path(_addr: &socket2::SockAddr) -> Option<std::path::PathBuf> {
+    None
+}
