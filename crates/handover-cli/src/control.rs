@@ -78,9 +78,7 @@ impl ControlSocket {
     /// Binds at a temporary path beside `path`, for a new generation that takes `path` over
     /// with [`publish`](ControlSocket::publish) once the upgrade is committed.
     pub(crate) fn bind_staged(path: &Path) -> Result<ControlSocket> {
-        let mut name = path.as_os_str().to_owned();
-        name.push(format!(".{}.new", std::process::id()));
-        let staged = PathBuf::from(name);
+        let staged = staged_path(path, std::process::id());
         let _ = std::fs::remove_file(&staged);
         let listener = bind_at(&staged)?;
         Ok(ControlSocket::new(listener, path, &staged))
@@ -117,6 +115,13 @@ impl ControlSocket {
             let _ = std::fs::remove_file(&self.bound_at);
         }
     }
+}
+
+/// Where a new generation with process id `pid` binds its control socket before taking over.
+pub(crate) fn staged_path(path: &Path, pid: u32) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{pid}.new"));
+    PathBuf::from(name)
 }
 
 fn bind_at(path: &Path) -> Result<handover::tokio::ChannelListener> {

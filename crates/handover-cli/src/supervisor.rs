@@ -623,6 +623,7 @@ fn plan_upgrade(
         listeners,
         metrics,
         ready_timeout: config.ready_timeout,
+        control: config.control.clone(),
     })
 }
 

@@ -146,6 +146,8 @@ pub(crate) struct Plan {
     pub(crate) listeners: Vec<Handed>,
     pub(crate) metrics: Option<(String, socket2::Socket)>,
     pub(crate) ready_timeout: Duration,
+    /// The control socket path (a killed new generation leaves its staged socket beside it).
+    pub(crate) control: PathBuf,
 }
 
 /// A new generation that took over.
@@ -199,7 +201,9 @@ pub(crate) async fn start(plan: Plan) -> Result<NewGeneration, String> {
         }
         Err(why) => {
             let mut child = guard.0.take().expect("armed");
-            stop(&mut child, pid).await;
+            if !stop(&mut child, pid).await {
+                let _ = std::fs::remove_file(crate::control::staged_path(&plan.control, pid));
+            }
             Err(why)
         }
     }
@@ -266,18 +270,20 @@ async fn receive(channel: &Channel, deadline: Instant, limit: Duration) -> Resul
 }
 
 /// Stops an abandoned new generation: `SIGTERM` (it accepted nothing), then `SIGKILL`.
-async fn stop(child: &mut handover::Child, pid: u32) {
+/// Returns whether it exited by itself (and so cleaned up after itself).
+async fn stop(child: &mut handover::Child, pid: u32) -> bool {
     sys::signal_process(pid, Stop::Terminate);
     let deadline = Instant::now() + STOP_GRACE;
     while Instant::now() < deadline {
         if !matches!(child.try_wait(), Ok(None)) {
-            return;
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     warn!(pid, "upgrade: the abandoned new generation did not exit; killing it");
     sys::signal_process(pid, Stop::Kill);
     let _ = crate::child::reap(child, Duration::from_secs(1));
+    false
 }
 
 /// The new generation's side, first step: the handoff and its sockets.

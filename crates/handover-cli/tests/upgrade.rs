@@ -256,6 +256,15 @@ fn a_broken_upgrade_leaves_the_old_generation_serving() {
     assert_eq!((g, pid), (1, me));
     assert_eq!(std::fs::read_to_string(&pid_file).unwrap().trim(), me.to_string());
     assert_eq!(env.status().unwrap()["upgrades_failed"], 3);
+    // Abandoned generations leave no staged control socket behind, and no process.
+    let leftovers: Vec<_> = std::fs::read_dir(&env.dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".new") || n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(children_of(me).len(), 2, "only the two workers: {:?}", children_of(me));
 
     // 4. Fixed: the upgrade goes through, on the same listener.
     write_config(&config, port, &[DEMO_WORKER], "");

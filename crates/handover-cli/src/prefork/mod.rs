@@ -388,10 +388,21 @@ impl Engine {
             }
             if self.pending.is_empty() && self.workers.iter().all(|w| w.unacked == 0) {
                 self.drain_sent = true;
+                // A worker that has not said hello holds no connection: it is stopped at once
+                // rather than waited for (it may never answer, e.g. in an abandoned upgrade).
+                let starting: Vec<u64> = self
+                    .workers
+                    .iter()
+                    .filter(|w| w.state == WState::Starting)
+                    .map(|w| w.id)
+                    .collect();
+                for id in starting {
+                    self.kill_worker(id, "draining before it said hello".to_owned());
+                }
                 let ids: Vec<u64> = self
                     .workers
                     .iter()
-                    .filter(|w| matches!(w.state, WState::Ready | WState::Starting))
+                    .filter(|w| w.state == WState::Ready)
                     .map(|w| w.id)
                     .collect();
                 for id in ids {
