@@ -175,17 +175,21 @@ async fn hold(o: &Opts, stats: Rc<RefCell<Stats>>) {
         tasks.push(tokio::task::spawn_local(async move {
             let started = Instant::now();
             let mut conn = None;
-            let res = tokio::time::timeout(Duration::from_secs(30), one(addr, true, &mut conn)).await;
-            let mut s = stats.borrow_mut();
-            match res {
-                Ok(Ok(())) => s.latencies_us.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32),
-                Ok(Err(Failure::Refused)) => s.refused += 1,
-                Ok(Err(Failure::Reset)) => s.reset += 1,
-                Ok(Err(Failure::Unanswered)) => s.unanswered += 1,
-                Ok(Err(Failure::Other)) => s.other += 1,
-                Err(_) => s.timeouts += 1,
+            let res =
+                tokio::time::timeout(Duration::from_secs(30), one(addr, true, &mut conn)).await;
+            {
+                let mut s = stats.borrow_mut();
+                match res {
+                    Ok(Ok(())) => s
+                        .latencies_us
+                        .push(started.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                    Ok(Err(Failure::Refused)) => s.refused += 1,
+                    Ok(Err(Failure::Reset)) => s.reset += 1,
+                    Ok(Err(Failure::Unanswered)) => s.unanswered += 1,
+                    Ok(Err(Failure::Other)) => s.other += 1,
+                    Err(_) => s.timeouts += 1,
+                }
             }
-            drop(s);
             release.notified().await;
             drop(conn);
         }));
@@ -194,9 +198,10 @@ async fn hold(o: &Opts, stats: Rc<RefCell<Stats>>) {
     }
     // Wait until every connection has its answer (or failed), then hold for the duration.
     loop {
-        let s = stats.borrow();
-        let done = s.latencies_us.len() as u64 + s.refused + s.reset + s.unanswered + s.timeouts + s.other;
-        drop(s);
+        let done = {
+            let s = stats.borrow();
+            s.latencies_us.len() as u64 + s.refused + s.reset + s.unanswered + s.timeouts + s.other
+        };
         if done as usize >= o.concurrency {
             break;
         }
