@@ -164,11 +164,13 @@ impl TxState {
         res
     }
 
-    /// Writes until the message is out (`Ok`) or the socket would block (`WouldBlock`).
+    /// Writes until the message is out (`Ok`) or the socket would block (`WouldBlock`). With
+    /// `block`, writes wait inside the system call instead.
     pub(crate) fn advance(
         &mut self,
         raw: &RawChannel,
         sockets: &[SocketRef<'_>],
+        block: bool,
     ) -> io::Result<()> {
         while self.pos < self.buf.len() {
             let (end, attach) = match self.batches.get(self.next_batch) {
@@ -180,7 +182,7 @@ impl TxState {
                 Some(b) => (b.offset, &[][..]),
                 None => (self.buf.len(), &[][..]),
             };
-            let n = sys::send(raw, &self.buf[self.pos..end], attach.iter().map(|s| s.0))?;
+            let n = sys::send(raw, &self.buf[self.pos..end], attach.iter().map(|s| s.0), block)?;
             if !attach.is_empty() {
                 self.next_batch += 1;
             }
@@ -256,11 +258,18 @@ impl RxState {
     /// Reads until one whole message is decoded into `out`, or the socket would block
     /// (`Err(Error::Io(WouldBlock))`). Any other error is final for the channel: every socket
     /// received and not yet delivered is closed.
-    pub(crate) fn try_recv(&mut self, raw: &RawChannel, out: &mut Message) -> Result<()> {
+    ///
+    /// With `block`, the read waits inside the system call instead.
+    pub(crate) fn try_recv(
+        &mut self,
+        raw: &RawChannel,
+        out: &mut Message,
+        block: bool,
+    ) -> Result<()> {
         if let Some(why) = &self.failed {
             return Err(Error::Protocol(format!("channel unusable after an earlier error: {why}")));
         }
-        match self.try_recv_inner(raw) {
+        match self.try_recv_inner(raw, block) {
             Ok(()) => {
                 std::mem::swap(&mut out.bytes, &mut self.out.payload);
                 self.out.payload.clear();
@@ -278,7 +287,7 @@ impl RxState {
         }
     }
 
-    fn try_recv_inner(&mut self, raw: &RawChannel) -> Result<()> {
+    fn try_recv_inner(&mut self, raw: &RawChannel, block: bool) -> Result<()> {
         loop {
             if self.decoder.next_into(&mut self.out)? {
                 // Inline socket records (Windows) become sockets now; each is owned as soon
@@ -293,7 +302,7 @@ impl RxState {
                 return Ok(());
             }
             let room = self.decoder.limits().max_handles;
-            let got = sys::recv(raw, &mut self.chunk, &mut self.arrived, room)?;
+            let got = sys::recv(raw, &mut self.chunk, &mut self.arrived, room, block)?;
             let received = self.arrived.len();
             self.decoder.push_handles(self.arrived.drain(..))?;
             if got.truncated {
@@ -444,7 +453,8 @@ impl Channel {
         let mut tx = lock(&self.tx);
         tx.begin(&self.raw, bytes, sockets)?;
         loop {
-            match tx.advance(&self.raw, sockets) {
+            // Without a deadline, wait inside the system call; with one, poll for it.
+            match tx.advance(&self.raw, sockets, deadline.is_none()) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     match sys::wait(&self.raw, Interest::Writable, deadline) {
@@ -493,7 +503,7 @@ impl Channel {
     fn recv_until(&self, msg: &mut Message, deadline: Option<Instant>) -> Result<()> {
         let mut rx = lock(&self.rx);
         loop {
-            match rx.try_recv(&self.raw, msg) {
+            match rx.try_recv(&self.raw, msg, deadline.is_none()) {
                 Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     if !sys::wait(&self.raw, Interest::Readable, deadline)? {
                         return Err(Error::TimedOut);

@@ -110,7 +110,7 @@ impl Channel {
         let mut tx = self.tx.lock().await;
         tx.begin(self.io.raw(), bytes, sockets)?;
         let mut guard = SendGuard { tx: &mut tx, done: false };
-        let res = self.io.writable(|raw| guard.tx.advance(raw, sockets)).await;
+        let res = self.io.writable(|raw| guard.tx.advance(raw, sockets, false)).await;
         guard.done = res.is_ok();
         res.map_err(transport_error)
     }
@@ -127,7 +127,7 @@ impl Channel {
         let mut rx = self.rx.lock().await;
         let res = self
             .io
-            .readable(|raw| match rx.try_recv(raw, msg) {
+            .readable(|raw| match rx.try_recv(raw, msg, false) {
                 Err(Error::Io(e)) => Err(e),
                 other => Ok(other),
             })

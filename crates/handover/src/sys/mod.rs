@@ -2,14 +2,15 @@
 //!
 //! Both backends implement this contract (portable code calls nothing else):
 //!
-//! - `RawChannel`: an owned, connected, **non-blocking** byte-stream endpoint that can carry
-//!   sockets; `pair() -> io::Result<(RawChannel, RawChannel)>`.
-//! - `send(&RawChannel, &[u8], handles) -> io::Result<usize>`: one non-blocking write; the
-//!   handles (an `ExactSizeIterator` of `BorrowedSocket`) travel with the first byte written.
-//!   `WouldBlock` when nothing could be written.
-//! - `recv(&RawChannel, &mut [u8], &mut Vec<OwnedSocket>, max_handles) -> io::Result<Received>`:
-//!   one non-blocking read; every handle that arrived is owned before the call returns, and
-//!   `Received::truncated` says the OS cut control data off.
+//! - `RawChannel`: an owned, connected byte-stream endpoint that can carry sockets;
+//!   `pair() -> io::Result<(RawChannel, RawChannel)>`.
+//! - `send(&RawChannel, &[u8], handles, block) -> io::Result<usize>`: one write; the handles
+//!   (an `ExactSizeIterator` of `BorrowedSocket`) travel with the first byte written. Without
+//!   `block`, `WouldBlock` when nothing could be written; with it, a backend may wait inside
+//!   the call (Unix does; callers still handle `WouldBlock` by `wait`ing).
+//! - `recv(&RawChannel, &mut [u8], &mut Vec<OwnedSocket>, max_handles, block) ->
+//!   io::Result<Received>`: one read, likewise; every handle that arrived is owned before the
+//!   call returns, and `Received::truncated` says the OS cut control data off.
 //! - `flush(&RawChannel) -> io::Result<()>`: `WouldBlock` while bytes accepted by `send` are
 //!   still being written (Windows cancels a thread's pending I/O when the thread exits, so a
 //!   send returns only after this); always `Ok` on Unix.

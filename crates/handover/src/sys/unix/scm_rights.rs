@@ -47,11 +47,24 @@ const RECV_FLAGS: libc::c_int = libc::MSG_CMSG_CLOEXEC;
 )))]
 const RECV_FLAGS: libc::c_int = 0; // FD_CLOEXEC is set right after receipt instead.
 
-/// One non-blocking `sendmsg(2)`: `bytes`, with `fds` attached to its first byte.
+/// The channel descriptor itself stays in blocking mode, so the blocking API can wait inside
+/// the system call (one call per read instead of a failed read, `poll` and a read); every
+/// non-blocking use says so per call.
+fn dontwait(block: bool) -> libc::c_int {
+    if block {
+        0
+    } else {
+        libc::MSG_DONTWAIT
+    }
+}
+
+/// One `sendmsg(2)`: `bytes`, with `fds` attached to its first byte. With `block` false
+/// (`MSG_DONTWAIT`) it returns `WouldBlock` instead of waiting for room.
 pub(crate) fn send<'a>(
     ch: &RawChannel,
     bytes: &[u8],
     fds: impl ExactSizeIterator<Item = BorrowedFd<'a>>,
+    block: bool,
 ) -> io::Result<usize> {
     let count = fds.len();
     assert!(count <= HANDLES_PER_FRAME, "a frame carries at most {HANDLES_PER_FRAME} descriptors");
@@ -88,7 +101,8 @@ pub(crate) fn send<'a>(
     }
     loop {
         // SAFETY: msg points to a live iovec and control buffer for the duration of the call.
-        match syscall!(unsafe { libc::sendmsg(ch.as_raw_fd(), &msg, SEND_FLAGS) }) {
+        match syscall!(unsafe { libc::sendmsg(ch.as_raw_fd(), &msg, SEND_FLAGS | dontwait(block)) })
+        {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             res => return res.map(|n| n as usize),
         }
@@ -104,13 +118,15 @@ pub(crate) struct Received {
     pub(crate) truncated: bool,
 }
 
-/// One non-blocking `recvmsg(2)`. Every descriptor that arrived is pushed to `fds` as an
-/// `OwnedFd` (close-on-exec) before this returns, whatever else happened.
+/// One `recvmsg(2)`. Every descriptor that arrived is pushed to `fds` as an `OwnedFd`
+/// (close-on-exec) before this returns, whatever else happened. With `block` false
+/// (`MSG_DONTWAIT`) it returns `WouldBlock` instead of waiting for data.
 pub(crate) fn recv(
     ch: &RawChannel,
     buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
     max_fds: usize,
+    block: bool,
 ) -> io::Result<Received> {
     let room = max_fds.min(HANDLES_PER_FRAME);
     let mut cmsg = CmsgBuf([0; 1088]);
@@ -125,7 +141,9 @@ pub(crate) fn recv(
     }
     let len = loop {
         // SAFETY: msg points to a live iovec and control buffer for the duration of the call.
-        match syscall!(unsafe { libc::recvmsg(ch.as_raw_fd(), &mut msg, RECV_FLAGS) }) {
+        match syscall!(unsafe {
+            libc::recvmsg(ch.as_raw_fd(), &mut msg, RECV_FLAGS | dontwait(block))
+        }) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             res => break res? as usize,
         }

@@ -219,7 +219,6 @@ pub(crate) fn spawn(cmd: &mut Command<'_>) -> io::Result<(Child, Option<RawChann
     let mut sources: Vec<RawFd> = cmd.listen.iter().map(|(_, s)| s.0.as_raw_fd()).collect();
     let channel = if cmd.channel { Some(pair()?) } else { None };
     if let Some((_, theirs)) = &channel {
-        theirs.set_blocking_for_child()?;
         env.push((ENV_CHANNEL_FD.into(), (3 + sources.len()).to_string().into()));
         sources.push(theirs.as_raw_fd());
     }

@@ -15,7 +15,9 @@ pub(crate) struct RawChannel(UnixStream);
 
 impl RawChannel {
     fn new(stream: UnixStream) -> io::Result<RawChannel> {
-        stream.set_nonblocking(true)?;
+        // Blocking mode: each call chooses with or without MSG_DONTWAIT (see scm_rights.rs).
+        // A program in another language that inherits the descriptor also expects it so.
+        stream.set_nonblocking(false)?;
         #[cfg(any(target_os = "macos", target_os = "ios", target_os = "freebsd"))]
         socket2::SockRef::from(&stream).set_nosigpipe(true)?;
         Ok(RawChannel(stream))
@@ -24,12 +26,6 @@ impl RawChannel {
     /// Adopts a descriptor inherited from a parent.
     pub(crate) fn from_owned(fd: OwnedFd) -> io::Result<RawChannel> {
         RawChannel::new(UnixStream::from(fd))
-    }
-
-    /// Makes this end blocking, as a program in another language expects a descriptor it
-    /// inherits to be (`inherited()` makes it non-blocking again on adoption).
-    pub(crate) fn set_blocking_for_child(&self) -> io::Result<()> {
-        self.0.set_nonblocking(false)
     }
 }
 

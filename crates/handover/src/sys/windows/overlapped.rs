@@ -375,11 +375,13 @@ fn wait_raw(event: HANDLE, deadline: Option<Instant>) -> io::Result<bool> {
 }
 
 /// One non-blocking write of `bytes`. Sockets travel inline in the frame bytes, so `handles`
-/// is ignored.
+/// is ignored. `_block` is a hint this backend does not need: callers wait with [`wait`] on
+/// `WouldBlock`.
 pub(crate) fn send<'a>(
     ch: &RawChannel,
     bytes: &[u8],
     _handles: impl ExactSizeIterator<Item = super::BorrowedSocket<'a>>,
+    _block: bool,
 ) -> io::Result<usize> {
     ch.pipe().write(bytes)
 }
@@ -389,12 +391,13 @@ pub(crate) fn flush(ch: &RawChannel) -> io::Result<()> {
     ch.pipe().flush()
 }
 
-/// One non-blocking read. Nothing arrives out of band on Windows.
+/// One non-blocking read. Nothing arrives out of band on Windows. `_block` as for [`send`].
 pub(crate) fn recv(
     ch: &RawChannel,
     buf: &mut [u8],
     _handles: &mut Vec<OwnedSocket>,
     _max_handles: usize,
+    _block: bool,
 ) -> io::Result<Received> {
     Ok(Received { len: ch.pipe().read(buf)?, truncated: false })
 }
