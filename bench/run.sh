@@ -145,7 +145,9 @@ run_server "socat fork (once-http)" "connect,rate" socat "TCP-LISTEN:{PORT},bind
 run_server "Node.js cluster round-robin" "connect,keepalive" node bench/node-cluster.js "{PORT}" "$WORKERS" rr
 run_server "Node.js cluster OS scheduling" "connect,keepalive" node bench/node-cluster.js "{PORT}" "$WORKERS" os
 if [ -n "$HANDOVER_BIN" ] && [ -f "$HANDOVER_NODE_WORKER" ]; then
-    run_server "handover prefork (Node.js worker)" "connect,keepalive" "$HANDOVER_BIN" serve --listen "tcp://127.0.0.1:{PORT}" --workers "$WORKERS" --mode prefork -- node "$HANDOVER_NODE_WORKER"
+    # Node's standard library cannot receive SCM_RIGHTS, so the Node worker runs in shared mode
+    # (connect only: it answers with `Connection: close`).
+    run_server "handover shared (Node.js worker)" "connect" "$HANDOVER_BIN" serve --listen "tcp://127.0.0.1:{PORT}" --workers "$WORKERS" --mode shared -- node "$HANDOVER_NODE_WORKER"
 fi
 
 # --- the table ----------------------------------------------------------------------------
