@@ -220,7 +220,9 @@ impl TxState {
 #[derive(Debug)]
 pub(crate) struct RxState {
     decoder: Decoder<sys::OwnedSocket>,
-    chunk: Box<[u8]>,
+    /// Read buffer: starts small (control messages are small, and a supervisor holds one per
+    /// worker), doubles up to [`MAX_CHUNK`] while reads fill it.
+    chunk: Vec<u8>,
     arrived: Vec<sys::OwnedSocket>,
     out: Decoded<sys::OwnedSocket>,
     failed: Option<String>,
@@ -230,13 +232,16 @@ impl Default for RxState {
     fn default() -> RxState {
         RxState {
             decoder: Decoder::new(limits(DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_SOCKETS)),
-            chunk: vec![0; 64 * 1024].into_boxed_slice(),
+            chunk: vec![0; MIN_CHUNK],
             arrived: Vec::new(),
             out: Decoded::default(),
             failed: None,
         }
     }
 }
+
+const MIN_CHUNK: usize = 4 * 1024;
+const MAX_CHUNK: usize = 64 * 1024;
 
 fn limits(max_payload: usize, max_sockets: usize) -> frame::Limits {
     frame::Limits {
@@ -313,6 +318,9 @@ impl RxState {
                 return Err(Error::PeerClosed);
             }
             self.decoder.push_bytes(&self.chunk[..got.len]);
+            if got.len == self.chunk.len() && self.chunk.len() < MAX_CHUNK {
+                self.chunk.resize(self.chunk.len() * 2, 0);
+            }
         }
     }
 }

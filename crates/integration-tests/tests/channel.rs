@@ -91,3 +91,19 @@ fn peer_credentials_name_the_child() {
     drop(ch);
     assert_exit(&mut child, 3); // it was waiting for a socket and saw the channel close
 }
+
+#[test]
+fn large_payloads_arrive_whole_between_small_ones() {
+    let (a, b) = handover::Channel::pair().unwrap();
+    let big: Vec<u8> = (0..900 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    let sent = big.clone();
+    let t = std::thread::spawn(move || {
+        for payload in [&b"small"[..], &sent, &b"after"[..]] {
+            a.send(payload, &[]).unwrap();
+        }
+    });
+    assert_eq!(b.recv_timeout(WAIT).unwrap().bytes, b"small");
+    assert_eq!(b.recv_timeout(WAIT).unwrap().bytes, big);
+    assert_eq!(b.recv_timeout(WAIT).unwrap().bytes, b"after");
+    t.join().unwrap();
+}
