@@ -56,6 +56,81 @@ pub fn announce_ready() {
     let _ = out.flush();
 }
 
+/// The bare `SCM_RIGHTS` reference: one byte, one descriptor, no framing, no checks. Written
+/// plainly on purpose — it is what handover is measured against.
+pub mod bare {
+    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+    #[repr(C, align(8))]
+    struct Cmsg([u8; 64]);
+
+    /// sendmsg(2) of one byte with one descriptor attached, blocking.
+    pub fn send_fd(sock: RawFd, fd: RawFd) -> std::io::Result<()> {
+        let mut byte = [0u8];
+        let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+        let mut cmsg = Cmsg([0; 64]);
+        // SAFETY: msghdr is plain old data; all-zero is valid.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.0.as_mut_ptr().cast();
+        // SAFETY: pure arithmetic.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as _;
+        // SAFETY: the control buffer is aligned and larger than one cmsghdr.
+        let hdr = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+        // SAFETY: cmsghdr is plain old data.
+        let mut h: libc::cmsghdr = unsafe { std::mem::zeroed() };
+        h.cmsg_level = libc::SOL_SOCKET;
+        h.cmsg_type = libc::SCM_RIGHTS;
+        // SAFETY: pure arithmetic.
+        h.cmsg_len = unsafe { libc::CMSG_LEN(4) } as _;
+        // SAFETY: hdr points at the start of the aligned control buffer.
+        unsafe { hdr.write(h) };
+        // SAFETY: hdr is a valid header; its data area has room for one int.
+        let data = unsafe { libc::CMSG_DATA(hdr) }.cast::<RawFd>();
+        // SAFETY: in bounds (CMSG_SPACE(4)); unaligned write is allowed.
+        unsafe { data.write_unaligned(fd) };
+        // SAFETY: msg points at live buffers for the call.
+        if unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) } != 1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// recvmsg(2) of one byte and one descriptor; Ok(None) at end of stream.
+    pub fn recv_fd(sock: RawFd) -> std::io::Result<Option<OwnedFd>> {
+        let mut byte = [0u8];
+        let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+        let mut cmsg = Cmsg([0; 64]);
+        // SAFETY: msghdr is plain old data; all-zero is valid.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.0.as_mut_ptr().cast();
+        // SAFETY: pure arithmetic.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as _;
+        // SAFETY: msg points at live buffers for the call.
+        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Ok(None);
+        }
+        // SAFETY: the kernel filled in the control buffer described by msg.
+        let hdr = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+        if hdr.is_null() {
+            return Err(std::io::Error::other("byte without a descriptor"));
+        }
+        // SAFETY: hdr is a valid header with one descriptor after it.
+        let data = unsafe { libc::CMSG_DATA(hdr) }.cast::<RawFd>();
+        // SAFETY: in bounds; unaligned read is allowed.
+        let raw = unsafe { data.read_unaligned() };
+        // SAFETY: the kernel installed raw for us; we are its only owner.
+        Ok(Some(unsafe { OwnedFd::from_raw_fd(raw) }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -118,33 +118,7 @@ pub fn stdin_socket() -> Result<Option<Socket>> {
 }
 
 crate::macros::cfg_tokio! {
-    macro_rules! tokio_unix_conversions {
-        ($($ty:ty => $std:ty),* $(,)?) => {$(
-            impl TryFrom<Socket> for $ty {
-                type Error = Error;
-
-                /// Checks the kind, makes the socket non-blocking and registers it with the
-                /// current tokio runtime (so it must be called from within one).
-                fn try_from(s: Socket) -> Result<$ty> {
-                    sys::async_io::require_runtime()?;
-                    let std = <$std>::try_from(s)?;
-                    std.set_nonblocking(true)?;
-                    Ok(<$ty>::from_std(std)?)
-                }
-            }
-
-            impl TryFrom<$ty> for Socket {
-                type Error = Error;
-
-                /// Deregisters the socket from tokio; it stays non-blocking.
-                fn try_from(s: $ty) -> Result<Socket> {
-                    Ok(Socket::from(s.into_std()?))
-                }
-            }
-        )*};
-    }
-
-    tokio_unix_conversions! {
+    crate::macros::tokio_conversions! {
         tokio::net::UnixListener => UnixListener,
         tokio::net::UnixStream => UnixStream,
         tokio::net::UnixDatagram => UnixDatagram,

@@ -10,7 +10,7 @@
 #![allow(clippy::print_stderr)]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -96,7 +96,7 @@ async fn scm() -> Res {
     run_local(async move {
         loop {
             let mut guard = fd.readable().await?;
-            match guard.try_io(|u| recv_fd(u.get_ref().as_raw_fd())) {
+            match guard.try_io(|u| bench_servers::bare::recv_fd(u.get_ref().as_raw_fd())) {
                 Ok(Ok(Some(owned))) => {
                     let std = TcpStream::from(owned);
                     std.set_nonblocking(true)?;
@@ -131,39 +131,4 @@ async fn prefork() -> Res {
 
 async fn run_local(f: impl std::future::Future<Output = Res>) -> Res {
     tokio::task::LocalSet::new().run_until(f).await
-}
-
-/// recvmsg(2) of one byte and one descriptor; Ok(None) at end of stream.
-fn recv_fd(sock: RawFd) -> std::io::Result<Option<OwnedFd>> {
-    #[repr(C, align(8))]
-    struct Cmsg([u8; 64]);
-    let mut byte = [0u8];
-    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
-    let mut cmsg = Cmsg([0; 64]);
-    // SAFETY: msghdr is plain old data; all-zero is valid.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cmsg.0.as_mut_ptr().cast();
-    // SAFETY: pure arithmetic.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as _;
-    // SAFETY: msg points at live buffers for the call.
-    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if n == 0 {
-        return Ok(None);
-    }
-    // SAFETY: the kernel filled in the control buffer described by msg.
-    let hdr = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-    if hdr.is_null() {
-        return Err(std::io::Error::other("byte without a descriptor"));
-    }
-    // SAFETY: hdr is a valid header with one descriptor after it.
-    let data = unsafe { libc::CMSG_DATA(hdr) }.cast::<RawFd>();
-    // SAFETY: in bounds; unaligned read is allowed.
-    let raw = unsafe { data.read_unaligned() };
-    // SAFETY: the kernel installed raw for us; we are its only owner.
-    Ok(Some(unsafe { OwnedFd::from_raw_fd(raw) }))
 }
