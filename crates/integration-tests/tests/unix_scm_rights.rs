@@ -10,8 +10,17 @@ use handover::{AsSocketRef, ChannelListener, Error};
 use integration_tests::{fd_count, rss_kib};
 use util::{assert_exit, spawn_peer, TempDir, PEER, WAIT};
 
+/// Several tests count this process's descriptors: they must not run while another test of
+/// this file opens or closes some, so every test here takes this lock.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[test]
 fn too_little_room_for_control_data_closes_everything_that_arrived() {
+    let _serial = serial();
     let (mut child, ch) = spawn_peer("send-sockets", &["10"]);
     ch.set_recv_limits(1024, 4);
     let before = fd_count();
@@ -28,6 +37,7 @@ fn too_little_room_for_control_data_closes_everything_that_arrived() {
 
 #[test]
 fn a_message_over_the_socket_limit_across_batches_leaks_nothing() {
+    let _serial = serial();
     // 300 sockets travel as 253 + 47: the first batch fits, the total is over the limit.
     integration_tests::raise_nofile(4096).unwrap();
     let (mut child, ch) = spawn_peer("send-sockets", &["300"]);
@@ -62,36 +72,42 @@ fn recv_garbage(mode: &str) -> Error {
 
 #[test]
 fn garbage_is_a_protocol_error() {
+    let _serial = serial();
     let err = recv_garbage("noise");
     assert!(matches!(&err, Error::Protocol(m) if m.contains("magic")), "{err}");
 }
 
 #[test]
 fn unknown_version_is_a_protocol_error() {
+    let _serial = serial();
     let err = recv_garbage("version");
     assert!(matches!(&err, Error::Protocol(m) if m.contains("version 9")), "{err}");
 }
 
 #[test]
 fn a_frame_cut_short_by_hang_up_is_a_protocol_error() {
+    let _serial = serial();
     let err = recv_garbage("truncated");
     assert!(matches!(&err, Error::Protocol(m) if m.contains("ended inside")), "{err}");
 }
 
 #[test]
 fn an_oversized_frame_is_refused_from_its_header() {
+    let _serial = serial();
     let err = recv_garbage("oversized");
     assert!(matches!(err, Error::TooLarge { what: "payload bytes", .. }), "{err}");
 }
 
 #[test]
 fn a_frame_that_declares_sockets_it_did_not_attach_is_refused() {
+    let _serial = serial();
     let err = recv_garbage("missing-sockets");
     assert!(matches!(&err, Error::Protocol(m) if m.contains("declares 3 sockets")), "{err}");
 }
 
 #[test]
 fn a_hundred_thousand_hand_offs_leave_descriptors_and_memory_flat() {
+    let _serial = serial();
     let (mut child, ch) = spawn_peer("handoff-loop", &[]);
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let round = |n: usize| {
@@ -113,6 +129,7 @@ fn a_hundred_thousand_hand_offs_leave_descriptors_and_memory_flat() {
 
 #[test]
 fn a_timed_out_recv_loses_nothing() {
+    let _serial = serial();
     let (a, b) = handover::Channel::pair().unwrap();
     assert!(matches!(a.recv_timeout(Duration::from_millis(20)), Err(Error::TimedOut)));
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
