@@ -36,7 +36,7 @@ class Channel:
 
     def __init__(self, fd):
         self.sock = socket.socket(fileno=fd)
-        self.sock.setblocking(True)  # the descriptor may arrive non-blocking
+        self.sock.setblocking(True)  # blocking reads (the descriptor arrives blocking; be sure)
         self.buf = bytearray()
         self.fds = []  # descriptors received, not yet claimed by a frame, in arrival order
         self.send_lock = threading.Lock()
