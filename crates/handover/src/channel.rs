@@ -508,6 +508,28 @@ impl Channel {
         self.recv_until(msg, None)
     }
 
+    /// Receives a message if one has arrived whole, without waiting: `Ok(None)` when there is
+    /// nothing (or only part of a message) to read yet. It never waits.
+    ///
+    /// For event loops that read a channel opportunistically instead of waiting on it; a later
+    /// call (of any receive method) picks up where this one stopped.
+    pub fn try_recv(&self) -> Result<Option<Message>> {
+        let mut msg = Message::default();
+        Ok(self.try_recv_into(&mut msg)?.then_some(msg))
+    }
+
+    /// Like [`try_recv`](Channel::try_recv), into `msg` (see [`recv_into`](Channel::recv_into)):
+    /// `Ok(true)` when a message was received, `Ok(false)` when none is there whole yet.
+    pub fn try_recv_into(&self, msg: &mut Message) -> Result<bool> {
+        let mut rx = lock(&self.rx);
+        match rx.try_recv(&self.raw, msg, false) {
+            Ok(()) => Ok(true),
+            Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(Error::Io(e)) => Err(transport_error(e)),
+            Err(e) => Err(e),
+        }
+    }
+
     fn recv_until(&self, msg: &mut Message, deadline: Option<Instant>) -> Result<()> {
         let mut rx = lock(&self.rx);
         loop {
@@ -615,6 +637,24 @@ mod tests {
         assert_send_sync::<Message>();
         assert_send_sync::<PeerPolicy>();
         assert_send_sync::<Error>();
+    }
+
+    #[test]
+    fn try_recv_never_waits() {
+        let (a, b) = Channel::pair().unwrap();
+        assert!(b.try_recv().unwrap().is_none());
+        a.send(b"one", &[]).unwrap();
+        a.send(b"two", &[]).unwrap();
+        let mut msg = Message::default();
+        assert!(b.try_recv_into(&mut msg).unwrap());
+        assert_eq!(msg.bytes, b"one");
+        assert_eq!(b.try_recv().unwrap().unwrap().bytes, b"two");
+        assert!(b.try_recv().unwrap().is_none());
+        // Nothing was lost by the empty reads: the blocking API carries on.
+        a.send(b"three", &[]).unwrap();
+        assert_eq!(b.recv().unwrap().bytes, b"three");
+        drop(a);
+        assert!(matches!(b.try_recv(), Err(Error::PeerClosed)));
     }
 
     #[test]
