@@ -16,9 +16,15 @@
 //!    the client sees an error, never a truncated response that looks complete) and counts
 //!    them as `lost_mid_request`.
 //!
-//! The engine is one task owning all its state; per-worker reader tasks turn channel messages
-//! into [`Event`]s. Each worker declares a capacity in its HELLO; when every ready worker is
-//! full the engine stops accepting and the kernel's backlog holds new clients.
+//! The engine is one task owning all its state. Worker channels are not registered with the
+//! reactor: a message from a worker would wake the supervisor, twice per connection (ACK and
+//! FINISHED), which at a moderate rate costs more than the hand-off itself. The engine reads
+//! them without waiting instead (`Engine::poll_worker`): at most [`FLUSH`] after the last
+//! read while a worker holds connections or is starting, draining or dying; whenever no worker
+//! appears to have room; before answering a status request; on `SIGCHLD` (what a dead worker
+//! sent is still readable, and is read before its end of the channel reports closed); and every
+//! [`SWEEP`] ticks for all workers. Each worker declares a capacity in its HELLO; when every
+//! ready worker is full the engine stops accepting and the kernel's backlog holds new clients.
 
 mod dispatch;
 
@@ -27,14 +33,11 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use handover::tokio::Channel;
-use handover::{AsSocketRef, Message};
+use handover::{AsSocketRef, Channel, Message};
 use handover_worker::protocol::{
     kind, ConnectionInfo, SupervisorMessage, WorkerMessage, CONNECTION_MAX_LEN,
 };
 use socket2::Socket;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use self::dispatch::{choose, Candidate};
@@ -52,15 +55,15 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 const KILL_GRACE: Duration = Duration::from_secs(1);
 /// Timer resolution for timeouts and restarts.
 const TICK: Duration = Duration::from_millis(20);
-
-#[derive(Debug)]
-enum Event {
-    Message(u64, WorkerMessage),
-    /// The worker broke the protocol; its channel is no longer read.
-    Violation(u64, String),
-    /// The worker's channel closed (it exited, or was killed).
-    Closed(u64),
-}
+/// Longest wait before reading the channels of workers that may have sent something (they
+/// hold connections, or are starting, draining or dying). Bounds how long the supervisor keeps
+/// its copy of a finished connection (so, for a worker that does not shut its connections
+/// down itself, how late the client sees the end of the stream) and how stale the live counts
+/// the policies see are.
+const FLUSH: Duration = Duration::from_millis(1);
+/// Every this many ticks, the channels of idle workers are read too (a worker that closed its
+/// channel without exiting, or sent something unasked).
+const SWEEP: u32 = 50;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WState {
@@ -91,7 +94,6 @@ struct Worker {
     pid: u32,
     child: handover::Child,
     channel: Rc<Channel>,
-    reader: JoinHandle<()>,
     state: WState,
     started: Instant,
     ready: bool,
@@ -147,7 +149,11 @@ struct Engine {
     pending: VecDeque<Pending>,
     next_conn: u64,
     next_worker: u64,
-    events: mpsc::UnboundedSender<Event>,
+    /// Receive buffer for worker messages, reused.
+    scratch: Message,
+    /// When the active workers' channels are read next (see [`FLUSH`]).
+    flush_at: Instant,
+    ticks: u32,
     zombies: Vec<handover::Child>,
     totals: Totals,
     phase: Phase,
@@ -171,7 +177,6 @@ pub(crate) async fn run(
     mut requests: Requests,
     ctx: Context,
 ) -> Outcome {
-    let (tx, mut rx) = mpsc::unbounded_channel();
     let listener_status = listeners
         .iter()
         .map(|l| ListenerStatus {
@@ -197,7 +202,9 @@ pub(crate) async fn run(
         pending: VecDeque::new(),
         next_conn: 1,
         next_worker: 1,
-        events: tx,
+        scratch: Message::default(),
+        flush_at: Instant::now(),
+        ticks: 0,
         zombies: Vec::new(),
         totals: Totals::default(),
         phase: Phase::Running,
@@ -226,7 +233,7 @@ pub(crate) async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut requests_open = true;
     loop {
-        e.maintain().await;
+        e.maintain();
         if let Some(outcome) = e.finished() {
             return outcome;
         }
@@ -235,9 +242,9 @@ pub(crate) async fn run(
             && e.pending.is_empty()
             && e.has_room()
             && e.accept_paused_until.map_or(true, |t| Instant::now() >= t);
+        let flush = e.needs_flush().then_some(e.flush_at);
         tokio::select! {
             biased;
-            Some(ev) = rx.recv() => e.on_event(ev),
             req = requests.recv(), if requests_open => match req {
                 Some(Request::Kill) => return e.kill_all(),
                 Some(req) => e.on_request(req),
@@ -246,10 +253,16 @@ pub(crate) async fn run(
                     e.begin_drain();
                 }
             },
-            _ = exits.recv() => e.reap_zombies(),
-            r = listener::accept_any(&e.listeners, &mut e.next_listener), if accepting => {
-                e.on_accept(r).await;
+            _ = exits.recv() => {
+                // A worker may have died: what it sent first still counts, then its channel
+                // reports closed.
+                e.poll_all();
+                e.reap_zombies();
             }
+            r = listener::accept_any(&e.listeners, &mut e.next_listener), if accepting => {
+                e.on_accept(r);
+            }
+            _ = sleep_until(flush) => e.flush(),
             _ = tick.tick() => e.on_tick(),
         }
     }
@@ -267,16 +280,9 @@ impl Engine {
     fn spawn_worker(&mut self, slot: usize) {
         let mut cmd = child::command(&self.prog, &self.env);
         cmd.env("HANDOVER_SLOT", slot.to_string()).channel();
-        let spawned = cmd.spawn().map_err(anyhow::Error::from).and_then(|mut c| {
+        let spawned = cmd.spawn().map(|mut c| {
             let ch = c.channel.take().expect("spawned with a channel");
-            match Channel::try_from(ch) {
-                Ok(ch) => Ok((c, ch)),
-                Err(err) => {
-                    sys::signal_group(c.id(), Stop::Kill);
-                    self.zombies.push(c);
-                    Err(err.into())
-                }
-            }
+            (c, ch)
         });
         let (child, channel) = match spawned {
             Ok(x) => x,
@@ -290,8 +296,6 @@ impl Engine {
         let id = self.next_worker;
         self.next_worker += 1;
         let channel = Rc::new(channel);
-        let reader =
-            tokio::task::spawn_local(read_worker(id, Rc::clone(&channel), self.events.clone()));
         let pid = child.id();
         debug!(program = %self.prog.name, slot, pid, "worker started");
         self.workers.push(Worker {
@@ -300,7 +304,6 @@ impl Engine {
             pid,
             child,
             channel,
-            reader,
             state: WState::Starting,
             started: Instant::now(),
             ready: false,
@@ -349,8 +352,11 @@ impl Engine {
 
     /// Everything that happens without an outside event: restarts that are due, reload steps,
     /// hand-offs of waiting connections, the drain protocol.
-    async fn maintain(&mut self) {
+    fn maintain(&mut self) {
         let now = Instant::now();
+        if now >= self.flush_at || !self.has_room() {
+            self.flush();
+        }
         for slot in 0..self.slots.len() {
             if self.slots[slot].start_at.is_some_and(|t| t <= now) {
                 self.slots[slot].start_at = None;
@@ -369,7 +375,7 @@ impl Engine {
         }
         while let Some(p) = self.pending.pop_front() {
             match self.pick(p.listener, p.peer) {
-                Some(i) => self.send_connection(i, p).await,
+                Some(i) => self.send_connection(i, p),
                 None => {
                     self.pending.push_front(p);
                     break;
@@ -406,7 +412,7 @@ impl Engine {
                     .map(|w| w.id)
                     .collect();
                 for id in ids {
-                    self.send_drain(id).await;
+                    self.send_drain(id);
                 }
             }
         }
@@ -458,7 +464,7 @@ impl Engine {
         choose(self.policies[l], &self.candidates, &mut self.cursors[l], peer, self.slots.len())
     }
 
-    async fn on_accept(&mut self, r: std::io::Result<Accepted>) {
+    fn on_accept(&mut self, r: std::io::Result<Accepted>) {
         let a = match r {
             Ok(a) => a,
             Err(err) if listener::is_transient(&err) => return,
@@ -474,7 +480,7 @@ impl Engine {
             Pending { id: self.next_conn, socket: a.socket, listener: a.listener, peer: a.peer };
         self.next_conn += 1;
         match self.pick(p.listener, p.peer) {
-            Some(i) => self.send_connection(i, p).await,
+            Some(i) => self.send_connection(i, p),
             None => self.pending.push_back(p),
         }
     }
@@ -489,7 +495,7 @@ impl Engine {
         }
     }
 
-    async fn send_connection(&mut self, i: usize, p: Pending) {
+    fn send_connection(&mut self, i: usize, p: Pending) {
         let mut buf = [0u8; CONNECTION_MAX_LEN];
         let name = self.listener_status.get(p.listener as usize).map_or("", |l| l.name.as_str());
         let n =
@@ -497,13 +503,11 @@ impl Engine {
                 .encode(&mut buf);
         let w = &self.workers[i];
         let (id, channel) = (w.id, Rc::clone(&w.channel));
-        let sent = tokio::time::timeout(
-            SEND_TIMEOUT,
-            channel.send(&buf[..n], &[p.socket.as_socket_ref()]),
-        )
-        .await;
+        // The channel's buffer has room for far more messages than a worker's unfinished
+        // connections, so this does not wait unless the worker stopped reading.
+        let sent = channel.send_timeout(&buf[..n], &[p.socket.as_socket_ref()], SEND_TIMEOUT);
         match sent {
-            Ok(Ok(())) => {
+            Ok(()) => {
                 let w = &mut self.workers[i];
                 w.live += 1;
                 w.unacked += 1;
@@ -518,36 +522,87 @@ impl Engine {
                 };
                 self.conns.insert(p.id, conn);
             }
-            Ok(Err(err)) => {
+            Err(handover::Error::TimedOut) => {
+                self.pending.push_front(p);
+                self.kill_worker(id, "stopped reading its control channel".to_owned());
+            }
+            Err(err) => {
                 // The message was not delivered (a send fails whole): the connection waits for
                 // another worker, and this one's channel is broken.
                 self.pending.push_front(p);
                 self.kill_worker(id, format!("control channel send failed: {err}"));
             }
-            Err(_) => {
-                self.pending.push_front(p);
-                self.kill_worker(id, "stopped reading its control channel".to_owned());
-            }
         }
     }
 
-    async fn send_drain(&mut self, id: u64) {
+    fn send_drain(&mut self, id: u64) {
         let Some(i) = self.index(id) else { return };
         let channel = Rc::clone(&self.workers[i].channel);
         self.workers[i].state = WState::Draining;
         let msg = SupervisorMessage::control(kind::DRAIN);
-        match tokio::time::timeout(SEND_TIMEOUT, channel.send(&msg, &[])).await {
-            Ok(Ok(())) => {}
-            _ => self.kill_worker(id, "could not be told to drain".to_owned()),
+        if channel.send_timeout(&msg, &[], SEND_TIMEOUT).is_err() {
+            self.kill_worker(id, "could not be told to drain".to_owned());
         }
     }
 
-    fn on_event(&mut self, ev: Event) {
-        match ev {
-            Event::Message(id, m) => self.on_message(id, m),
-            Event::Violation(id, why) => self.misbehaved(id, why),
-            Event::Closed(id) => self.cleanup(id, "exited"),
+    /// Whether some worker may have sent something: it holds connections, or is starting,
+    /// draining or dying.
+    fn needs_flush(&self) -> bool {
+        self.workers.iter().any(|w| w.live > 0 || w.state != WState::Ready)
+    }
+
+    /// Reads the channels of the workers that may have sent something (see [`FLUSH`]).
+    fn flush(&mut self) {
+        self.flush_at = Instant::now() + FLUSH;
+        let ids: Vec<u64> = self
+            .workers
+            .iter()
+            .filter(|w| w.live > 0 || w.state != WState::Ready)
+            .map(|w| w.id)
+            .collect();
+        for id in ids {
+            self.poll_worker(id);
         }
+    }
+
+    /// Reads every worker's channel.
+    fn poll_all(&mut self) {
+        self.flush_at = Instant::now() + FLUSH;
+        let ids: Vec<u64> = self.workers.iter().map(|w| w.id).collect();
+        for id in ids {
+            self.poll_worker(id);
+        }
+    }
+
+    /// Handles every message the worker has sent so far, without waiting. A channel that
+    /// closed settles the worker; one that breaks the protocol gets it killed.
+    fn poll_worker(&mut self, id: u64) {
+        let Some(i) = self.index(id) else { return };
+        let channel = Rc::clone(&self.workers[i].channel);
+        let mut msg = std::mem::take(&mut self.scratch);
+        while self.index(id).is_some() {
+            msg.sockets.clear(); // closes anything a misbehaving worker sent
+            match channel.try_recv_into(&mut msg) {
+                Ok(false) => break,
+                Ok(true) if !msg.sockets.is_empty() => {
+                    let n = msg.sockets.len();
+                    self.misbehaved(id, format!("sent {n} socket(s); workers never send sockets"));
+                }
+                Ok(true) => match WorkerMessage::decode(&msg.bytes) {
+                    Ok(m) => self.on_message(id, m),
+                    Err(err) => self.misbehaved(id, format!("sent a bad message: {err}")),
+                },
+                Err(handover::Error::PeerClosed) => self.cleanup(id, "exited"),
+                Err(handover::Error::Io(err))
+                    if err.kind() == std::io::ErrorKind::ConnectionReset =>
+                {
+                    self.cleanup(id, "exited")
+                }
+                Err(err) => self.misbehaved(id, format!("broke the control channel: {err}")),
+            }
+        }
+        msg.sockets.clear();
+        self.scratch = msg;
     }
 
     fn on_message(&mut self, id: u64, m: WorkerMessage) {
@@ -631,16 +686,9 @@ impl Engine {
                     let ch = Rc::clone(&self.workers[i].channel);
                     self.workers[i].state = WState::Draining;
                     let msg = SupervisorMessage::control(kind::DRAIN);
-                    let tx = self.events.clone();
-                    tokio::task::spawn_local(async move {
-                        if !matches!(
-                            tokio::time::timeout(SEND_TIMEOUT, ch.send(&msg, &[])).await,
-                            Ok(Ok(()))
-                        ) {
-                            let _ =
-                                tx.send(Event::Violation(old, "could not be told to drain".into()));
-                        }
-                    });
+                    if ch.send_timeout(&msg, &[], SEND_TIMEOUT).is_err() {
+                        self.misbehaved(old, "could not be told to drain".to_owned());
+                    }
                 }
             }
         } else if s.current.is_none() {
@@ -651,6 +699,7 @@ impl Engine {
     fn on_request(&mut self, req: Request) {
         match req {
             Request::Status(tx) => {
+                self.poll_all(); // counts as of now
                 let _ = tx.send(self.status());
             }
             Request::Reload => {
@@ -662,6 +711,7 @@ impl Engine {
             Request::Drain => self.begin_drain(),
             Request::Kill => {}
             Request::Ready(tx) => {
+                self.flush(); // hellos
                 let _ = tx.send(self.all_ready());
             }
             Request::Start => self.held = false,
@@ -720,6 +770,13 @@ impl Engine {
     }
 
     fn on_tick(&mut self) {
+        // Late acknowledgements count before the ack timeout is judged.
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.ticks % SWEEP == 0 {
+            self.poll_all();
+        } else {
+            self.flush();
+        }
         let now = Instant::now();
         let ack = self.prog.timeouts.ack;
         let mut stuck: Vec<(u64, String)> = Vec::new();
@@ -784,7 +841,6 @@ impl Engine {
     fn cleanup(&mut self, id: u64, how: &str) {
         let Some(i) = self.index(id) else { return };
         let mut w = self.workers.remove(i);
-        w.reader.abort();
         sys::signal_group(w.pid, Stop::Kill);
         let mut redispatched = 0;
         let mut lost = 0;
@@ -887,29 +943,10 @@ impl Engine {
     }
 }
 
-/// Reads one worker's channel, turning messages into events until it closes or misbehaves.
-async fn read_worker(id: u64, channel: Rc<Channel>, events: mpsc::UnboundedSender<Event>) {
-    let mut msg = Message::default();
-    loop {
-        msg.sockets.clear(); // closes anything a misbehaving worker sent
-        let ev = match channel.recv_into(&mut msg).await {
-            Ok(()) if !msg.sockets.is_empty() => Event::Violation(
-                id,
-                format!("sent {} socket(s); workers never send sockets", msg.sockets.len()),
-            ),
-            Ok(()) => match WorkerMessage::decode(&msg.bytes) {
-                Ok(m) => Event::Message(id, m),
-                Err(err) => Event::Violation(id, format!("sent a bad message: {err}")),
-            },
-            Err(handover::Error::PeerClosed) => Event::Closed(id),
-            Err(handover::Error::Io(err)) if err.kind() == std::io::ErrorKind::ConnectionReset => {
-                Event::Closed(id)
-            }
-            Err(err) => Event::Violation(id, format!("broke the control channel: {err}")),
-        };
-        let go_on = matches!(ev, Event::Message(..));
-        if events.send(ev).is_err() || !go_on {
-            return;
-        }
+/// Waits until `at`; never, for `None`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
