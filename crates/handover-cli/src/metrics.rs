@@ -115,7 +115,7 @@ impl Metrics {
         );
         r.register(
             "handoff_latency_seconds",
-            "prefork: time from sending a connection to a worker to reading its acknowledgement (worker channels are read at most about 1 ms late)",
+            "prefork: time from sending a connection to a worker to reading its acknowledgement (worker channels are read 1 ms to 32 ms late)",
             m.handoff_latency.clone(),
         );
         m

@@ -19,8 +19,9 @@
 //! The engine is one task owning all its state. Worker channels are not registered with the
 //! reactor: a message from a worker would wake the supervisor, twice per connection (ACK and
 //! FINISHED), which at a moderate rate costs more than the hand-off itself. The engine reads
-//! them without waiting instead (`Engine::poll_worker`): at most [`FLUSH`] after the last
-//! read while a worker holds connections or is starting, draining or dying; whenever no worker
+//! them without waiting instead (`Engine::poll_worker`): [`FLUSH`] after a dispatch, then at
+//! intervals doubling up to [`FLUSH_MAX`] while reads find nothing, for the workers that hold
+//! connections or are starting, draining or dying; whenever no worker
 //! appears to have room; before answering a status request; on `SIGCHLD` (what a dead worker
 //! sent is still readable, and is read before its end of the channel reports closed); and every
 //! [`SWEEP`] ticks for all workers. Each worker declares a capacity in its HELLO; when every
@@ -61,6 +62,10 @@ const TICK: Duration = Duration::from_millis(20);
 /// down itself, how late the client sees the end of the stream) and how stale the live counts
 /// the policies see are.
 const FLUSH: Duration = Duration::from_millis(1);
+/// While reads of the active workers' channels find nothing, the interval doubles from
+/// [`FLUSH`] up to this, so long-lived idle connections cost a few wake-ups a second, not a
+/// thousand; the next dispatch brings it back to [`FLUSH`].
+const FLUSH_MAX: Duration = Duration::from_millis(32);
 /// Every this many ticks, the channels of idle workers are read too (a worker that closed its
 /// channel without exiting, or sent something unasked).
 const SWEEP: u32 = 50;
@@ -153,6 +158,8 @@ struct Engine {
     scratch: Message,
     /// When the active workers' channels are read next (see [`FLUSH`]).
     flush_at: Instant,
+    /// The current interval between reads (see [`FLUSH_MAX`]).
+    flush_every: Duration,
     ticks: u32,
     zombies: Vec<handover::Child>,
     totals: Totals,
@@ -204,6 +211,7 @@ pub(crate) async fn run(
         next_worker: 1,
         scratch: Message::default(),
         flush_at: Instant::now(),
+        flush_every: FLUSH,
         ticks: 0,
         zombies: Vec::new(),
         totals: Totals::default(),
@@ -512,6 +520,9 @@ impl Engine {
                 w.live += 1;
                 w.unacked += 1;
                 self.totals.dispatched += 1;
+                // An ACK and a FINISHED will follow: read soon again.
+                self.flush_every = FLUSH;
+                self.flush_at = self.flush_at.min(Instant::now() + FLUSH);
                 let conn = Conn {
                     worker: id,
                     socket: p.socket,
@@ -553,21 +564,23 @@ impl Engine {
 
     /// Reads the channels of the workers that may have sent something (see [`FLUSH`]).
     fn flush(&mut self) {
-        self.flush_at = Instant::now() + FLUSH;
         let ids: Vec<u64> = self
             .workers
             .iter()
             .filter(|w| w.live > 0 || w.state != WState::Ready)
             .map(|w| w.id)
             .collect();
+        let mut read = 0;
         for id in ids {
-            self.poll_worker(id);
+            read += self.poll_worker(id);
         }
+        self.flush_every = if read == 0 { (self.flush_every * 2).min(FLUSH_MAX) } else { FLUSH };
+        self.flush_at = Instant::now() + self.flush_every;
     }
 
     /// Reads every worker's channel.
     fn poll_all(&mut self) {
-        self.flush_at = Instant::now() + FLUSH;
+        self.flush_at = Instant::now() + self.flush_every;
         let ids: Vec<u64> = self.workers.iter().map(|w| w.id).collect();
         for id in ids {
             self.poll_worker(id);
@@ -576,14 +589,21 @@ impl Engine {
 
     /// Handles every message the worker has sent so far, without waiting. A channel that
     /// closed settles the worker; one that breaks the protocol gets it killed.
-    fn poll_worker(&mut self, id: u64) {
-        let Some(i) = self.index(id) else { return };
+    /// Returns how many messages it handled.
+    fn poll_worker(&mut self, id: u64) -> usize {
+        let Some(i) = self.index(id) else { return 0 };
         let channel = Rc::clone(&self.workers[i].channel);
         let mut msg = std::mem::take(&mut self.scratch);
+        let mut handled = 0;
         while self.index(id).is_some() {
             msg.sockets.clear(); // closes anything a misbehaving worker sent
-            match channel.try_recv_into(&mut msg) {
-                Ok(false) => break,
+            let got = channel.try_recv_into(&mut msg);
+            handled += 1;
+            match got {
+                Ok(false) => {
+                    handled -= 1;
+                    break;
+                }
                 Ok(true) if !msg.sockets.is_empty() => {
                     let n = msg.sockets.len();
                     self.misbehaved(id, format!("sent {n} socket(s); workers never send sockets"));
@@ -603,6 +623,7 @@ impl Engine {
         }
         msg.sockets.clear();
         self.scratch = msg;
+        handled
     }
 
     fn on_message(&mut self, id: u64, m: WorkerMessage) {
