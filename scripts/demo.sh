@@ -48,6 +48,14 @@ echo "== handover serve --listen tcp://127.0.0.1:$port --workers 3 -- python3 ex
 sup=$!
 pids+=("$sup")
 wait_port "$port"
+ready_workers() {
+    "$bin" status --control "$ctl" --json |
+        python3 -c 'import json, sys; print(sum(w["state"] == "ready" for p in json.load(sys.stdin)["programs"] for w in p["workers"]))'
+}
+for _ in $(seq 100); do
+    [ "$(ready_workers)" -ge 3 ] && break
+    sleep 0.05
+done
 for i in 1 2 3 4 5 6; do
     printf '   request %s -> %s\n' "$i" "$(http_get "$port")"
 done
