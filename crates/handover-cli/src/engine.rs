@@ -48,6 +48,11 @@ impl Outcome {
     pub(crate) fn success() -> Outcome {
         Outcome { code: ExitCode::Success, message: None }
     }
+
+    /// An engine that cannot watch its children's exits cannot run.
+    pub(crate) fn cannot_watch_children(err: &std::io::Error) -> Outcome {
+        Outcome { code: ExitCode::Failure, message: Some(format!("cannot watch children: {err}")) }
+    }
 }
 
 /// The engine's phase.

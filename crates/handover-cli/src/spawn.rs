@@ -50,14 +50,7 @@ pub(crate) async fn run(
 ) -> Outcome {
     let listener_status = listeners
         .iter()
-        .map(|l| ListenerStatus {
-            name: l.name.clone(),
-            address: l.local.clone(),
-            program: prog.name.clone(),
-            policy: None,
-            accepted: Some(0),
-            open: true,
-        })
+        .map(|l| ListenerStatus::open(&l.name, &l.local, &prog.name, None, Some(0)))
         .collect();
     let mut e = Engine {
         prog,
@@ -74,12 +67,7 @@ pub(crate) async fn run(
     };
     let mut exits = match sys::ChildExits::new() {
         Ok(x) => x,
-        Err(err) => {
-            return Outcome {
-                code: ExitCode::Failure,
-                message: Some(format!("cannot watch children: {err}")),
-            }
-        }
+        Err(err) => return Outcome::cannot_watch_children(&err),
     };
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -35,6 +35,26 @@ pub(crate) struct ListenerStatus {
     pub(crate) open: bool,
 }
 
+impl ListenerStatus {
+    /// The row of an open listener run by `program`.
+    pub(crate) fn open(
+        name: &str,
+        address: &str,
+        program: &str,
+        policy: Option<&str>,
+        accepted: Option<u64>,
+    ) -> ListenerStatus {
+        ListenerStatus {
+            name: name.to_owned(),
+            address: address.to_owned(),
+            program: program.to_owned(),
+            policy: policy.map(str::to_owned),
+            accepted,
+            open: true,
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub(crate) struct ProgramStatus {
     pub(crate) name: String,

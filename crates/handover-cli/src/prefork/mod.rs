@@ -186,13 +186,9 @@ pub(crate) async fn run(
 ) -> Outcome {
     let listener_status = listeners
         .iter()
-        .map(|l| ListenerStatus {
-            name: l.name.clone(),
-            address: l.local.clone(),
-            program: prog.name.clone(),
-            policy: Some(crate::cli::policy_name(l.policy).to_owned()),
-            accepted: Some(0),
-            open: true,
+        .map(|l| {
+            let policy = Some(crate::cli::policy_name(l.policy));
+            ListenerStatus::open(&l.name, &l.local, &prog.name, policy, Some(0))
         })
         .collect();
     let mut e = Engine {
@@ -230,12 +226,7 @@ pub(crate) async fn run(
     }
     let mut exits = match sys::ChildExits::new() {
         Ok(x) => x,
-        Err(err) => {
-            return Outcome {
-                code: ExitCode::Failure,
-                message: Some(format!("cannot watch children: {err}")),
-            }
-        }
+        Err(err) => return Outcome::cannot_watch_children(&err),
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
