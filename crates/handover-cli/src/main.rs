@@ -70,6 +70,7 @@ fn run() -> Result<ExitCode, (ExitCode, anyhow::Error)> {
     let failure = |e: anyhow::Error| (ExitCode::Failure, e);
     match cli.command {
         Command::Serve(args) => {
+            sys::close_inherited_on_exec().map_err(failure)?;
             // Sockets and channels this process was started with are taken first, once.
             let startup = upgrade::Startup::capture(&env).map_err(failure)?;
             let config = match Config::from_args(*args, env) {

@@ -133,6 +133,7 @@ impl Engine {
     fn start(&mut self, a: Accepted) {
         let name = self.listener_status.get(a.listener as usize).map_or("", |l| l.name.as_str());
         let mut cmd = crate::child::command(&self.prog, &self.env);
+        crate::sys::prepare_connection_child(&mut cmd);
         match self.prog.socket {
             SpawnSocket::Stdio => cmd.stdio_socket(a.socket.as_socket_ref()),
             SpawnSocket::Fd3 => cmd.listen_socket(name, a.socket.as_socket_ref()),

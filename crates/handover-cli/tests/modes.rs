@@ -48,6 +48,34 @@ fn spawn_mode_fd3_serves_requests() {
 }
 
 #[test]
+fn spawn_mode_children_get_no_descriptor_the_supervisor_inherited() {
+    // Spawn-mode children start with posix_spawn, which sweeps nothing: the supervisor marked
+    // what it inherited close-on-exec at start-up instead.
+    const STRAY: u32 = 7; // one digit: sh redirects no higher
+    let mut env = TestEnv::new("spawn-stray");
+    let script =
+        "read -r line; printf 'fds'; for f in /proc/$$/fd/*; do printf ' %s' \"${f##*/}\"; done";
+    env.serve_with_stray_fd(
+        STRAY,
+        &["-l", "tcp://127.0.0.1:0", "--mode", "spawn", "-w", "2"],
+        &["sh", "-c", script],
+    );
+    let addr = env.wait_ready(0);
+    assert!(std::fs::read_link(format!("/proc/{}/fd/{STRAY}", env.pid())).is_ok(), "no stray fd");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    std::io::Write::write_all(&mut s, b"hello\n").unwrap(); // one line: all of it is read
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut s, &mut out).unwrap();
+    let fds: Vec<&str> =
+        out.strip_prefix("fds ").unwrap_or_else(|| panic!("{out:?}")).split(' ').collect();
+    assert!(fds.starts_with(&["0", "1", "2"]), "{fds:?}");
+    assert!(!fds.contains(&STRAY.to_string().as_str()), "{fds:?} has the stray {STRAY}");
+    env.signal("TERM");
+    assert!(env.wait_exit(Duration::from_secs(10)).success(), "{}", env.log_text());
+}
+
+#[test]
 fn spawn_mode_waits_over_the_cap_instead_of_dropping() {
     // Two children at once, each taking 200ms: 12 clients at once must all be served.
     let mut env = TestEnv::new("spawn-cap");

@@ -241,6 +241,35 @@ impl Connection {
         let socket = self.socket.take().expect("socket present until drop");
         (socket, self.finisher.take())
     }
+
+    /// The connection as a [`std::net::TcpStream`] (blocking), and the finisher: drop the
+    /// finisher after dropping the stream.
+    ///
+    /// The supervisor's CONNECTION message already says this is an accepted TCP connection (it
+    /// has an IP peer), so no system call is made. Fails, closing the connection, for a
+    /// connection from a Unix-socket listener.
+    pub fn into_tcp(self) -> io::Result<(std::net::TcpStream, Finisher)> {
+        tcp_parts(self.peer, self.into_parts())
+    }
+}
+
+/// The TCP stream of a connection whose CONNECTION message named IP peer `peer`.
+fn tcp_parts<S: Into<socket2::Socket>, F>(
+    peer: Option<SocketAddr>,
+    (socket, finisher): (S, F),
+) -> io::Result<(std::net::TcpStream, F)> {
+    match peer {
+        // The supervisor accepts on stream listeners only, so an IP peer means TCP.
+        Some(_) => Ok((std::net::TcpStream::from(socket.into()), finisher)),
+        None => {
+            drop(socket); // closed before the finisher reports
+            drop(finisher);
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the connection came from a Unix-socket listener, not TCP: use into_parts",
+            ))
+        }
+    }
 }
 
 impl Read for Connection {

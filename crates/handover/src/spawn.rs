@@ -95,7 +95,8 @@ pub(crate) struct InheritedParts {
 /// On Unix the listening sockets become descriptors 3, 4, … with `LISTEN_FDS`,
 /// `LISTEN_FDNAMES` and `LISTEN_PID` set as systemd does, and the channel (if any) the next
 /// descriptor, named in `HANDOVER_CHANNEL_FD`. Every other descriptor of the parent is closed
-/// in the child (marked close-on-exec between `fork` and `exec`), whatever its flags.
+/// in the child (marked close-on-exec between `fork` and `exec`), whatever its flags, unless
+/// the caller vouches for them with [`trust_cloexec`](crate::unix::CommandExt::trust_cloexec).
 ///
 /// On Windows the child is started with `CreateProcessW` and inherits only the handles named
 /// in its `PROC_THREAD_ATTRIBUTE_HANDLE_LIST`: its standard handles and, when a channel or
@@ -128,6 +129,8 @@ pub struct Command<'a> {
     pub(crate) gid: Option<u32>,
     #[allow(dead_code)]
     pub(crate) process_group: Option<i32>,
+    #[allow(dead_code)]
+    pub(crate) trust_cloexec: bool,
 }
 
 impl<'a> Command<'a> {
@@ -149,6 +152,7 @@ impl<'a> Command<'a> {
             uid: None,
             gid: None,
             process_group: None,
+            trust_cloexec: false,
         }
     }
 

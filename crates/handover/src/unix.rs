@@ -46,6 +46,18 @@ pub trait CommandExt {
     fn gid(&mut self, gid: u32) -> &mut Self;
     /// Puts the child in process group `pgroup` (0: a new group led by the child).
     fn process_group(&mut self, pgroup: i32) -> &mut Self;
+    /// Trusts that every descriptor of this process not given to the child is close-on-exec,
+    /// instead of making sure of it in the child (the default).
+    ///
+    /// Rust's standard library, socket2, tokio and this crate open every descriptor
+    /// close-on-exec; [`set_cloexec_from`] covers what the process inherited or opened
+    /// otherwise. With nothing left to do between `fork` and `exec` (no sockets passed by
+    /// descriptor number or channel, so no `LISTEN_PID` to write, and no
+    /// [`die_with_parent`](Command::die_with_parent)), the child is then started with
+    /// `posix_spawn`, which does not copy this process's page tables the way `fork` does:
+    /// cheaper for a process that spawns often. An inheritable descriptor this process has
+    /// does leak into such a child.
+    fn trust_cloexec(&mut self, yes: bool) -> &mut Self;
 }
 
 impl CommandExt for Command<'_> {
@@ -61,6 +73,20 @@ impl CommandExt for Command<'_> {
         self.process_group = Some(pgroup);
         self
     }
+    fn trust_cloexec(&mut self, yes: bool) -> &mut Self {
+        self.trust_cloexec = yes;
+        self
+    }
+}
+
+/// Marks every descriptor of this process from `first` up close-on-exec (one `close_range`
+/// on Linux 5.11 and later, else one `fcntl` per possible descriptor).
+///
+/// Call it once at start-up, before opening anything meant to be inherited, so that what
+/// this process inherited does not leak into the children it spawns with
+/// [`CommandExt::trust_cloexec`].
+pub fn set_cloexec_from(first: std::os::fd::RawFd) -> Result<()> {
+    Ok(sys::mark_cloexec_from(first)?)
 }
 
 /// Unix-only operations on a spawned [`crate::Child`].

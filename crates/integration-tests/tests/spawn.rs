@@ -82,6 +82,46 @@ fn inetd_style_the_socket_is_stdin_and_stdout() {
     assert_exit(&mut child, 0);
 }
 
+/// The descriptors an inetd-style `inetd-list-fds` child reports.
+fn fds_of_inetd_child(trust_cloexec: bool) -> Vec<i32> {
+    use handover::unix::CommandExt;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    let mut child = Command::new(PEER)
+        .arg("inetd-list-fds")
+        .stdio_socket(accepted.as_socket_ref())
+        .trust_cloexec(trust_cloexec)
+        .spawn()
+        .unwrap();
+    drop(accepted);
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let mut line = String::new();
+    BufReader::new(&client).read_line(&mut line).unwrap();
+    assert_exit(&mut child, 0);
+    let list = line.trim_end().strip_prefix("fds ").unwrap_or_else(|| panic!("{line:?}"));
+    list.split(',').map(|fd| fd.parse().unwrap()).collect()
+}
+
+#[test]
+fn trusting_cloexec_spawns_without_a_sweep_and_set_cloexec_from_makes_that_safe() {
+    let leak = leaky_descriptor();
+    let raw = leak.as_raw_fd();
+    // The default sweeps it away in the child.
+    let fds = fds_of_inetd_child(false);
+    assert!(!fds.contains(&raw), "{fds:?} has the leaky {raw}");
+    // Trusting the flags skips the sweep (and lets std use posix_spawn): the caller's word is
+    // all there is, so the leak gets through.
+    let fds = fds_of_inetd_child(true);
+    assert!(fds.contains(&raw), "{fds:?} lacks the leaky {raw}");
+    assert!(fds.starts_with(&[0, 1, 2]), "{fds:?}");
+    // Marked close-on-exec in this process, it stays here.
+    handover::unix::set_cloexec_from(raw).unwrap();
+    let fds = fds_of_inetd_child(true);
+    assert!(!fds.contains(&raw), "{fds:?} still has {raw}");
+    assert!(fds.starts_with(&[0, 1, 2]), "{fds:?}");
+}
+
 #[test]
 fn the_inherited_channel_starts_blocking_for_programs_in_other_languages() {
     let (mut child, _ch) = spawn_peer("channel-is-blocking", &[]);

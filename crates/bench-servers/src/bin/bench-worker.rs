@@ -117,8 +117,7 @@ async fn prefork() -> Res {
         let capacity = std::env::var("WORKER_CAPACITY").ok().and_then(|c| c.parse().ok());
         let mut worker = Worker::from_env(capacity.unwrap_or(65_536)).await?;
         while let Event::Connection(conn) = worker.recv().await? {
-            let (socket, finisher) = conn.into_parts();
-            let stream = tokio::net::TcpStream::try_from(socket)?;
+            let (stream, finisher) = conn.into_tcp()?;
             tokio::task::spawn_local(async move {
                 serve(stream).await;
                 drop(finisher);

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use socket2::{SockAddr, Socket};
 use tokio::io::unix::AsyncFd;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use nix::sys::signal::{killpg, Signal as NixSignal};
 use nix::unistd::{access, AccessFlags, Pid};
 use tokio::signal::unix::{signal, SignalKind};
@@ -47,6 +47,22 @@ pub(crate) fn check_mode(_mode: Mode) -> Result<()> {
 pub(crate) fn prepare_child(cmd: &mut handover::Command<'_>) {
     use handover::unix::CommandExt;
     cmd.process_group(0).die_with_parent(true);
+}
+
+/// A spawn-mode child serves one client: it finishes that client even if the supervisor dies
+/// (as under inetd, or systemd's `Accept=yes`), and it is started with `posix_spawn` instead
+/// of `fork`, which [`close_inherited_on_exec`] makes safe.
+pub(crate) fn prepare_connection_child(cmd: &mut handover::Command<'_>) {
+    use handover::unix::CommandExt;
+    cmd.die_with_parent(false).trust_cloexec(true);
+}
+
+/// Marks every descriptor this process was started with close-on-exec (they are taken over,
+/// if at all, by `handover::inherited`), so children get only what they are handed, even from
+/// a spawn that trusts the flags (see [`prepare_connection_child`]). Everything opened later
+/// is close-on-exec already.
+pub(crate) fn close_inherited_on_exec() -> Result<()> {
+    handover::unix::set_cloexec_from(3).context("cannot mark inherited descriptors close-on-exec")
 }
 
 /// Signals the process group led by `pid`. A group that is gone already is not an error.

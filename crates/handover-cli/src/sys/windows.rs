@@ -34,6 +34,13 @@ pub(crate) fn prepare_child(cmd: &mut handover::Command<'_>) {
     cmd.die_with_parent(true);
 }
 
+pub(crate) fn prepare_connection_child(_cmd: &mut handover::Command<'_>) {}
+
+/// Children inherit only the handles named for them (`PROC_THREAD_ATTRIBUTE_HANDLE_LIST`).
+pub(crate) fn close_inherited_on_exec() -> Result<()> {
+    Ok(())
+}
+
 pub(crate) fn signal_group(_pid: u32, _how: Stop) {}
 
 pub(crate) fn signal_process(_pid: u32, _how: Stop) {}

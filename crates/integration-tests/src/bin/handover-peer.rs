@@ -24,6 +24,8 @@ fn main() {
         #[cfg(unix)]
         "list-fds" => list_fds(),
         #[cfg(unix)]
+        "inetd-list-fds" => inetd_list_fds(),
+        #[cfg(unix)]
         "channel-is-blocking" => channel_is_blocking(),
         #[cfg(unix)]
         "listen-fds" => listen_fds(),
@@ -146,6 +148,16 @@ fn list_fds() -> Res {
     let open: Vec<String> = fd_list()?.iter().map(u32::to_string).collect();
     let ch = channel()?;
     ch.send(open.join(",").as_bytes(), &[])?;
+    Ok(())
+}
+
+#[cfg(unix)]
+/// Writes its open descriptors to standard output (a socket, inetd-style), as `fds 0,1,2\n`.
+fn inetd_list_fds() -> Res {
+    let open: Vec<String> = fd_list()?.iter().map(u32::to_string).collect();
+    let mut out = std::io::stdout();
+    writeln!(out, "fds {}", open.join(","))?;
+    out.flush()?;
     Ok(())
 }
 

@@ -5,6 +5,8 @@
 //! 3, 4, …, marks every other descriptor close-on-exec, writes the child's own pid into the
 //! `LISTEN_PID=` slot of an environment block built before the fork, and calls `execve` itself.
 //! Everything the hook touches was allocated before `fork`, so it only makes system calls.
+//! When the caller vouches for its descriptors (`CommandExt::trust_cloexec`) and there is
+//! nothing else for the hook to do, there is no hook, and std uses `posix_spawn` instead.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -131,7 +133,7 @@ fn write_pid(slot: *mut u8, pid: u32) {
 
 /// Marks every descriptor from `first` up close-on-exec.
 #[cfg(any(target_os = "linux", target_os = "android"))]
-fn mark_cloexec_from(first: RawFd) -> io::Result<()> {
+pub(crate) fn mark_cloexec_from(first: RawFd) -> io::Result<()> {
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes descriptor flags.
     let res = unsafe {
         libc::syscall(
@@ -149,7 +151,7 @@ fn mark_cloexec_from(first: RawFd) -> io::Result<()> {
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn mark_cloexec_from(first: RawFd) -> io::Result<()> {
+pub(crate) fn mark_cloexec_from(first: RawFd) -> io::Result<()> {
     mark_cloexec_loop(first)
 }
 
@@ -228,47 +230,8 @@ pub(crate) fn spawn(cmd: &mut Command<'_>) -> io::Result<(Child, Option<RawChann
         env.push((ENV_LISTEN_FDNAMES.into(), names.join(":").into()));
     }
     let path = resolve_program(&cmd.program, &env)?;
-
-    let mut envp: Vec<Box<[u8]>> = Vec::with_capacity(env.len() + 1);
-    for (k, v) in env {
-        let mut entry = k.into_vec();
-        entry.push(b'=');
-        entry.extend_from_slice(v.as_bytes());
-        cstring(&entry, "an environment variable")?;
-        entry.push(0);
-        envp.push(entry.into_boxed_slice());
-    }
-    let mut pid_slot = std::ptr::null_mut();
-    if !sources.is_empty() {
-        let mut entry = format!("{ENV_LISTEN_PID}=").into_bytes();
-        let at = entry.len();
-        entry.resize(at + PID_DIGITS + 1, 0);
-        let mut entry = entry.into_boxed_slice();
-        pid_slot = entry[at..].as_mut_ptr();
-        // Valid even if the hook never runs: "LISTEN_PID=" followed by NUL.
-        envp.push(entry);
-    }
-    let envp_ptrs: Vec<*const libc::c_char> =
-        envp.iter().map(|e| e.as_ptr().cast()).chain(std::iter::once(std::ptr::null())).collect();
-    let argv: Vec<CString> = std::iter::once(cmd.program.as_os_str())
-        .chain(cmd.args.iter().map(OsString::as_os_str))
-        .map(|a| cstring(a.as_bytes(), "an argument"))
-        .collect::<io::Result<_>>()?;
-    let argv_ptrs: Vec<*const libc::c_char> =
-        argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-    let mut plan = ExecPlan {
-        path: cstring(path.as_os_str().as_bytes(), "the program path")?,
-        _argv: argv,
-        argv_ptrs,
-        _envp: envp,
-        envp_ptrs,
-        pid_slot,
-        temps: vec![-1; sources.len()],
-        sources,
-        die_with_parent: cmd.die_with_parent,
-        // SAFETY: getpid cannot fail.
-        parent_pid: unsafe { libc::getpid() },
-    };
+    let direct = cmd.trust_cloexec && sources.is_empty() && !cmd.die_with_parent;
+    let plan = if direct { None } else { Some(exec_plan(cmd, &path, &mut env, sources)?) };
 
     let mut std_cmd = std::process::Command::new(&path);
     if let Some(dir) = &cmd.cwd {
@@ -297,12 +260,66 @@ pub(crate) fn spawn(cmd: &mut Command<'_>) -> io::Result<(Child, Option<RawChann
     if let Some(pgroup) = cmd.process_group {
         std_cmd.process_group(pgroup);
     }
-    // SAFETY: the hook only makes async-signal-safe system calls on memory allocated before
-    // the fork (see ExecPlan::exec).
-    unsafe { std_cmd.pre_exec(move || plan.exec()) };
+    match plan {
+        // SAFETY: the hook only makes async-signal-safe system calls on memory allocated
+        // before the fork (see ExecPlan::exec).
+        Some(mut plan) => unsafe { std_cmd.pre_exec(move || plan.exec()) },
+        // Nothing to do between fork and exec, so std starts the child with posix_spawn.
+        // (The other descriptors are the caller's word: see `CommandExt::trust_cloexec`.)
+        None => std_cmd.arg0(&cmd.program).args(&cmd.args).env_clear().envs(env),
+    };
     let child = std_cmd.spawn()?;
     // Our copy of the child's channel end closes here; the child holds its own.
     Ok((Child(child), channel.map(|(ours, _theirs)| ours)))
+}
+
+/// The environment block, arguments and descriptor layout for `ExecPlan::exec`.
+fn exec_plan(
+    cmd: &Command<'_>,
+    path: &Path,
+    env: &mut Vec<(OsString, OsString)>,
+    sources: Vec<RawFd>,
+) -> io::Result<ExecPlan> {
+    let mut envp: Vec<Box<[u8]>> = Vec::with_capacity(env.len() + 1);
+    for (k, v) in env.drain(..) {
+        let mut entry = k.into_vec();
+        entry.push(b'=');
+        entry.extend_from_slice(v.as_bytes());
+        cstring(&entry, "an environment variable")?;
+        entry.push(0);
+        envp.push(entry.into_boxed_slice());
+    }
+    let mut pid_slot = std::ptr::null_mut();
+    if !sources.is_empty() {
+        let mut entry = format!("{ENV_LISTEN_PID}=").into_bytes();
+        let at = entry.len();
+        entry.resize(at + PID_DIGITS + 1, 0);
+        let mut entry = entry.into_boxed_slice();
+        pid_slot = entry[at..].as_mut_ptr();
+        // Valid even if the hook never runs: "LISTEN_PID=" followed by NUL.
+        envp.push(entry);
+    }
+    let envp_ptrs: Vec<*const libc::c_char> =
+        envp.iter().map(|e| e.as_ptr().cast()).chain(std::iter::once(std::ptr::null())).collect();
+    let argv: Vec<CString> = std::iter::once(cmd.program.as_os_str())
+        .chain(cmd.args.iter().map(OsString::as_os_str))
+        .map(|a| cstring(a.as_bytes(), "an argument"))
+        .collect::<io::Result<_>>()?;
+    let argv_ptrs: Vec<*const libc::c_char> =
+        argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    Ok(ExecPlan {
+        path: cstring(path.as_os_str().as_bytes(), "the program path")?,
+        _argv: argv,
+        argv_ptrs,
+        _envp: envp,
+        envp_ptrs,
+        pid_slot,
+        temps: vec![-1; sources.len()],
+        sources,
+        die_with_parent: cmd.die_with_parent,
+        // SAFETY: getpid cannot fail.
+        parent_pid: unsafe { libc::getpid() },
+    })
 }
 
 fn dup_cloexec(fd: RawFd) -> io::Result<OwnedFd> {
