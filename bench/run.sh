@@ -5,8 +5,9 @@
 #
 # Servers run pinned to CPU 0, the load generator to CPU 1 (taskset), so the generator's
 # saturation does not hide the servers' cost. For each server and workload it reports
-# requests/s at full load, server CPU microseconds per request (busy time of CPU 0 from
-# /proc/stat divided by requests answered), latency percentiles, and errors; each figure is the
+# requests/s at full load, server CPU microseconds per request (user + system time of every
+# process of the server, its exited children included, from /proc/<pid>/stat, divided by
+# requests answered), latency percentiles, and errors; each figure is the
 # median of --reps runs. Ratios are against the SO_REUSEPORT ceiling (rate) and the hand-rolled
 # SCM_RIGHTS acceptor (CPU per connection), measured in the same run.
 set -euo pipefail
@@ -56,7 +57,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cpu0_busy() { awk '$1 == "cpu0" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+# CPU ticks of the server's process tree: every process in its session (the server runs under
+# setsid), user + system, plus what its reaped children used (cutime + cstime), so a
+# process-per-connection server counts its children. Steadier than CPU 0's busy time, which
+# also holds whatever else ran there.
+server_ticks() {
+    cat /proc/[0-9]*/stat 2>/dev/null | awk -v sid="$server_pgid" '
+        { sub(/^.*\) /, ""); if ($4 == sid) t += $12 + $13 + $14 + $15 } END { print t + 0 }'
+}
 hz=$(getconf CLK_TCK)
 
 port=19000
@@ -92,9 +100,9 @@ measure() { # name workload loadgen-args...
     local rps=() cpu=() p50=() p99=() p999=() errs=()
     for _ in $(seq "$REPS"); do
         local b a out n
-        b=$(cpu0_busy)
+        b=$(server_ticks)
         out=$(taskset -c 1 "$T/loadgen" "127.0.0.1:$port" "$@")
-        a=$(cpu0_busy)
+        a=$(server_ticks)
         n=$(field requests "$out")
         rps+=("$(field rps "$out")")
         cpu+=("$(awk -v d=$((a - b)) -v n="$n" -v hz="$hz" 'BEGIN { printf "%.1f", n ? d * 1e6 / hz / n : 0 }')")
