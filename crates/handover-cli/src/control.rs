@@ -11,7 +11,6 @@
 //! supervisor at the path, and never none. Each generation removes the path at exit only if it
 //! still names the socket it created.
 
-use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -56,11 +55,11 @@ pub(crate) struct UpgradeReply {
     pub(crate) message: String,
 }
 
-/// The bound control socket. The library's listener removes its path when dropped; here the
-/// path may have been taken over by the next generation, so the listener is never dropped and
-/// the path is removed by [`ControlSocket::close`] only if it is still ours.
+/// The bound control socket. The path may have been taken over by the next generation, so the
+/// listener keeps its path when dropped ([`keep_path`](handover::ChannelListener::keep_path))
+/// and [`ControlSocket::close`] removes it only if it is still ours.
 pub(crate) struct ControlSocket {
-    listener: ManuallyDrop<handover::tokio::ChannelListener>,
+    listener: handover::tokio::ChannelListener,
     /// Where clients find it (after [`ControlSocket::publish`] for a new generation).
     path: PathBuf,
     /// Where it was bound (a temporary path for a new generation).
@@ -86,7 +85,7 @@ impl ControlSocket {
 
     fn new(listener: handover::tokio::ChannelListener, path: &Path, at: &Path) -> ControlSocket {
         ControlSocket {
-            listener: ManuallyDrop::new(listener),
+            listener,
             path: path.to_owned(),
             bound_at: at.to_owned(),
             identity: crate::sys::file_identity(at),
@@ -126,7 +125,7 @@ pub(crate) fn staged_path(path: &Path, pid: u32) -> PathBuf {
 
 fn bind_at(path: &Path) -> Result<handover::tokio::ChannelListener> {
     let what = || format!("cannot create the control socket {}", path.display());
-    let listener = match handover::ChannelListener::bind(path) {
+    let mut listener = match handover::ChannelListener::bind(path) {
         Ok(l) => l,
         Err(handover::Error::Io(e)) if e.kind() == std::io::ErrorKind::AddrInUse => {
             if handover::Channel::connect(path).is_ok() {
@@ -140,6 +139,7 @@ fn bind_at(path: &Path) -> Result<handover::tokio::ChannelListener> {
         }
         Err(e) => return Err(anyhow!(e)).with_context(what),
     };
+    listener.keep_path();
     handover::tokio::ChannelListener::try_from(listener).with_context(what)
 }
 

@@ -579,7 +579,7 @@ pub struct ChannelListener {
 
 /// Removes the rendezvous file when the listener goes away.
 #[derive(Debug)]
-pub(crate) struct RemoveOnDrop(Option<PathBuf>);
+pub(crate) struct RemoveOnDrop(pub(crate) Option<PathBuf>);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
@@ -615,6 +615,15 @@ impl ChannelListener {
         self
     }
 
+    /// Leaves the rendezvous file in place when the listener is dropped (by default
+    /// [`bind`](ChannelListener::bind)'s path is removed then). For a path that may name
+    /// another listener by then, such as one a newer process renamed over it: remove it
+    /// yourself if it is still yours.
+    pub fn keep_path(&mut self) -> &mut Self {
+        self.path.0 = None;
+        self
+    }
+
     /// Waits for a connection and checks the peer. A refused peer is disconnected and
     /// reported as [`Error::PeerRejected`]; call `accept` again for the next one.
     pub fn accept(&self) -> Result<Channel> {
@@ -629,6 +638,20 @@ mod tests {
     use super::*;
 
     fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn a_listener_removes_its_path_when_dropped_unless_told_to_keep_it() {
+        let dir = std::env::temp_dir();
+        let path = |what: &str| dir.join(format!("handover-keep-{}-{what}", std::process::id()));
+        let (removed, kept) = (path("removed"), path("kept"));
+        drop(ChannelListener::bind(&removed).unwrap());
+        assert!(!removed.exists(), "{} is still there", removed.display());
+        let mut listener = ChannelListener::bind(&kept).unwrap();
+        listener.keep_path();
+        drop(listener);
+        assert!(kept.exists(), "{} was removed", kept.display());
+        std::fs::remove_file(&kept).unwrap();
+    }
 
     #[test]
     fn public_types_are_send_and_sync() {

@@ -144,7 +144,7 @@ impl Channel {
 pub struct ChannelListener {
     inner: AsyncListener,
     policy: PeerPolicy,
-    _path: RemoveOnDrop,
+    path: RemoveOnDrop,
 }
 
 impl TryFrom<crate::ChannelListener> for ChannelListener {
@@ -153,7 +153,7 @@ impl TryFrom<crate::ChannelListener> for ChannelListener {
     /// Registers the listener with the current tokio runtime.
     fn try_from(l: crate::ChannelListener) -> Result<ChannelListener> {
         let (raw, policy, path) = l.into_parts();
-        Ok(ChannelListener { inner: AsyncListener::new(raw)?, policy, _path: path })
+        Ok(ChannelListener { inner: AsyncListener::new(raw)?, policy, path })
     }
 }
 
@@ -166,6 +166,13 @@ impl ChannelListener {
     /// Replaces the peer policy.
     pub fn set_policy(&mut self, policy: PeerPolicy) -> &mut Self {
         self.policy = policy;
+        self
+    }
+
+    /// Leaves the rendezvous file in place when dropped (see
+    /// [`crate::ChannelListener::keep_path`]).
+    pub fn keep_path(&mut self) -> &mut Self {
+        self.path.0 = None;
         self
     }
 
