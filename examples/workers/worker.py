@@ -98,7 +98,11 @@ def prefork(fd):
         except OSError:
             pass
         finally:
-            conn.close()  # close first: the supervisor ends the connection when we report it
+            try:
+                conn.shutdown(socket.SHUT_WR)  # the client sees the end of the response now
+            except OSError:
+                pass
+            conn.close()  # then close, then report: the supervisor closes its copy on FINISHED
             ch.send(struct.pack("<BBHIQ", FINISHED, PROTOCOL_VERSION, 0, 0, conn_id))
 
     while True:

@@ -37,6 +37,44 @@ fn serve_1000(env: &mut TestEnv, policy: &str, cmd: &[&str]) {
 }
 
 #[test]
+fn the_client_sees_the_end_of_a_response_at_once() {
+    // Each request takes 300 ms: by then the supervisor reads the worker's channel only every
+    // 32 ms, so FINISHED (and the supervisor closing its copy) comes up to 32 ms late. The
+    // worker shuts the connection down for writing as it finishes, so the end of the stream
+    // follows the response at once all the same.
+    use std::io::{Read, Write};
+    let mut env = TestEnv::new("prompt-eof");
+    env.serve(&["-l", "tcp://127.0.0.1:0", "-w", "1"], &[DEMO_WORKER, "--delay-ms", "300"]);
+    let addr = env.wait_ready(1);
+    for _ in 0..3 {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let complete = |got: &[u8]| {
+            let text = String::from_utf8_lossy(got);
+            let Some((head, body)) = text.split_once("\r\n\r\n") else { return false };
+            let len = head.lines().find_map(|l| l.strip_prefix("Content-Length: "));
+            len.and_then(|l| l.trim().parse::<usize>().ok()).is_some_and(|l| body.len() >= l)
+        };
+        while !complete(&got) {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "ended early: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        let t = std::time::Instant::now();
+        assert_eq!(s.read(&mut buf).unwrap(), 0, "more after the response");
+        let waited = t.elapsed();
+        assert!(waited < Duration::from_millis(10), "the end came {waited:?} after the response");
+    }
+    let t = env.totals();
+    assert_eq!((t["handled"].as_u64(), t["lost_mid_request"].as_u64()), (Some(3), Some(0)), "{t}");
+    env.signal("TERM");
+    assert!(env.wait_exit(Duration::from_secs(10)).success(), "{}", env.log_text());
+}
+
+#[test]
 fn rust_worker_serves_1000_requests_round_robin() {
     let mut env = TestEnv::new("rr");
     serve_1000(&mut env, "round-robin", &[DEMO_WORKER]);

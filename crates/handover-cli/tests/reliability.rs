@@ -42,6 +42,14 @@ fn worker_dying_before_ack_loses_nothing() {
 }
 
 #[test]
+fn worker_dying_after_ending_its_response_has_answered_it() {
+    // The worker shut the connection down for writing, then died before FINISHED: the client
+    // has the whole response, so the connection counts as handled, not lost (and is not reset).
+    let t = survives("die-after-response", &[]);
+    assert_eq!(t["handled"], 200, "{t}");
+}
+
+#[test]
 fn garbage_on_the_control_channel_gets_the_worker_replaced() {
     let t = survives("garbage", &[]);
     assert!(t["misbehaving_killed"].as_u64().unwrap() >= 1, "{t}");

@@ -202,8 +202,9 @@ impl Drop for Finisher {
     }
 }
 
-/// An acknowledged connection. Read and write it directly; dropping it closes the socket and
-/// then tells the supervisor it is finished (which frees a slot of the worker's capacity).
+/// An acknowledged connection. Read and write it directly; dropping it shuts it down for
+/// writing (the client sees the end of the response at once), closes it, then tells the
+/// supervisor it is finished (which frees a slot of the worker's capacity).
 #[derive(Debug)]
 pub struct Connection {
     id: u64,
@@ -236,14 +237,18 @@ impl Connection {
     }
 
     /// Splits off the socket. The supervisor is told the connection is finished when the
-    /// returned [`Finisher`] is dropped: drop it after closing the socket.
+    /// returned [`Finisher`] is dropped: drop it after closing the socket. Shut the socket
+    /// down for writing (`shutdown(Write)`) when the response is complete: the client then
+    /// sees its end at once, not when the supervisor has read FINISHED (up to 32 ms later),
+    /// and a worker that dies after that point is not counted as losing the connection.
     pub fn into_parts(mut self) -> (socket2::Socket, Finisher) {
         let socket = self.socket.take().expect("socket present until drop");
         (socket, self.finisher.take())
     }
 
     /// The connection as a [`std::net::TcpStream`] (blocking), and the finisher: drop the
-    /// finisher after dropping the stream.
+    /// finisher after dropping the stream (shut it down for writing first, as for
+    /// [`into_parts`](Connection::into_parts)).
     ///
     /// The supervisor's CONNECTION message already says this is an accepted TCP connection (it
     /// has an IP peer), so no system call is made. Fails, closing the connection, for a
@@ -269,6 +274,14 @@ fn tcp_parts<S: Into<socket2::Socket>, F>(
                 "the connection came from a Unix-socket listener, not TCP: use into_parts",
             ))
         }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(socket) = self.socket.take() {
+            let _ = socket.shutdown(std::net::Shutdown::Write);
+        } // closed here; then the finisher (a field) reports
     }
 }
 

@@ -135,7 +135,8 @@ impl Drop for Finisher {
     }
 }
 
-/// An acknowledged connection. Dropping it closes the socket, then reports it finished.
+/// An acknowledged connection. Dropping it shuts it down for writing, closes it, then reports
+/// it finished.
 #[derive(Debug)]
 pub struct Connection {
     id: u64,
@@ -144,6 +145,14 @@ pub struct Connection {
     // Field order matters: the socket closes before the finisher reports.
     socket: Option<handover::Socket>,
     finisher: Finisher,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(socket) = self.socket.take() {
+            let _ = socket.into_socket2().shutdown(std::net::Shutdown::Write);
+        } // closed here; then the finisher (a field) reports
+    }
 }
 
 impl Connection {
@@ -163,7 +172,9 @@ impl Connection {
     }
 
     /// The socket (convert it with `tokio::net::TcpStream::try_from`) and the finisher: drop
-    /// the finisher after closing the socket.
+    /// the finisher after closing the socket. Shut the stream down for writing
+    /// (`AsyncWriteExt::shutdown`) when the response is complete, as for
+    /// [`crate::Connection::into_parts`].
     pub fn into_parts(mut self) -> (handover::Socket, Finisher) {
         let socket = self.socket.take().expect("socket present until drop");
         let finisher = Finisher { tx: self.finisher.tx.take(), id: self.id };
@@ -171,7 +182,8 @@ impl Connection {
     }
 
     /// The connection as a [`tokio::net::TcpStream`], and the finisher: drop the finisher
-    /// after dropping the stream.
+    /// after dropping the stream (shut it down for writing first, as for
+    /// [`into_parts`](Connection::into_parts)).
     ///
     /// Cheaper than `TcpStream::try_from` on [`into_parts`](Connection::into_parts)'s socket:
     /// the supervisor's CONNECTION message already says this is an accepted TCP connection

@@ -35,9 +35,8 @@ fn main() {
 
 type Res<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
-async fn serve(stream: tokio::net::TcpStream) {
+async fn serve(stream: &mut tokio::net::TcpStream) {
     let _ = stream.set_nodelay(true);
-    let mut stream = stream;
     let mut buf = [0u8; 4096];
     let mut filled = 0;
     loop {
@@ -65,8 +64,8 @@ async fn accept_loop(listener: TcpListener) -> Res {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     loop {
-        let (stream, _) = listener.accept().await?;
-        tokio::task::spawn_local(serve(stream));
+        let (mut stream, _) = listener.accept().await?;
+        tokio::task::spawn_local(async move { serve(&mut stream).await });
     }
 }
 
@@ -100,7 +99,8 @@ async fn scm() -> Res {
                 Ok(Ok(Some(owned))) => {
                     let std = TcpStream::from(owned);
                     std.set_nonblocking(true)?;
-                    tokio::task::spawn_local(serve(tokio::net::TcpStream::from_std(std)?));
+                    let mut stream = tokio::net::TcpStream::from_std(std)?;
+                    tokio::task::spawn_local(async move { serve(&mut stream).await });
                 }
                 Ok(Ok(None)) => return Ok(()),
                 Ok(Err(e)) => return Err(e.into()),
@@ -117,9 +117,12 @@ async fn prefork() -> Res {
         let capacity = std::env::var("WORKER_CAPACITY").ok().and_then(|c| c.parse().ok());
         let mut worker = Worker::from_env(capacity.unwrap_or(65_536)).await?;
         while let Event::Connection(conn) = worker.recv().await? {
-            let (stream, finisher) = conn.into_tcp()?;
+            let (mut stream, finisher) = conn.into_tcp()?;
             tokio::task::spawn_local(async move {
-                serve(stream).await;
+                serve(&mut stream).await;
+                // The client sees the end now, not when the supervisor reads FINISHED.
+                let _ = stream.shutdown().await;
+                drop(stream);
                 drop(finisher);
             });
         }

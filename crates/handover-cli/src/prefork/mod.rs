@@ -860,7 +860,12 @@ impl Engine {
             self.conns.iter().filter(|(_, c)| c.worker == id).map(|(k, _)| *k).collect();
         for cid in ids {
             let c = self.conns.remove(&cid).expect("present");
-            if c.acked {
+            if c.acked && sys::sent_fin(&c.socket) {
+                // The worker ended its response (shut the connection down for writing) and
+                // died before saying FINISHED: the client has all of it.
+                w.handled += 1;
+                self.totals.handled += 1;
+            } else if c.acked {
                 lost += 1;
                 listener::reset(c.socket);
             } else {

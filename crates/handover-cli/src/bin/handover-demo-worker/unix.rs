@@ -162,8 +162,7 @@ fn prefork_tokio(channel: Channel, opts: &Opts) -> Result<(), Box<dyn std::error
             match worker.recv().await? {
                 handover_worker::tokio::Event::Connection(conn) => {
                     tasks.spawn(async move {
-                        let (socket, finisher) = conn.into_parts();
-                        let mut stream = tokio::net::TcpStream::try_from(socket)?;
+                        let (mut stream, finisher) = conn.into_tcp()?;
                         let mut buf = [0u8; 8192];
                         let mut len = 0;
                         while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < buf.len() {
@@ -180,6 +179,7 @@ fn prefork_tokio(channel: Channel, opts: &Opts) -> Result<(), Box<dyn std::error
                             body.len()
                         );
                         stream.write_all(response.as_bytes()).await?;
+                        stream.shutdown().await?; // the client sees the end now
                         drop(stream);
                         drop(finisher);
                         Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
@@ -282,6 +282,16 @@ fn misbehave(ch: Channel, mode: &str, opts: &Opts) -> Result<(), Box<dyn std::er
             "garbage" => ch.send(b"GET / HTTP/1.1\r\n\r\n", &[])?,
             "wrong-ack" => send(&ch, WorkerMessage::Ack(id + 1_000_000))?,
             "never-ack" => {}
+            // Serves the connection whole, ends it (shutdown for writing) and dies before
+            // saying FINISHED.
+            "die-after-response" => {
+                send(&ch, WorkerMessage::Ack(id))?;
+                let socket = held.last_mut().and_then(Vec::pop).ok_or("no socket")?;
+                let s = socket.into_socket2();
+                serve(&mut &s, &mut &s, opts.delay)?;
+                s.shutdown(std::net::Shutdown::Write)?;
+                std::process::exit(3);
+            }
             "die-before-ack" => {
                 if held.len() >= opts.count {
                     std::process::exit(3);
