@@ -453,6 +453,18 @@ impl Engine {
     }
 
     fn pick(&mut self, listener: u16, peer: Option<SocketAddr>) -> Option<usize> {
+        // A worker that looks full may have finished connections we have not read about yet
+        // (its clients already saw the end: workers shut down before FINISHED). Read those
+        // first, so a policy does not pass over a worker that has room.
+        let full: Vec<u64> = self
+            .workers
+            .iter()
+            .filter(|w| w.state == WState::Ready && w.live >= w.capacity)
+            .map(|w| w.id)
+            .collect();
+        for id in full {
+            self.poll_worker(id);
+        }
         self.candidates.clear();
         self.candidates.extend(self.workers.iter().map(|w| Candidate {
             slot: w.slot,
