@@ -59,6 +59,19 @@ pub(crate) fn reap(child: &mut handover::Child, patience: Duration) -> Option<Ex
     }
 }
 
+/// Says why the supervisor gives up on `prog` after `n` crashes at start in a row (`last`:
+/// how the last one ended; `start`: what counts as a crash at start in this mode). Logged
+/// here; the caller keeps it as its outcome's message.
+pub(crate) fn crash_loop(prog: &ProgramConfig, n: u32, start: &str, last: &str) -> String {
+    let msg = format!(
+        "worker {} crashed {n} times in a row {start} (within {:?}; last: {last}); giving up",
+        prog.program.display(),
+        prog.timeouts.min_uptime
+    );
+    tracing::error!(program = %prog.name, "{msg}");
+    msg
+}
+
 /// Restart bookkeeping for one worker slot: exponential backoff after crashes at start, and
 /// crash-loop detection.
 #[derive(Debug, Default, Clone)]

@@ -175,6 +175,32 @@ impl Listener {
     }
 }
 
+/// Closes `listeners` for a drain and marks them closed in `status`. First, unless `held`
+/// (a new generation being abandoned: the old one serves those clients), it takes every
+/// connection the kernel has accepted already, without waiting, and returns them: so closing
+/// refuses only clients that arrive later, and resets none.
+pub(crate) fn close_for_drain(
+    listeners: &mut Vec<Listener>,
+    status: &mut [crate::status::ListenerStatus],
+    held: bool,
+) -> Vec<Accepted> {
+    let mut backlog = Vec::new();
+    for l in std::mem::take(listeners).iter().filter(|_| !held) {
+        loop {
+            match l.try_accept() {
+                Ok(Some(a)) => backlog.push(a),
+                Ok(None) => break,
+                Err(err) if is_transient(&err) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+    for s in status {
+        s.open = false;
+    }
+    backlog
+}
+
 /// Waits for a connection on any of `listeners`, starting the scan at `*start` (rotated for
 /// fairness between listeners).
 pub(crate) async fn accept_any(listeners: &[Listener], start: &mut usize) -> io::Result<Accepted> {

@@ -221,14 +221,8 @@ impl Engine {
                 self.slots[slot].start_at = Some(Instant::now() + delay);
             }
             Err(n) => {
-                let last = self.slots[slot].last_exit.clone().unwrap_or_default();
-                let msg = format!(
-                    "worker {} crashed {n} times in a row within {:?} of starting (last: {last}); giving up",
-                    self.prog.program.display(),
-                    t.min_uptime
-                );
-                error!(program = %self.prog.name, "{msg}");
-                self.give_up = Some(msg);
+                let last = self.slots[slot].last_exit.as_deref().unwrap_or_default();
+                self.give_up = Some(child::crash_loop(&self.prog, n, "at start", last));
                 self.begin_drain();
             }
         }

@@ -180,22 +180,11 @@ impl Engine {
             return;
         }
         self.phase = Phase::Draining { deadline: Instant::now() + self.prog.timeouts.drain };
-        let listeners = std::mem::take(&mut self.listeners);
-        for l in listeners.into_iter().filter(|_| !self.held) {
-            loop {
-                match l.try_accept() {
-                    Ok(Some(a)) => {
-                        self.totals.accepted += 1;
-                        self.pending.push_back(a);
-                    }
-                    Ok(None) => break,
-                    Err(err) if listener::is_transient(&err) => continue,
-                    Err(_) => break,
-                }
-            }
-        }
-        for s in &mut self.listener_status {
-            s.open = false;
+        let backlog =
+            listener::close_for_drain(&mut self.listeners, &mut self.listener_status, self.held);
+        for a in backlog {
+            self.count_accept(a.listener);
+            self.pending.push_back(a);
         }
         info!(program = %self.prog.name, running = self.children.len(), waiting = self.pending.len(), "draining");
     }

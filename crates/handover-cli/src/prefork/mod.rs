@@ -335,15 +335,9 @@ impl Engine {
                 }
             }
             Err(n) => {
-                let last = self.slots[slot].last_exit.clone().unwrap_or_default();
-                let msg = format!(
-                    "worker {} crashed {n} times in a row at start (within {:?}, or before it said \
-                     hello; last: {last}); giving up",
-                    self.prog.program.display(),
-                    t.min_uptime
-                );
-                error!(program = %self.prog.name, "{msg}");
-                self.give_up = Some(msg);
+                let last = self.slots[slot].last_exit.as_deref().unwrap_or_default();
+                let start = "at start or before it said hello";
+                self.give_up = Some(child::crash_loop(&self.prog, n, start, last));
                 self.begin_drain();
             }
         }
@@ -756,35 +750,18 @@ impl Engine {
             return;
         }
         self.phase = Phase::Draining { deadline: Instant::now() + self.prog.timeouts.drain };
-        // Take what the kernel already accepted, so closing the listener refuses only clients
-        // that arrive after it is closed, and resets none. A held engine (a new generation
-        // being abandoned) takes nothing: the old generation serves those clients.
-        let listeners = std::mem::take(&mut self.listeners);
-        for l in listeners.into_iter().filter(|_| !self.held) {
-            loop {
-                match l.try_accept() {
-                    Ok(Some(a)) => {
-                        let id = self.next_conn;
-                        self.next_conn += 1;
-                        self.totals.accepted += 1;
-                        if let Some(s) = self.listener_status.get_mut(a.listener as usize) {
-                            s.accepted = Some(s.accepted.unwrap_or(0) + 1);
-                        }
-                        self.pending.push_back(Pending {
-                            id,
-                            socket: a.socket,
-                            listener: a.listener,
-                            peer: a.peer,
-                        });
-                    }
-                    Ok(None) => break,
-                    Err(err) if listener::is_transient(&err) => continue,
-                    Err(_) => break,
-                }
-            }
-        }
-        for s in &mut self.listener_status {
-            s.open = false;
+        let backlog =
+            listener::close_for_drain(&mut self.listeners, &mut self.listener_status, self.held);
+        for a in backlog {
+            self.count_accept(a.listener);
+            let id = self.next_conn;
+            self.next_conn += 1;
+            self.pending.push_back(Pending {
+                id,
+                socket: a.socket,
+                listener: a.listener,
+                peer: a.peer,
+            });
         }
         for s in &mut self.slots {
             s.start_at = None;
