@@ -98,12 +98,14 @@ def prefork(fd):
         except OSError:
             pass
         finally:
+            # FINISHED first (a worker that dies after it has answered), then end the stream:
+            # the client sees the end now, not when the supervisor has read FINISHED.
+            ch.send(struct.pack("<BBHIQ", FINISHED, PROTOCOL_VERSION, 0, 0, conn_id))
             try:
-                conn.shutdown(socket.SHUT_WR)  # the client sees the end of the response now
+                conn.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
-            conn.close()  # then close, then report: the supervisor closes its copy on FINISHED
-            ch.send(struct.pack("<BBHIQ", FINISHED, PROTOCOL_VERSION, 0, 0, conn_id))
+            conn.close()
 
     while True:
         try:

@@ -42,10 +42,11 @@ fn worker_dying_before_ack_loses_nothing() {
 }
 
 #[test]
-fn worker_dying_after_ending_its_response_has_answered_it() {
-    // The worker shut the connection down for writing, then died before FINISHED: the client
-    // has the whole response, so the connection counts as handled, not lost (and is not reset).
-    let t = survives("die-after-response", &[]);
+fn worker_dying_right_after_finished_has_answered() {
+    // The worker wrote the whole response and said FINISHED, then died without ending the
+    // stream: what it sent before dying counts, so the connection is handled, not lost, and
+    // the client gets its end of stream (from the supervisor closing its copy), not a reset.
+    let t = survives("die-after-finished", &[]);
     assert_eq!(t["handled"], 200, "{t}");
 }
 

@@ -18,7 +18,7 @@
 //!             let mut buf = [0u8; 1024];
 //!             let _ = conn.read(&mut buf)?;
 //!             conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nhi\n")?;
-//!         } // dropped: closed, then reported finished
+//!         } // dropped: reported finished, then shut down and closed
 //!         Event::Drain | Event::Stop => break,
 //!     }
 //! }
@@ -180,7 +180,13 @@ fn send(channel: &Channel, m: WorkerMessage) -> Result<(), Error> {
     Ok(())
 }
 
-/// Reports a connection finished when dropped.
+/// Reports its connection finished when dropped (the report is written before `drop`
+/// returns).
+///
+/// Drop it when the response is complete and before ending the stream: FINISHED, then
+/// `shutdown(Write)`, then close. A worker that dies after FINISHED has answered its client
+/// (the end of the stream still reaches it); one that dies before has not, and the supervisor
+/// resets the connection. That order keeps the supervisor's `lost_mid_request` count exact.
 #[derive(Debug)]
 pub struct Finisher {
     channel: Option<Arc<Channel>>,
@@ -202,15 +208,14 @@ impl Drop for Finisher {
     }
 }
 
-/// An acknowledged connection. Read and write it directly; dropping it shuts it down for
-/// writing (the client sees the end of the response at once), closes it, then tells the
-/// supervisor it is finished (which frees a slot of the worker's capacity).
+/// An acknowledged connection. Read and write it directly; dropping it tells the supervisor
+/// it is finished (which frees a slot of the worker's capacity), then shuts it down for
+/// writing, so the client sees the end of the response at once, and closes it.
 #[derive(Debug)]
 pub struct Connection {
     id: u64,
     listener: Arc<str>,
     peer: Option<SocketAddr>,
-    // Field order matters: the socket closes before the finisher reports.
     socket: Option<socket2::Socket>,
     finisher: Finisher,
 }
@@ -237,17 +242,16 @@ impl Connection {
     }
 
     /// Splits off the socket. The supervisor is told the connection is finished when the
-    /// returned [`Finisher`] is dropped: drop it after closing the socket. Shut the socket
-    /// down for writing (`shutdown(Write)`) when the response is complete: the client then
-    /// sees its end at once, not when the supervisor has read FINISHED (up to 32 ms later),
-    /// and a worker that dies after that point is not counted as losing the connection.
+    /// returned [`Finisher`] is dropped. When the response is complete: drop the finisher,
+    /// then shut the socket down for writing (`shutdown(Write)`: the client sees the end at
+    /// once, not when the supervisor has read FINISHED, up to 32 ms later), then close it.
     pub fn into_parts(mut self) -> (socket2::Socket, Finisher) {
         let socket = self.socket.take().expect("socket present until drop");
         (socket, self.finisher.take())
     }
 
-    /// The connection as a [`std::net::TcpStream`] (blocking), and the finisher: drop the
-    /// finisher after dropping the stream (shut it down for writing first, as for
+    /// The connection as a [`std::net::TcpStream`] (blocking), and its finisher: when the
+    /// response is complete, drop the finisher, then shut the stream down and drop it (as for
     /// [`into_parts`](Connection::into_parts)).
     ///
     /// The supervisor's CONNECTION message already says this is an accepted TCP connection (it
@@ -267,8 +271,8 @@ fn tcp_parts<S: Into<socket2::Socket>, F>(
         // The supervisor accepts on stream listeners only, so an IP peer means TCP.
         Some(_) => Ok((std::net::TcpStream::from(socket.into()), finisher)),
         None => {
-            drop(socket); // closed before the finisher reports
             drop(finisher);
+            drop(socket);
             Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "the connection came from a Unix-socket listener, not TCP: use into_parts",
@@ -279,9 +283,10 @@ fn tcp_parts<S: Into<socket2::Socket>, F>(
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        drop(self.finisher.take()); // FINISHED is written here
         if let Some(socket) = self.socket.take() {
             let _ = socket.shutdown(std::net::Shutdown::Write);
-        } // closed here; then the finisher (a field) reports
+        } // and closed here
     }
 }
 

@@ -8,13 +8,12 @@
 //! let mut worker = Worker::from_env(64).await?;
 //! while let Event::Connection(conn) = worker.recv().await? {
 //!     tokio::spawn(async move {
-//!         let (socket, finisher) = conn.into_parts();
-//!         let mut stream = tokio::net::TcpStream::try_from(socket)?;
+//!         let (mut stream, finisher) = conn.into_tcp()?;
 //!         let mut buf = [0u8; 1024];
 //!         let _ = stream.read(&mut buf).await?;
 //!         stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nhi\n").await?;
-//!         drop(stream);
-//!         drop(finisher); // reports the connection finished
+//!         finisher.finish().await?; // the response is complete: FINISHED first,
+//!         stream.shutdown().await?; // then the client sees the end
 //!         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
 //!     });
 //! }
@@ -111,7 +110,11 @@ impl Worker {
                     listener,
                     peer: info.peer,
                     socket: Some(socket),
-                    finisher: Finisher { tx: Some(self.finished.clone()), id },
+                    finisher: Finisher {
+                        channel: Arc::clone(&self.channel),
+                        tx: Some(self.finished.clone()),
+                        id,
+                    },
                 }))
             }
             SupervisorMessage::Drain => Ok(Event::Drain),
@@ -120,38 +123,65 @@ impl Worker {
     }
 }
 
-/// Reports a connection finished when dropped.
+/// Reports its connection finished: with [`finish`](Finisher::finish), or when dropped.
+///
+/// When the response is complete, report it finished *before* ending the stream: FINISHED,
+/// then `shutdown()`, then drop the stream (see [`crate::Finisher`] for why the order
+/// matters). `finish().await` returns once the report is written; a plain drop writes it at
+/// once when the channel can take it without waiting, else leaves it to the worker's
+/// reporting task (and then the order is not guaranteed).
 #[derive(Debug)]
 pub struct Finisher {
+    channel: Arc<Channel>,
     tx: Option<mpsc::UnboundedSender<u64>>,
     id: u64,
 }
 
+impl Finisher {
+    /// Reports the connection finished and waits until the report is written.
+    pub async fn finish(mut self) -> Result<(), Error> {
+        self.tx = None; // nothing left for Drop to do
+        send(&self.channel, WorkerMessage::Finished(self.id)).await
+    }
+
+    fn take(&mut self) -> Finisher {
+        Finisher { channel: Arc::clone(&self.channel), tx: self.tx.take(), id: self.id }
+    }
+}
+
 impl Drop for Finisher {
     fn drop(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send(self.id);
+        let Some(tx) = self.tx.take() else { return };
+        let mut buf = [0u8; ID_MSG_LEN];
+        let n = WorkerMessage::Finished(self.id).encode(&mut buf);
+        match self.channel.try_send(&buf[..n], &[]) {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = tx.send(self.id);
+            }
+            // The supervisor is gone: nothing useful to do about it here.
+            Err(_) => {}
         }
     }
 }
 
-/// An acknowledged connection. Dropping it shuts it down for writing, closes it, then reports
-/// it finished.
+/// An acknowledged connection. Dropping it reports it finished (see [`Finisher`]'s drop),
+/// then shuts it down for writing and closes it.
 #[derive(Debug)]
 pub struct Connection {
     id: u64,
     listener: Arc<str>,
     peer: Option<SocketAddr>,
-    // Field order matters: the socket closes before the finisher reports.
     socket: Option<handover::Socket>,
     finisher: Finisher,
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        drop(self.finisher.take());
         if let Some(socket) = self.socket.take() {
             let _ = socket.into_socket2().shutdown(std::net::Shutdown::Write);
-        } // closed here; then the finisher (a field) reports
+        } // and closed here
     }
 }
 
@@ -171,27 +201,28 @@ impl Connection {
         self.peer
     }
 
-    /// The socket (convert it with `tokio::net::TcpStream::try_from`) and the finisher: drop
-    /// the finisher after closing the socket. Shut the stream down for writing
-    /// (`AsyncWriteExt::shutdown`) when the response is complete, as for
-    /// [`crate::Connection::into_parts`].
+    /// The socket (convert it with `tokio::net::TcpStream::try_from`) and its finisher. When
+    /// the response is complete: `finisher.finish().await`, then `shutdown().await` the stream
+    /// (the client sees the end at once), then drop it.
     pub fn into_parts(mut self) -> (handover::Socket, Finisher) {
         let socket = self.socket.take().expect("socket present until drop");
-        let finisher = Finisher { tx: self.finisher.tx.take(), id: self.id };
-        (socket, finisher)
+        (socket, self.finisher.take())
     }
 
-    /// The connection as a [`tokio::net::TcpStream`], and the finisher: drop the finisher
-    /// after dropping the stream (shut it down for writing first, as for
+    /// The connection as a [`tokio::net::TcpStream`], and its finisher (use them as for
     /// [`into_parts`](Connection::into_parts)).
     ///
     /// Cheaper than `TcpStream::try_from` on [`into_parts`](Connection::into_parts)'s socket:
     /// the supervisor's CONNECTION message already says this is an accepted TCP connection
     /// (it has an IP peer), so the socket's kind is not asked of the kernel again (three
     /// system calls). Fails, closing the connection, for a connection from a Unix-socket
-    /// listener, and if the stream cannot be made non-blocking or registered with the runtime.
+    /// listener, outside a tokio runtime, and if the stream cannot be made non-blocking or
+    /// registered with the runtime.
     pub fn into_tcp(self) -> std::io::Result<(tokio::net::TcpStream, Finisher)> {
         let (socket, finisher) = crate::tcp_parts(self.peer, self.into_parts())?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(std::io::Error::other("into_tcp: call it from within a tokio runtime"));
+        }
         socket.set_nonblocking(true)?;
         Ok((tokio::net::TcpStream::from_std(socket)?, finisher))
     }

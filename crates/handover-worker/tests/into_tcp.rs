@@ -1,4 +1,7 @@
-//! `Connection::into_tcp`, with a test playing the supervisor over a channel pair.
+//! The worker helper's connections, with a test playing the supervisor over a channel pair.
+//!
+//! Like the real supervisor, the test keeps its own copy of each connection's socket, so the
+//! client sees the end of a response only if the worker ends the stream itself.
 #![cfg(unix)]
 
 use std::io::{Read, Write};
@@ -23,22 +26,47 @@ fn next(sup: &Channel) -> WorkerMessage {
     WorkerMessage::decode(&sup.recv_timeout(WAIT).unwrap().bytes).unwrap()
 }
 
+/// A client, and the server side of its connection (the "supervisor's copy").
 fn tcp_pair() -> (TcpStream, TcpStream, SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (accepted, peer) = listener.accept().unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
     (client, accepted, peer)
 }
 
+/// Everything the client receives up to the end of the stream.
+fn read_all(mut client: &TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    client
+        .read_to_end(&mut got)
+        .expect("the end of the stream, while the supervisor's copy is open");
+    got
+}
+
 #[test]
-fn a_tcp_connection_becomes_a_stream_and_finishes_after_it_closes() {
+fn dropping_a_connection_reports_it_finished_and_ends_the_stream() {
     let (sup, ours) = Channel::pair().unwrap();
     let mut worker = Worker::from_channel(ours, 4).unwrap();
     assert!(matches!(next(&sup), WorkerMessage::Hello { capacity: 4, .. }));
+    let (client, kept, peer) = tcp_pair();
+    offer(&sup, 5, Some(peer), kept.as_socket_ref());
+    let Event::Connection(mut conn) = worker.recv().unwrap() else { panic!("not a connection") };
+    assert_eq!(next(&sup), WorkerMessage::Ack(5));
+    conn.write_all(b"pong").unwrap();
+    drop(conn);
+    assert_eq!(next(&sup), WorkerMessage::Finished(5));
+    assert_eq!(read_all(&client), b"pong");
+    drop(kept);
+}
 
-    let (mut client, accepted, peer) = tcp_pair();
-    offer(&sup, 7, Some(peer), accepted.as_socket_ref());
-    drop(accepted); // the worker's copy is the only one left
+#[test]
+fn a_tcp_connection_becomes_a_stream() {
+    let (sup, ours) = Channel::pair().unwrap();
+    let mut worker = Worker::from_channel(ours, 4).unwrap();
+    next(&sup);
+    let (mut client, kept, peer) = tcp_pair();
+    offer(&sup, 7, Some(peer), kept.as_socket_ref());
     let Event::Connection(conn) = worker.recv().unwrap() else { panic!("not a connection") };
     assert_eq!(next(&sup), WorkerMessage::Ack(7));
     let (mut stream, finisher) = conn.into_tcp().unwrap();
@@ -47,13 +75,11 @@ fn a_tcp_connection_becomes_a_stream_and_finishes_after_it_closes() {
     let mut buf = [0u8; 4];
     stream.read_exact(&mut buf).unwrap();
     stream.write_all(b"pong").unwrap();
-    drop(stream);
     drop(finisher);
     assert_eq!(next(&sup), WorkerMessage::Finished(7));
-    let mut reply = Vec::new();
-    client.set_read_timeout(Some(WAIT)).unwrap();
-    client.read_to_end(&mut reply).unwrap(); // ends: the stream was closed
-    assert_eq!(reply, b"pong");
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(read_all(&client), b"pong");
+    drop(kept);
 }
 
 #[test]
@@ -70,48 +96,91 @@ fn a_connection_from_a_unix_listener_is_refused_and_still_finished() {
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
     assert!(err.to_string().contains("into_parts"), "{err}");
     assert_eq!(next(&sup), WorkerMessage::Finished(9));
-    // Closed before FINISHED went out.
     let mut rest = Vec::new();
     client.set_read_timeout(Some(WAIT)).unwrap();
     assert_eq!(client.read_to_end(&mut rest).unwrap(), 0);
 }
 
 #[cfg(feature = "tokio")]
-#[tokio::test(flavor = "current_thread")]
-async fn the_tokio_worker_gives_a_registered_stream() {
+mod tokio_worker {
+    use super::*;
+    use handover_worker::tokio::{Event, Worker};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (sup, ours) = Channel::pair().unwrap();
-    let ours = handover::tokio::Channel::try_from(ours).unwrap();
-    let mut worker = handover_worker::tokio::Worker::from_channel(ours, 2).await.unwrap();
-    let sup = tokio::task::spawn_blocking(move || {
-        assert!(matches!(next(&sup), WorkerMessage::Hello { capacity: 2, .. }));
-        sup
-    })
-    .await
-    .unwrap();
-    let (client, accepted, peer) = tcp_pair();
-    offer(&sup, 3, Some(peer), accepted.as_socket_ref());
-    drop(accepted);
-    let handover_worker::tokio::Event::Connection(conn) = worker.recv().await.unwrap() else {
-        panic!("not a connection")
-    };
-    let (mut stream, finisher) = conn.into_tcp().unwrap();
-    let client = tokio::task::spawn_blocking(move || {
-        let mut client = client;
-        client.write_all(b"ping").unwrap();
-        client
-    });
-    let mut buf = [0u8; 4];
-    stream.read_exact(&mut buf).await.unwrap();
-    assert_eq!(&buf, b"ping");
-    stream.write_all(b"pong").await.unwrap();
-    drop(stream);
-    drop(finisher);
-    let mut client = client.await.unwrap();
-    let (ack, fin) = tokio::task::spawn_blocking(move || (next(&sup), next(&sup))).await.unwrap();
-    assert_eq!((ack, fin), (WorkerMessage::Ack(3), WorkerMessage::Finished(3)));
-    let mut reply = Vec::new();
-    client.set_read_timeout(Some(WAIT)).unwrap();
-    client.read_to_end(&mut reply).unwrap();
-    assert_eq!(reply, b"pong");
+
+    /// A tokio worker over a channel pair, and the supervisor's end (HELLO already read).
+    async fn worker(capacity: u32) -> (Worker, Channel) {
+        let (sup, ours) = Channel::pair().unwrap();
+        let ours = handover::tokio::Channel::try_from(ours).unwrap();
+        let worker = Worker::from_channel(ours, capacity).await.unwrap();
+        let sup = tokio::task::spawn_blocking(move || {
+            assert!(matches!(next(&sup), WorkerMessage::Hello { .. }));
+            sup
+        })
+        .await
+        .unwrap();
+        (worker, sup)
+    }
+
+    async fn next_async(sup: Channel) -> (WorkerMessage, Channel) {
+        tokio::task::spawn_blocking(move || (next(&sup), sup)).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn finish_then_shutdown_reports_before_the_client_sees_the_end() {
+        let (mut worker, sup) = worker(2).await;
+        let (client, kept, peer) = tcp_pair();
+        offer(&sup, 3, Some(peer), kept.as_socket_ref());
+        let Event::Connection(conn) = worker.recv().await.unwrap() else { panic!() };
+        let (ack, sup) = next_async(sup).await;
+        assert_eq!(ack, WorkerMessage::Ack(3));
+        let (mut stream, finisher) = conn.into_tcp().unwrap();
+        let client = tokio::task::spawn_blocking(move || {
+            (&client).write_all(b"ping").unwrap();
+            client
+        })
+        .await
+        .unwrap();
+        let mut buf = [0u8; 4];
+        stream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        stream.write_all(b"pong").await.unwrap();
+        finisher.finish().await.unwrap();
+        // Written by the time finish() returns: readable without waiting.
+        let msg = sup.try_recv().unwrap().expect("FINISHED written before finish() returned");
+        assert_eq!(WorkerMessage::decode(&msg.bytes).unwrap(), WorkerMessage::Finished(3));
+        stream.shutdown().await.unwrap();
+        let got = tokio::task::spawn_blocking(move || read_all(&client)).await.unwrap();
+        assert_eq!(got, b"pong");
+        drop(kept);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn dropping_a_tokio_connection_reports_it_finished_and_ends_the_stream() {
+        let (mut worker, sup) = worker(2).await;
+        let (client, kept, peer) = tcp_pair();
+        offer(&sup, 4, Some(peer), kept.as_socket_ref());
+        let Event::Connection(conn) = worker.recv().await.unwrap() else { panic!() };
+        drop(conn);
+        let (ack, sup) = next_async(sup).await;
+        let (fin, _sup) = next_async(sup).await;
+        assert_eq!((ack, fin), (WorkerMessage::Ack(4), WorkerMessage::Finished(4)));
+        let got = tokio::task::spawn_blocking(move || read_all(&client)).await.unwrap();
+        assert!(got.is_empty());
+        drop(kept);
+    }
+
+    #[test]
+    fn into_tcp_outside_a_runtime_is_an_error_not_a_panic() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (sup, conn) = rt.block_on(async {
+            let (mut worker, sup) = worker(1).await;
+            let (_client, kept, peer) = tcp_pair();
+            offer(&sup, 6, Some(peer), kept.as_socket_ref());
+            let Event::Connection(conn) = worker.recv().await.unwrap() else { panic!() };
+            (sup, conn)
+        });
+        let err = conn.into_tcp().unwrap_err();
+        assert!(err.to_string().contains("tokio runtime"), "{err}");
+        drop(sup);
+    }
 }

@@ -11,6 +11,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use handover::{AsSocketRef, Command};
 use util::{assert_exit, spawn_peer, TempDir, PEER, WAIT};
 
+/// Held by the tests that leave a descriptor inheritable: one of them marks descriptors
+/// close-on-exec process-wide, which must not happen to another's leak while it checks it.
+static LEAKS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A descriptor without FD_CLOEXEC, as careless C code would leave behind.
 fn leaky_descriptor() -> OwnedFd {
     let file = File::open("/dev/null").unwrap();
@@ -23,6 +27,7 @@ fn leaky_descriptor() -> OwnedFd {
 
 #[test]
 fn a_spawned_child_has_exactly_the_descriptors_it_was_given() {
+    let _serial = LEAKS.lock().unwrap_or_else(|e| e.into_inner());
     let _leak = leaky_descriptor();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut child = Command::new(PEER)
@@ -105,6 +110,7 @@ fn fds_of_inetd_child(trust_cloexec: bool) -> Vec<i32> {
 
 #[test]
 fn trusting_cloexec_spawns_without_a_sweep_and_set_cloexec_from_makes_that_safe() {
+    let _serial = LEAKS.lock().unwrap_or_else(|e| e.into_inner());
     let leak = leaky_descriptor();
     let raw = leak.as_raw_fd();
     // The default sweeps it away in the child.

@@ -106,3 +106,22 @@ async fn tokio_unix_stream_crosses_a_channel() {
     let back = handover::Socket::try_from(got).unwrap();
     assert_eq!(back.kind().unwrap(), handover::SocketKind::UnixStream);
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn try_send_sends_whole_messages_or_nothing() {
+    let (a, b) = handover::tokio::Channel::pair().unwrap();
+    // Until the buffer is full, every message goes out at once; then one is refused whole.
+    let mut sent = 0u32;
+    while a.try_send(&sent.to_le_bytes(), &[]).unwrap() {
+        sent += 1;
+        assert!(sent < 1_000_000, "the channel never filled up");
+    }
+    assert!(sent > 0);
+    // The receiver gets exactly the accepted ones, in order, and the channel stays usable.
+    for i in 0..sent {
+        assert_eq!(b.recv().await.unwrap().bytes, i.to_le_bytes());
+    }
+    assert!(a.try_send(b"after", &[]).unwrap());
+    assert_eq!(b.recv().await.unwrap().bytes, b"after");
+}

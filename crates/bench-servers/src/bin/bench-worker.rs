@@ -120,10 +120,10 @@ async fn prefork() -> Res {
             let (mut stream, finisher) = conn.into_tcp()?;
             tokio::task::spawn_local(async move {
                 serve(&mut stream).await;
-                // The client sees the end now, not when the supervisor reads FINISHED.
+                // FINISHED first; then the client sees the end (not when the supervisor reads
+                // FINISHED, up to 32 ms later).
+                let _ = finisher.finish().await;
                 let _ = stream.shutdown().await;
-                drop(stream);
-                drop(finisher);
             });
         }
         Ok(())

@@ -448,8 +448,9 @@ impl Engine {
 
     fn pick(&mut self, listener: u16, peer: Option<SocketAddr>) -> Option<usize> {
         // A worker that looks full may have finished connections we have not read about yet
-        // (its clients already saw the end: workers shut down before FINISHED). Read those
-        // first, so a policy does not pass over a worker that has room.
+        // (their clients saw the end already: workers shut connections down themselves).
+        // Read those first, so a policy does not pass over a worker that has room. (Only
+        // while some worker looks full: then this costs a read per such worker.)
         let full: Vec<u64> = self
             .workers
             .iter()
@@ -849,12 +850,7 @@ impl Engine {
             self.conns.iter().filter(|(_, c)| c.worker == id).map(|(k, _)| *k).collect();
         for cid in ids {
             let c = self.conns.remove(&cid).expect("present");
-            if c.acked && sys::sent_fin(&c.socket) {
-                // The worker ended its response (shut the connection down for writing) and
-                // died before saying FINISHED: the client has all of it.
-                w.handled += 1;
-                self.totals.handled += 1;
-            } else if c.acked {
+            if c.acked {
                 lost += 1;
                 listener::reset(c.socket);
             } else {

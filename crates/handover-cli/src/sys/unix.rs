@@ -65,49 +65,6 @@ pub(crate) fn close_inherited_on_exec() -> Result<()> {
     handover::unix::set_cloexec_from(3).context("cannot mark inherited descriptors close-on-exec")
 }
 
-/// Whether this end of TCP connection `socket` has sent its FIN and nothing went wrong: the
-/// worker shut the connection down for writing, so the client has the whole response. Linux
-/// (`TCP_INFO`); `false` elsewhere and for anything but TCP.
-#[cfg(target_os = "linux")]
-pub(crate) fn sent_fin(socket: &Socket) -> bool {
-    use std::os::fd::AsRawFd;
-    // Linux's TCP states (include/net/tcp_states.h).
-    const FIN_WAIT1: u8 = 4;
-    const FIN_WAIT2: u8 = 5;
-    const TIME_WAIT: u8 = 6;
-    const CLOSE: u8 = 7;
-    const LAST_ACK: u8 = 9;
-    const CLOSING: u8 = 11;
-    // SAFETY: tcp_info is plain integers; all-zero is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: info and len are valid for writes and len holds info's size.
-    let res = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    if res != 0 || len < 1 {
-        return false; // not TCP
-    }
-    match info.tcpi_state {
-        FIN_WAIT1 | FIN_WAIT2 | TIME_WAIT | LAST_ACK | CLOSING => true,
-        // Closed: after an orderly exchange of FINs (ours included, since the connection was
-        // established), or by a reset or a timeout, which leave an error behind.
-        CLOSE => matches!(socket.take_error(), Ok(None)),
-        _ => false,
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn sent_fin(_socket: &Socket) -> bool {
-    false
-}
-
 /// Signals the process group led by `pid`. A group that is gone already is not an error.
 pub(crate) fn signal_group(pid: u32, how: Stop) {
     let sig = match how {

@@ -41,11 +41,6 @@ pub(crate) fn close_inherited_on_exec() -> Result<()> {
     Ok(())
 }
 
-/// See the Unix version: not known here.
-pub(crate) fn sent_fin(_socket: &socket2::Socket) -> bool {
-    false
-}
-
 pub(crate) fn signal_group(_pid: u32, _how: Stop) {}
 
 pub(crate) fn signal_process(_pid: u32, _how: Stop) {}

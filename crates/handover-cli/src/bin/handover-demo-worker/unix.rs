@@ -179,9 +179,8 @@ fn prefork_tokio(channel: Channel, opts: &Opts) -> Result<(), Box<dyn std::error
                             body.len()
                         );
                         stream.write_all(response.as_bytes()).await?;
+                        finisher.finish().await?;
                         stream.shutdown().await?; // the client sees the end now
-                        drop(stream);
-                        drop(finisher);
                         Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
                     });
                     while tasks.try_join_next().is_some() {}
@@ -282,14 +281,13 @@ fn misbehave(ch: Channel, mode: &str, opts: &Opts) -> Result<(), Box<dyn std::er
             "garbage" => ch.send(b"GET / HTTP/1.1\r\n\r\n", &[])?,
             "wrong-ack" => send(&ch, WorkerMessage::Ack(id + 1_000_000))?,
             "never-ack" => {}
-            // Serves the connection whole, ends it (shutdown for writing) and dies before
-            // saying FINISHED.
-            "die-after-response" => {
+            // Serves the connection whole, says FINISHED, and dies before ending the stream.
+            "die-after-finished" => {
                 send(&ch, WorkerMessage::Ack(id))?;
                 let socket = held.last_mut().and_then(Vec::pop).ok_or("no socket")?;
                 let s = socket.into_socket2();
                 serve(&mut &s, &mut &s, opts.delay)?;
-                s.shutdown(std::net::Shutdown::Write)?;
+                send(&ch, WorkerMessage::Finished(id))?;
                 std::process::exit(3);
             }
             "die-before-ack" => {
