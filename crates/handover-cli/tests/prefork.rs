@@ -38,15 +38,18 @@ fn serve_1000(env: &mut TestEnv, policy: &str, cmd: &[&str]) {
 
 #[test]
 fn the_client_sees_the_end_of_a_response_at_once() {
-    // Each request takes 300 ms: by then the supervisor reads the worker's channel only every
-    // 32 ms, so FINISHED (and the supervisor closing its copy) comes up to 32 ms late. The
-    // worker shuts the connection down for writing as it finishes, so the end of the stream
-    // follows the response at once all the same.
+    // Each request takes 200 ms: by then the supervisor reads the worker's channel only every
+    // 32 ms, so FINISHED (and the supervisor closing its copy) comes 0-32 ms late, 16 ms in
+    // the middle. The worker ends the stream itself right after FINISHED, so the end follows
+    // the response at once. The median of 8 is judged, so one scheduling hiccup on a busy
+    // machine does not decide it.
     use std::io::{Read, Write};
+    const N: usize = 8;
     let mut env = TestEnv::new("prompt-eof");
-    env.serve(&["-l", "tcp://127.0.0.1:0", "-w", "1"], &[DEMO_WORKER, "--delay-ms", "300"]);
+    env.serve(&["-l", "tcp://127.0.0.1:0", "-w", "1"], &[DEMO_WORKER, "--delay-ms", "200"]);
     let addr = env.wait_ready(1);
-    for _ in 0..3 {
+    let mut waits = Vec::new();
+    for _ in 0..N {
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
@@ -65,11 +68,20 @@ fn the_client_sees_the_end_of_a_response_at_once() {
         }
         let t = std::time::Instant::now();
         assert_eq!(s.read(&mut buf).unwrap(), 0, "more after the response");
-        let waited = t.elapsed();
-        assert!(waited < Duration::from_millis(10), "the end came {waited:?} after the response");
+        waits.push(t.elapsed());
     }
+    waits.sort();
+    let median = waits[N / 2];
+    assert!(
+        median < Duration::from_millis(5),
+        "the end came {median:?} after the response (median; all: {waits:?})"
+    );
     let t = env.totals();
-    assert_eq!((t["handled"].as_u64(), t["lost_mid_request"].as_u64()), (Some(3), Some(0)), "{t}");
+    assert_eq!(
+        (t["handled"].as_u64(), t["lost_mid_request"].as_u64()),
+        (Some(N as u64), Some(0)),
+        "{t}"
+    );
     env.signal("TERM");
     assert!(env.wait_exit(Duration::from_secs(10)).success(), "{}", env.log_text());
 }
