@@ -338,6 +338,20 @@ impl Child {
         Ok(self.inner.try_wait()?)
     }
 
+    /// Waits for the child to exit without blocking the thread (feature `tokio`; call it from
+    /// within a tokio runtime with I/O enabled). Cancel-safe: dropping the future loses
+    /// nothing, and a later call or [`wait`](Child::wait) still gets the status.
+    ///
+    /// # Platform-specific behavior
+    ///
+    /// Unix: looks again at every `SIGCHLD` (through tokio's signal handling, which this
+    /// installs for the process). Windows: a thread of tokio's blocking pool waits on the
+    /// process handle, and keeps waiting if the future is dropped, until the child exits.
+    #[cfg(feature = "tokio")]
+    pub async fn wait_async(&mut self) -> Result<ExitStatus> {
+        Ok(sys::async_io::wait_child(&mut self.inner).await?)
+    }
+
     #[allow(dead_code)] // Used by the OS extension modules, which not every OS has.
     pub(crate) fn into_inner(self) -> sys::Child {
         self.inner

@@ -125,3 +125,28 @@ async fn try_send_sends_whole_messages_or_nothing() {
     assert!(a.try_send(b"after", &[]).unwrap());
     assert_eq!(b.recv().await.unwrap().bytes, b"after");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_child_is_waited_for_without_blocking_the_runtime_and_the_wait_is_cancel_safe() {
+    let mut child =
+        handover::Command::new(util::PEER).args(["exit-after", "400", "7"]).spawn().unwrap();
+    // A wait given up on loses nothing.
+    let early = tokio::time::timeout(Duration::from_millis(50), child.wait_async()).await;
+    assert!(early.is_err(), "the child exited early: {early:?}");
+    // On this single thread, a ticker keeps running while we wait: a blocking wait would
+    // stop it for the 400 ms.
+    let mut ticks = 0u32;
+    let status = tokio::select! {
+        s = child.wait_async() => s.unwrap(),
+        _ = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                ticks += 1;
+            }
+        } => unreachable!(),
+    };
+    assert_eq!(status.code(), Some(7));
+    assert!(ticks >= 10, "the runtime stalled while waiting ({ticks} ticks)");
+    // The status stays available.
+    assert_eq!(child.wait().unwrap().code(), Some(7));
+}

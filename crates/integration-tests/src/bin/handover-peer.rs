@@ -39,6 +39,7 @@ fn main() {
         #[cfg(unix)]
         "listen-abstract" => listen_abstract(rest),
         "tokio-serve-stream" => tokio_serve_stream(),
+        "exit-after" => exit_after(rest),
         _ => {
             eprintln!("usage: handover-peer ROLE [ARGS] (unknown role {role:?})");
             std::process::exit(2);
@@ -319,4 +320,11 @@ fn tokio_serve_stream() -> Res {
 fn raise_nofile() -> Res {
     integration_tests::raise_nofile(8192)?;
     Ok(())
+}
+
+/// `exit-after MS CODE`: sleeps, then exits with `CODE`.
+fn exit_after(args: &[String]) -> Res {
+    let [ms, code] = args else { return Err("exit-after MS CODE".into()) };
+    std::thread::sleep(std::time::Duration::from_millis(ms.parse()?));
+    std::process::exit(code.parse()?);
 }

@@ -6,6 +6,7 @@ use std::os::unix::net::UnixListener;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+use super::spawn::Child;
 use super::uds::RawChannel;
 
 /// Registering outside a runtime would panic; report it instead.
@@ -62,5 +63,20 @@ impl AsyncListener {
 
     pub(crate) async fn accept(&self) -> io::Result<RawChannel> {
         self.0.async_io(Interest::READABLE, super::uds::accept).await
+    }
+}
+
+/// Waits for `child` to exit without blocking the thread: looks again at every `SIGCHLD`.
+pub(crate) async fn wait_child(child: &mut Child) -> io::Result<std::process::ExitStatus> {
+    require_runtime()?;
+    // Listen before looking, so an exit between the look and the wait is not missed.
+    let mut exits = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if exits.recv().await.is_none() {
+            return child.wait(); // no more signals will come (the runtime is going away)
+        }
     }
 }

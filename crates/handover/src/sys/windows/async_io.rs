@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::named_pipe::{accept_until, RawChannel, RawListener};
+use super::spawn::Child;
 use super::overlapped::{wait_event, Interest};
 
 /// Registering outside a runtime would panic; report it instead.
@@ -118,4 +119,19 @@ impl AsyncListener {
         .await
         .map_err(|e| io::Error::other(format!("accept task failed: {e}")))?
     }
+}
+
+/// Waits for `child` to exit without blocking the runtime's threads: a pool thread waits on a
+/// duplicate of the process handle (if the future is dropped, that thread waits on until the
+/// child exits).
+pub(crate) async fn wait_child(child: &mut Child) -> io::Result<std::process::ExitStatus> {
+    require_runtime()?;
+    if let Some(status) = child.try_wait()? {
+        return Ok(status);
+    }
+    let process = child.process().try_clone()?;
+    tokio::task::spawn_blocking(move || wait_event(&process, None).map(drop))
+        .await
+        .map_err(|e| io::Error::other(format!("wait for the child failed: {e}")))??;
+    child.wait() // it has exited: this returns at once
 }

@@ -64,6 +64,11 @@ impl Child {
         self.process.as_raw_handle() as HANDLE
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn process(&self) -> &OwnedHandle {
+        &self.process
+    }
+
     /// `TerminateProcess` with exit code 1; a child that has exited already is left alone.
     pub(crate) fn kill(&mut self) -> io::Result<()> {
         if self.try_wait()?.is_some() {
