@@ -48,6 +48,7 @@ fn worker_dying_right_after_finished_has_answered() {
     // the client gets its end of stream (from the supervisor closing its copy), not a reset.
     let t = survives("die-after-finished", &[]);
     assert_eq!(t["handled"], 200, "{t}");
+    assert!(t["restarts"].as_u64().unwrap() >= 1, "the misbehaving worker never died: {t}");
 }
 
 #[test]

@@ -53,6 +53,8 @@ pub enum Error {
     Protocol(ProtocolError),
     /// A CONNECTION came without exactly one socket.
     MissingSocket,
+    /// FINISHED could not be written (the supervisor went away, or the worker was closed).
+    Finish(String),
 }
 
 impl fmt::Display for Error {
@@ -64,6 +66,7 @@ impl fmt::Display for Error {
             Error::Channel(e) => write!(f, "control channel: {e}"),
             Error::Protocol(e) => write!(f, "control channel: {e}"),
             Error::MissingSocket => f.write_str("control channel: a connection came without its socket"),
+            Error::Finish(e) => write!(f, "control channel: cannot report the connection finished: {e}"),
         }
     }
 }

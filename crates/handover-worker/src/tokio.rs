@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use handover::tokio::Channel;
 use handover::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::{SupervisorMessage, WorkerMessage, ID_MSG_LEN};
 use crate::Error;
@@ -45,7 +45,7 @@ pub enum Event {
 #[derive(Debug)]
 pub struct Worker {
     channel: Arc<Channel>,
-    finished: mpsc::UnboundedSender<u64>,
+    finished: mpsc::UnboundedSender<Report>,
     reporter: tokio::task::JoinHandle<()>,
     msg: Message,
     names: Vec<Arc<str>>,
@@ -72,11 +72,19 @@ impl Worker {
         let channel = Arc::new(channel);
         send(&channel, WorkerMessage::Hello { capacity: capacity.max(1), pid: std::process::id() })
             .await?;
-        let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Report>();
         let ch = Arc::clone(&channel);
         let reporter = tokio::spawn(async move {
-            while let Some(id) = rx.recv().await {
-                if send(&ch, WorkerMessage::Finished(id)).await.is_err() {
+            while let Some(r) = rx.recv().await {
+                let sent = send(&ch, WorkerMessage::Finished(r.id)).await;
+                // FINISHED is out (or the supervisor is gone): now the client may see the end.
+                if let Some(socket) = r.socket {
+                    let _ = socket.into_socket2().shutdown(std::net::Shutdown::Write);
+                }
+                if let Some(done) = r.done {
+                    let _ = done.send(sent.as_ref().map_err(|e| e.to_string()).map(drop));
+                }
+                if sent.is_err() {
                     return;
                 }
             }
@@ -110,11 +118,7 @@ impl Worker {
                     listener,
                     peer: info.peer,
                     socket: Some(socket),
-                    finisher: Finisher {
-                        channel: Arc::clone(&self.channel),
-                        tx: Some(self.finished.clone()),
-                        id,
-                    },
+                    finisher: Finisher { tx: Some(self.finished.clone()), id },
                 }))
             }
             SupervisorMessage::Drain => Ok(Event::Drain),
@@ -123,50 +127,64 @@ impl Worker {
     }
 }
 
+/// What the reporting task does for one connection, in this order: write FINISHED; shut the
+/// socket down for writing and close it, if it has it; say so on `done`, if asked.
+#[derive(Debug)]
+struct Report {
+    id: u64,
+    socket: Option<handover::Socket>,
+    done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
 /// Reports its connection finished: with [`finish`](Finisher::finish), or when dropped.
 ///
 /// When the response is complete, report it finished *before* ending the stream: FINISHED,
 /// then `shutdown()`, then drop the stream (see [`crate::Finisher`] for why the order
-/// matters). `finish().await` returns once the report is written; a plain drop writes it at
-/// once when the channel can take it without waiting, else leaves it to the worker's
-/// reporting task (and then the order is not guaranteed).
+/// matters). `finish().await` returns once the report is written. A plain drop leaves the
+/// report to the worker's reporting task, which writes it soon after, so the order with the
+/// stream is then not guaranteed.
 #[derive(Debug)]
 pub struct Finisher {
-    channel: Arc<Channel>,
-    tx: Option<mpsc::UnboundedSender<u64>>,
+    tx: Option<mpsc::UnboundedSender<Report>>,
     id: u64,
 }
 
 impl Finisher {
-    /// Reports the connection finished and waits until the report is written.
+    /// Reports the connection finished and waits until the report is written. Cancel-safe:
+    /// if this future is dropped, the report is still written.
     pub async fn finish(mut self) -> Result<(), Error> {
-        self.tx = None; // nothing left for Drop to do
-        send(&self.channel, WorkerMessage::Finished(self.id)).await
+        let (done, written) = oneshot::channel();
+        self.report(None, Some(done));
+        match written.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::Finish(e)),
+            Err(_) => Err(Error::Finish("the worker's reporting task has stopped".to_owned())),
+        }
+    }
+
+    fn report(
+        &mut self,
+        socket: Option<handover::Socket>,
+        done: Option<oneshot::Sender<Result<(), String>>>,
+    ) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Report { id: self.id, socket, done });
+        }
     }
 
     fn take(&mut self) -> Finisher {
-        Finisher { channel: Arc::clone(&self.channel), tx: self.tx.take(), id: self.id }
+        Finisher { tx: self.tx.take(), id: self.id }
     }
 }
 
 impl Drop for Finisher {
     fn drop(&mut self) {
-        let Some(tx) = self.tx.take() else { return };
-        let mut buf = [0u8; ID_MSG_LEN];
-        let n = WorkerMessage::Finished(self.id).encode(&mut buf);
-        match self.channel.try_send(&buf[..n], &[]) {
-            Ok(true) => {}
-            Ok(false) => {
-                let _ = tx.send(self.id);
-            }
-            // The supervisor is gone: nothing useful to do about it here.
-            Err(_) => {}
-        }
+        self.report(None, None);
     }
 }
 
-/// An acknowledged connection. Dropping it reports it finished (see [`Finisher`]'s drop),
-/// then shuts it down for writing and closes it.
+/// An acknowledged connection. Dropping it hands it to the worker's reporting task, which
+/// reports it finished, then shuts it down for writing and closes it (in that order).
 #[derive(Debug)]
 pub struct Connection {
     id: u64,
@@ -178,10 +196,8 @@ pub struct Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        drop(self.finisher.take());
-        if let Some(socket) = self.socket.take() {
-            let _ = socket.into_socket2().shutdown(std::net::Shutdown::Write);
-        } // and closed here
+        let socket = self.socket.take();
+        self.finisher.report(socket, None);
     }
 }
 

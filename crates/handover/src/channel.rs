@@ -196,13 +196,6 @@ impl TxState {
         Ok(())
     }
 
-    /// True while nothing of the message begun last has been written (only, perhaps, part of
-    /// the leftover before it): cancelling then drops it whole.
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    pub(crate) fn untouched(&self) -> bool {
-        self.pos <= self.leftover
-    }
-
     /// Abandons the message in flight, keeping the stream consistent (see the type's docs).
     pub(crate) fn cancel(&mut self) {
         let keep_end = if self.pos <= self.leftover {

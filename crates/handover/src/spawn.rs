@@ -346,7 +346,9 @@ impl Child {
     ///
     /// Unix: looks again at every `SIGCHLD` (through tokio's signal handling, which this
     /// installs for the process). Windows: a thread of tokio's blocking pool waits on the
-    /// process handle, and keeps waiting if the future is dropped, until the child exits.
+    /// process handle, and keeps waiting if the future is dropped, until the child exits (so
+    /// each call given up on holds a pool thread, and a runtime shutting down waits for it).
+    /// Like tokio's own I/O types, this needs a runtime with I/O enabled.
     #[cfg(feature = "tokio")]
     pub async fn wait_async(&mut self) -> Result<ExitStatus> {
         Ok(sys::async_io::wait_child(&mut self.inner).await?)

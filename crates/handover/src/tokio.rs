@@ -8,14 +8,12 @@
 //! cancelled `recv` loses nothing (the next call continues where it stopped), and a cancelled
 //! `send` delivers its message whole or not at all.
 
-use std::io;
 use std::path::Path;
 
 use tokio::sync::Mutex;
 
 use crate::channel::{transport_error, RemoveOnDrop, RxState, TxState};
 use crate::sys::async_io::{AsyncChannel, AsyncListener};
-use crate::sys::{self, Interest};
 use crate::{Error, Message, PeerCredentials, PeerPolicy, Result, SocketRef};
 
 /// An async [`crate::Channel`], registered with the tokio runtime it was created in.
@@ -115,38 +113,6 @@ impl Channel {
         let res = self.io.writable(|raw| guard.tx.advance(raw, sockets, false)).await;
         guard.done = res.is_ok();
         res.map_err(transport_error)
-    }
-
-    /// Sends now if that needs no waiting, from any context (a `Drop`, a callback): `Ok(true)`
-    /// when the message went out whole; `Ok(false)` when nothing of it was sent, because
-    /// another send is in progress or the channel's buffer is full (send it with
-    /// [`send`](Channel::send) then).
-    ///
-    /// Should the kernel take only part of the message, this waits for room for the rest
-    /// rather than leave a frame half-written.
-    pub fn try_send(&self, bytes: &[u8], sockets: &[SocketRef<'_>]) -> Result<bool> {
-        let Ok(mut tx) = self.tx.try_lock() else { return Ok(false) };
-        let raw = self.io.raw();
-        tx.begin(raw, bytes, sockets)?;
-        loop {
-            match tx.advance(raw, sockets, false) {
-                Ok(()) => return Ok(true),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && tx.untouched() => {
-                    tx.cancel();
-                    return Ok(false);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Err(e) = sys::wait(raw, Interest::Writable, None) {
-                        tx.cancel();
-                        return Err(transport_error(e));
-                    }
-                }
-                Err(e) => {
-                    tx.cancel();
-                    return Err(transport_error(e));
-                }
-            }
-        }
     }
 
     /// Receives the next message.

@@ -107,25 +107,6 @@ async fn tokio_unix_stream_crosses_a_channel() {
     assert_eq!(back.kind().unwrap(), handover::SocketKind::UnixStream);
 }
 
-#[cfg(unix)]
-#[tokio::test]
-async fn try_send_sends_whole_messages_or_nothing() {
-    let (a, b) = handover::tokio::Channel::pair().unwrap();
-    // Until the buffer is full, every message goes out at once; then one is refused whole.
-    let mut sent = 0u32;
-    while a.try_send(&sent.to_le_bytes(), &[]).unwrap() {
-        sent += 1;
-        assert!(sent < 1_000_000, "the channel never filled up");
-    }
-    assert!(sent > 0);
-    // The receiver gets exactly the accepted ones, in order, and the channel stays usable.
-    for i in 0..sent {
-        assert_eq!(b.recv().await.unwrap().bytes, i.to_le_bytes());
-    }
-    assert!(a.try_send(b"after", &[]).unwrap());
-    assert_eq!(b.recv().await.unwrap().bytes, b"after");
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn a_child_is_waited_for_without_blocking_the_runtime_and_the_wait_is_cancel_safe() {
     let mut child =

@@ -130,7 +130,7 @@ fn prefork(mut worker: Worker, opts: &Opts) -> Result<(), Box<dyn std::error::Er
                 if let Err(e) = serve(&mut r, &mut w, delay) {
                     eprintln!("handover-demo-worker: connection {}: {e}", conn.id());
                 }
-                // Dropping `conn` closes it, then reports it finished.
+                // Dropping `conn` reports it finished, then shuts it down and closes it.
             })
         })
         .collect();
