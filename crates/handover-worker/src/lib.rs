@@ -140,28 +140,54 @@ impl Worker {
     pub fn recv(&mut self) -> Result<Event, Error> {
         self.msg.sockets.clear();
         self.channel.recv_into(&mut self.msg)?;
-        let parsed = SupervisorMessage::decode(&self.msg.bytes).map_err(Error::Protocol)?;
-        match parsed {
-            SupervisorMessage::Connection(info) => {
-                if self.msg.sockets.len() != 1 {
-                    return Err(Error::MissingSocket);
-                }
-                let socket = self.msg.sockets.pop().expect("one socket").into_socket2();
-                let listener = intern(&mut self.names, info.listener as usize, info.listener_name);
-                let id = info.id;
-                let conn = Connection {
-                    id,
-                    listener,
-                    peer: info.peer,
-                    socket: Some(socket),
-                    finisher: Finisher { channel: Some(Arc::clone(&self.channel)), id },
-                };
-                self.send(WorkerMessage::Ack(id))?;
-                Ok(Event::Connection(conn))
+        match decode(&mut self.msg, &mut self.names)? {
+            Decoded::Connection(c) => {
+                self.send(WorkerMessage::Ack(c.id))?;
+                Ok(Event::Connection(Connection {
+                    id: c.id,
+                    listener: c.listener,
+                    peer: c.peer,
+                    socket: Some(c.socket.into_socket2()),
+                    finisher: Finisher { channel: Some(Arc::clone(&self.channel)), id: c.id },
+                }))
             }
-            SupervisorMessage::Drain => Ok(Event::Drain),
-            SupervisorMessage::Stop => Ok(Event::Stop),
+            Decoded::Drain => Ok(Event::Drain),
+            Decoded::Stop => Ok(Event::Stop),
         }
+    }
+}
+
+/// A supervisor message as both workers (blocking and tokio) handle it.
+pub(crate) enum Decoded {
+    Connection(Incoming),
+    Drain,
+    Stop,
+}
+
+/// A CONNECTION, not yet acknowledged.
+pub(crate) struct Incoming {
+    pub(crate) id: u64,
+    pub(crate) listener: Arc<str>,
+    pub(crate) peer: Option<SocketAddr>,
+    pub(crate) socket: handover::Socket,
+}
+
+/// Parses the message just received into `msg`: a CONNECTION must carry exactly one socket.
+pub(crate) fn decode(msg: &mut Message, names: &mut Vec<Arc<str>>) -> Result<Decoded, Error> {
+    match SupervisorMessage::decode(&msg.bytes).map_err(Error::Protocol)? {
+        SupervisorMessage::Connection(info) => {
+            if msg.sockets.len() != 1 {
+                return Err(Error::MissingSocket);
+            }
+            Ok(Decoded::Connection(Incoming {
+                id: info.id,
+                listener: intern(names, info.listener as usize, info.listener_name),
+                peer: info.peer,
+                socket: msg.sockets.pop().expect("one socket"),
+            }))
+        }
+        SupervisorMessage::Drain => Ok(Decoded::Drain),
+        SupervisorMessage::Stop => Ok(Decoded::Stop),
     }
 }
 

@@ -27,8 +27,8 @@ use handover::tokio::Channel;
 use handover::Message;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::protocol::{SupervisorMessage, WorkerMessage, ID_MSG_LEN};
-use crate::Error;
+use crate::protocol::{WorkerMessage, ID_MSG_LEN};
+use crate::{Decoded, Error};
 
 /// What the supervisor asked for.
 #[derive(Debug)]
@@ -103,26 +103,19 @@ impl Worker {
     pub async fn recv(&mut self) -> Result<Event, Error> {
         self.msg.sockets.clear();
         self.channel.recv_into(&mut self.msg).await?;
-        match SupervisorMessage::decode(&self.msg.bytes).map_err(Error::Protocol)? {
-            SupervisorMessage::Connection(info) => {
-                if self.msg.sockets.len() != 1 {
-                    return Err(Error::MissingSocket);
-                }
-                let socket = self.msg.sockets.pop().expect("one socket");
-                let listener =
-                    crate::intern(&mut self.names, info.listener as usize, info.listener_name);
-                let id = info.id;
-                send(&self.channel, WorkerMessage::Ack(id)).await?;
+        match crate::decode(&mut self.msg, &mut self.names)? {
+            Decoded::Connection(c) => {
+                send(&self.channel, WorkerMessage::Ack(c.id)).await?;
                 Ok(Event::Connection(Connection {
-                    id,
-                    listener,
-                    peer: info.peer,
-                    socket: Some(socket),
-                    finisher: Finisher { tx: Some(self.finished.clone()), id },
+                    id: c.id,
+                    listener: c.listener,
+                    peer: c.peer,
+                    socket: Some(c.socket),
+                    finisher: Finisher { tx: Some(self.finished.clone()), id: c.id },
                 }))
             }
-            SupervisorMessage::Drain => Ok(Event::Drain),
-            SupervisorMessage::Stop => Ok(Event::Stop),
+            Decoded::Drain => Ok(Event::Drain),
+            Decoded::Stop => Ok(Event::Stop),
         }
     }
 }
