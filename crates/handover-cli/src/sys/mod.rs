@@ -6,7 +6,10 @@
 //! - `check_executable(&Path) -> Result<(), String>`;
 //! - `check_mode(Mode) -> anyhow::Result<()>`: refuses a mode this platform cannot run yet;
 //! - `prepare_child(&mut handover::Command)`: its own process group (Unix), so the whole tree
-//!   can be signalled;
+//!   can be signalled; `prepare_connection_child` adds what spawn mode's per-connection
+//!   children differ in;
+//! - `close_inherited_on_exec() -> anyhow::Result<()>`: at start-up, so no child inherits what
+//!   the supervisor was started with;
 //! - `signal_group(pid, Kill | Terminate)`;
 //! - `signal_process(pid, Kill | Terminate)`: one process (the next generation of an upgrade);
 //! - `Signals::new()?` and `Signals::recv().await -> Signal`: terminate, interrupt, reload,

@@ -19,7 +19,8 @@
 //! - `bind(path)`, `accept`, `connect(path)` (a refused peer is `PermissionDenied`), and on
 //!   Unix `bind_abstract(name)`, `connect_abstract(name)` for the `unix` extension module.
 //! - `socket_kind(&socket2::Socket) -> io::Result<SocketKind>`.
-//! - `spawn(&Command) -> io::Result<(Child, Option<RawChannel>)>`.
+//! - `spawn(&Command) -> io::Result<(Child, Option<RawChannel>)>`; and on Unix
+//!   `mark_cloexec_from(fd)` for the `unix` extension module.
 //! - `HANDLES_PER_FRAME`, `INLINE_HANDLE_BYTES`: how many handles one write can carry, and the
 //!   bytes of inline data each handle needs in a frame (0 where they travel out of band).
 //! - `encode_inline(&RawChannel, &mut Vec<u8>, sockets)`: append each socket's inline record
@@ -31,7 +32,8 @@
 //! - `inherited() -> io::Result<Option<InheritedParts>>`: what this process was started with;
 //!   environment problems are `InvalidInput`.
 //! - `async_io` (feature `tokio`): `AsyncChannel` wrapping `RawChannel` with
-//!   `readable(|raw| ...)` / `writable(|raw| ...)`.
+//!   `readable(|raw| ...)` / `writable(|raw| ...)`, and `wait_child(&mut Child)`: wait for
+//!   an exit without blocking the thread.
 
 #[cfg(unix)]
 mod unix;
