@@ -481,14 +481,19 @@ impl Engine {
                 return;
             }
         };
-        self.count_accept(a.listener);
-        let p =
-            Pending { id: self.next_conn, socket: a.socket, listener: a.listener, peer: a.peer };
-        self.next_conn += 1;
+        let p = self.admit(a);
         match self.pick(p.listener, p.peer) {
             Some(i) => self.send_connection(i, p),
             None => self.pending.push_back(p),
         }
+    }
+
+    /// Counts an accepted connection and gives it its id.
+    fn admit(&mut self, a: Accepted) -> Pending {
+        self.count_accept(a.listener);
+        let id = self.next_conn;
+        self.next_conn += 1;
+        Pending { id, socket: a.socket, listener: a.listener, peer: a.peer }
     }
 
     fn count_accept(&mut self, listener: u16) {
@@ -754,15 +759,8 @@ impl Engine {
         let backlog =
             listener::close_for_drain(&mut self.listeners, &mut self.listener_status, self.held);
         for a in backlog {
-            self.count_accept(a.listener);
-            let id = self.next_conn;
-            self.next_conn += 1;
-            self.pending.push_back(Pending {
-                id,
-                socket: a.socket,
-                listener: a.listener,
-                peer: a.peer,
-            });
+            let p = self.admit(a);
+            self.pending.push_back(p);
         }
         for s in &mut self.slots {
             s.start_at = None;
