@@ -17,6 +17,30 @@ fn unique_name(tag: &str) -> String {
     format!("handover-test-{tag}-{}", std::process::id())
 }
 
+/// A copy of the helper program that `nobody` can run, removed on drop: the build directory
+/// may sit in a directory only its owner can enter (a clone under `mktemp -d`, mode 0700).
+struct PeerForNobody(std::path::PathBuf);
+
+impl PeerForNobody {
+    fn new(tag: &str) -> PeerForNobody {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("{}-peer", unique_name(tag)));
+        // A hard link, where it can be: a copy is open for writing for a moment, and a fork by
+        // another test thread just then would make running it fail with ETXTBSY.
+        if std::fs::hard_link(PEER, &path).is_err() {
+            std::fs::copy(PEER, &path).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        PeerForNobody(path)
+    }
+}
+
+impl Drop for PeerForNobody {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// These tests need to start a process as another user; CI runs as root.
 fn root_or_skip(test: &str) -> bool {
     if integration_tests::euid() == 0 {
@@ -36,7 +60,8 @@ fn a_peer_running_as_another_user_is_refused_by_the_listener() {
     }
     let name = unique_name("listener");
     let listener = ChannelListener::bind_abstract(name.as_bytes()).unwrap();
-    let mut child = std::process::Command::new(PEER)
+    let peer = PeerForNobody::new("listener");
+    let mut child = std::process::Command::new(&peer.0)
         .args(["connect-abstract", &name])
         .uid(NOBODY)
         .gid(NOBODY)
@@ -59,7 +84,8 @@ fn a_listener_owned_by_another_user_is_refused_by_the_connecting_side() {
         return;
     }
     let name = unique_name("squat");
-    let mut squatter = std::process::Command::new(PEER)
+    let peer = PeerForNobody::new("squat");
+    let mut squatter = std::process::Command::new(&peer.0)
         .args(["listen-abstract", &name])
         .uid(NOBODY)
         .gid(NOBODY)
