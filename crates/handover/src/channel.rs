@@ -197,13 +197,16 @@ impl TxState {
     }
 
     /// Abandons the message in flight, keeping the stream consistent (see the type's docs).
-    pub(crate) fn cancel(&mut self) {
+    /// Returns whether the message will still arrive whole: its first bytes and all its
+    /// sockets went out, and the rest is kept to be written first by the next send or flush.
+    pub(crate) fn cancel(&mut self) -> bool {
         let keep_end = if self.pos <= self.leftover {
             self.leftover
         } else {
             self.batches.iter().map(|b| b.offset).find(|&o| o >= self.pos).unwrap_or(self.buf.len())
         };
         let abort = self.pos > self.leftover && keep_end < self.buf.len();
+        let whole = self.pos > self.leftover && !abort;
         self.buf.truncate(keep_end);
         self.buf.drain(..self.pos.min(keep_end));
         if abort {
@@ -213,6 +216,7 @@ impl TxState {
         self.leftover = self.buf.len();
         self.batches.clear();
         self.next_batch = 0;
+        whole
     }
 }
 
@@ -485,6 +489,60 @@ impl Channel {
         }
     }
 
+    /// Sends without waiting for room: `Ok(true)` when the message is on its way whole,
+    /// `Ok(false)` when the channel is full and nothing of it will arrive.
+    ///
+    /// "On its way" means every socket and the first bytes went out; the rest of a message the
+    /// channel could only take in part is kept and written, before anything else, by the next
+    /// send of any kind or by [`try_flush`](Channel::try_flush). An event loop that must never
+    /// block (a supervisor writing to workers that may stop reading) calls `try_send`, queues
+    /// what it could not send, and calls `try_flush` until it returns `Ok(true)`.
+    ///
+    /// ```no_run
+    /// # fn main() -> handover::Result<()> {
+    /// let (a, _b) = handover::Channel::pair()?;
+    /// if !a.try_send(b"ping", &[])? {
+    ///     // Full: keep the message and try again later.
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Platform-specific behavior
+    ///
+    /// On Windows a write that the pipe could not complete at once finishes in the background;
+    /// `try_flush` (or the next send) completes it, and must be called from the same thread
+    /// before that thread exits (Windows cancels a thread's pending I/O when it exits).
+    pub fn try_send(&self, bytes: &[u8], sockets: &[SocketRef<'_>]) -> Result<bool> {
+        let mut tx = lock(&self.tx);
+        tx.begin(&self.raw, bytes, sockets)?;
+        match tx.advance(&self.raw, sockets, false) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(tx.cancel()),
+            Err(e) => {
+                tx.cancel();
+                Err(transport_error(e))
+            }
+        }
+    }
+
+    /// Writes what earlier sends left unwritten (see [`try_send`](Channel::try_send)) without
+    /// waiting: `Ok(true)` when nothing is left.
+    pub fn try_flush(&self) -> Result<bool> {
+        let mut tx = lock(&self.tx);
+        // Between sends the state holds only leftover bytes, with no sockets to attach.
+        match tx.advance(&self.raw, &[], false) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tx.cancel();
+                Ok(false)
+            }
+            Err(e) => {
+                tx.cancel();
+                Err(transport_error(e))
+            }
+        }
+    }
+
     /// Receives the next message, blocking until it has arrived whole.
     ///
     /// Returns [`Error::PeerClosed`] when the peer has closed the channel between messages.
@@ -678,6 +736,51 @@ mod tests {
         assert_eq!(b.recv().unwrap().bytes, b"three");
         drop(a);
         assert!(matches!(b.try_recv(), Err(Error::PeerClosed)));
+    }
+
+    #[test]
+    fn try_send_never_waits_and_never_duplicates() {
+        // Fill the channel with messages carrying a socket until it says full, then read
+        // everything: each message it accepted arrives once, whole, in order, and none of
+        // those it refused arrives at all.
+        let (a, b) = Channel::pair().unwrap();
+        let keep = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let payload = [7u8; 700];
+        let mut accepted = 0u32;
+        let mut refused = 0u32;
+        let started = Instant::now();
+        while refused < 3 {
+            let mut msg = payload.to_vec();
+            msg.extend_from_slice(&accepted.to_le_bytes());
+            if a.try_send(&msg, &[crate::AsSocketRef::as_socket_ref(&keep)]).unwrap() {
+                accepted += 1;
+            } else {
+                refused += 1;
+            }
+            assert!(accepted < 1_000_000, "the channel never filled");
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "try_send waited");
+        assert!(accepted > 0);
+        let mut flushed = a.try_flush().unwrap();
+        let mut got = 0u32;
+        let mut msg = Message::default();
+        while got < accepted {
+            msg.sockets.clear();
+            if b.try_recv_into(&mut msg).unwrap() {
+                assert_eq!(msg.bytes.len(), payload.len() + 4);
+                assert_eq!(msg.bytes[payload.len()..], got.to_le_bytes());
+                assert_eq!(msg.sockets.len(), 1);
+                got += 1;
+            } else {
+                flushed = a.try_flush().unwrap();
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "stuck at {got}/{accepted}");
+        }
+        assert!(flushed || a.try_flush().unwrap());
+        assert!(b.try_recv().unwrap().is_none(), "a refused message arrived");
+        // The channel carries on normally.
+        a.send(b"after", &[]).unwrap();
+        assert_eq!(b.recv().unwrap().bytes, b"after");
     }
 
     #[test]
