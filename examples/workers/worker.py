@@ -26,8 +26,9 @@ MAGIC, FRAME_VERSION, KIND_MESSAGE, KIND_ABORT, FLAG_MORE = b"HNDV", 1, 1, 2, 1
 
 # Protocol messages (payloads), version 1.
 PROTOCOL_VERSION = 1
-HELLO, ACK, FINISHED, REJECT = 1, 2, 3, 4
-CONNECTION, DRAIN, STOP = 16, 17, 18
+HELLO, ACK, FINISHED, REJECT, PONG = 1, 2, 3, 4, 5
+CONNECTION, DRAIN, STOP, PING = 16, 17, 18, 19
+HELLO_HEARTBEAT = 1  # HELLO flag: this worker answers PING with PONG
 CONNECTION_FIXED = struct.Struct("<BBBBHHQ16s")  # 32 bytes, then the listener name
 
 
@@ -89,7 +90,8 @@ def http_answer(conn):
 
 def prefork(fd):
     ch = Channel(fd)
-    ch.send(struct.pack("<BBHII", HELLO, PROTOCOL_VERSION, 0, CAPACITY, os.getpid()))
+    # The main thread only reads the channel (threads serve), so it can answer heartbeats.
+    ch.send(struct.pack("<BBHII", HELLO, PROTOCOL_VERSION, HELLO_HEARTBEAT, CAPACITY, os.getpid()))
     live = []
 
     def serve(conn_id, conn):
@@ -125,6 +127,9 @@ def prefork(fd):
             t.start()
             live.append(t)
             live = [t for t in live if t.is_alive()]
+        elif kind == PING:
+            nonce = struct.unpack_from("<Q", payload, 8)[0]
+            ch.send(struct.pack("<BBHIQ", PONG, PROTOCOL_VERSION, 0, 0, nonce))
         elif kind == DRAIN:
             for t in live:
                 t.join()

@@ -44,27 +44,14 @@ pub(crate) fn command<'a>(prog: &ProgramConfig, env: &Env) -> handover::Command<
     cmd
 }
 
-/// Reaps `child` if it has exited, waiting up to `patience` for it (it was just killed, or
-/// its channel just closed, so it is exiting).
-pub(crate) fn reap(child: &mut handover::Child, patience: Duration) -> Option<ExitStatus> {
-    let deadline = std::time::Instant::now() + patience;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            _ => return None,
-        }
-    }
-}
-
 /// Says why the supervisor gives up on `prog` after `n` crashes at start in a row (`last`:
-/// how the last one ended; `start`: what counts as a crash at start in this mode). Logged
-/// here; the caller keeps it as its outcome's message.
+/// how the last one ended; `start`: what counts as a crash at start in this mode), none of its
+/// workers having been ready since start, reload or upgrade. Logged here; the caller keeps it
+/// as its outcome's message.
 pub(crate) fn crash_loop(prog: &ProgramConfig, n: u32, start: &str, last: &str) -> String {
     let msg = format!(
-        "worker {} crashed {n} times in a row {start} (within {:?}; last: {last}); giving up",
+        "worker {} crashed {n} times in a row {start} (within {:?}; last: {last}) and no worker of it \
+         has been ready since it was started or reloaded: giving up (check the command and its log)",
         prog.program.display(),
         prog.timeouts.min_uptime
     );
@@ -72,12 +59,41 @@ pub(crate) fn crash_loop(prog: &ProgramConfig, n: u32, start: &str, last: &str) 
     msg
 }
 
-/// Restart bookkeeping for one worker slot: exponential backoff after crashes at start, and
-/// crash-loop detection.
+/// How a worker ended, as the restart policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Death {
+    /// How long it lived.
+    pub(crate) lived: Duration,
+    /// It became ready (prefork: said hello; shared: stayed up long enough).
+    pub(crate) ready: bool,
+    /// A signal someone else sent ended it (an operator's `kill`, the OOM killer), not its own
+    /// crash or exit, nor the supervisor.
+    pub(crate) from_outside: bool,
+    /// Some worker of the program has been ready since start, reload or upgrade.
+    pub(crate) proven: bool,
+}
+
+/// What to do about a dead worker's slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Restart {
+    /// Start a replacement after this long.
+    After(Duration),
+    /// Give the program up: `n` crashes at start in a row and it has never been ready.
+    GiveUp(u32),
+}
+
+/// Restart bookkeeping for one worker slot: capped exponential backoff after crashes at start,
+/// and the crash-loop state.
+///
+/// The policy (README, "Restarts"): a worker that was ready and then lived `--min-uptime`, or
+/// was killed from outside, resets the slot and is replaced at once. Anything else (it never
+/// became ready, or crashed by itself soon after) is a crash at start: the replacement waits
+/// 100 ms, doubling to 5 s; after `--crash-limit` of them in a row the slot is reported
+/// crash-looping, and only a program that has never been ready is given up on.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Restarts {
     /// Crashes at start in a row.
-    quick: u32,
+    streak: u32,
     /// Restarts so far.
     pub(crate) count: u64,
 }
@@ -85,30 +101,39 @@ pub(crate) struct Restarts {
 /// First backoff delay; doubles with every further crash at start, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// With `--crash-limit 0` (never give up), when a slot is reported crash-looping.
+const DEFAULT_CRASH_LOOP: u32 = 5;
 
 impl Restarts {
-    /// Records the death of a worker that lived `lived` (and became ready or not). Returns the
-    /// delay before its replacement starts, or `Err(n)` once `n` crashes at start in a row
-    /// reach the crash limit.
-    pub(crate) fn on_death(
-        &mut self,
-        lived: Duration,
-        ready: bool,
-        t: &Timeouts,
-    ) -> Result<Duration, u32> {
-        let quick = !ready || lived < t.min_uptime;
-        if !quick {
-            self.quick = 0;
+    /// Records a death and says when the replacement starts.
+    pub(crate) fn on_death(&mut self, d: Death, t: &Timeouts) -> Restart {
+        if d.ready && (d.lived >= t.min_uptime || d.from_outside) {
+            self.streak = 0;
             self.count += 1;
-            return Ok(Duration::ZERO);
+            return Restart::After(Duration::ZERO);
         }
-        self.quick += 1;
-        if t.crash_limit > 0 && self.quick >= t.crash_limit {
-            return Err(self.quick);
+        self.streak += 1;
+        if t.crash_limit > 0 && self.streak >= t.crash_limit && !d.proven && !d.from_outside {
+            return Restart::GiveUp(self.streak);
         }
         self.count += 1;
-        let shift = (self.quick - 1).min(16);
-        Ok((FIRST_BACKOFF * (1u32 << shift)).min(MAX_BACKOFF))
+        let shift = (self.streak - 1).min(16);
+        Restart::After((FIRST_BACKOFF * (1u32 << shift)).min(MAX_BACKOFF))
+    }
+
+    /// Whether the slot has crashed at start often enough in a row to be reported so.
+    pub(crate) fn crash_looping(&self, t: &Timeouts) -> bool {
+        let limit = if t.crash_limit == 0 { DEFAULT_CRASH_LOOP } else { t.crash_limit };
+        self.streak >= limit
+    }
+}
+
+/// The state a slot waiting for its next worker reports.
+pub(crate) fn waiting_state(r: &Restarts, t: &Timeouts) -> &'static str {
+    if r.crash_looping(t) {
+        "crash-looping"
+    } else {
+        "backoff"
     }
 }
 
@@ -130,27 +155,64 @@ pub(crate) fn describe(status: Option<ExitStatus>) -> String {
 mod tests {
     use super::*;
 
+    fn death(lived_ms: u64, ready: bool, from_outside: bool, proven: bool) -> Death {
+        Death { lived: Duration::from_millis(lived_ms), ready, from_outside, proven }
+    }
+
+    const MS: fn(u64) -> Restart = |ms| Restart::After(Duration::from_millis(ms));
+
     #[test]
-    fn backoff_grows_then_gives_up() {
+    fn a_program_never_ready_is_given_up_on() {
         let t = Timeouts { crash_limit: 4, ..Timeouts::default() };
         let mut r = Restarts::default();
-        assert_eq!(r.on_death(Duration::ZERO, false, &t), Ok(Duration::from_millis(100)));
-        assert_eq!(r.on_death(Duration::ZERO, false, &t), Ok(Duration::from_millis(200)));
-        assert_eq!(r.on_death(Duration::from_millis(10), true, &t), Ok(Duration::from_millis(400)));
-        assert_eq!(r.on_death(Duration::ZERO, false, &t), Err(4));
+        assert_eq!(r.on_death(death(0, false, false, false), &t), MS(100));
+        assert_eq!(r.on_death(death(0, false, false, false), &t), MS(200));
+        assert_eq!(r.on_death(death(10, true, false, false), &t), MS(400));
+        assert!(!r.crash_looping(&t));
+        assert_eq!(r.on_death(death(0, false, false, false), &t), Restart::GiveUp(4));
     }
 
     #[test]
-    fn a_worker_that_lived_resets_the_count() {
+    fn a_proven_program_backs_off_but_never_gives_up() {
+        let t = Timeouts::default();
+        let mut r = Restarts::default();
+        for _ in 0..100 {
+            match r.on_death(death(0, false, false, true), &t) {
+                Restart::After(d) => assert!(d <= MAX_BACKOFF),
+                Restart::GiveUp(_) => panic!("gave up on a program that has served"),
+            }
+        }
+        assert_eq!(r.on_death(death(0, false, false, true), &t), Restart::After(MAX_BACKOFF));
+        assert!(r.crash_looping(&t));
+        // A worker that stays up clears it.
+        assert_eq!(r.on_death(death(5000, true, false, true), &t), MS(0));
+        assert!(!r.crash_looping(&t));
+    }
+
+    #[test]
+    fn a_kill_from_outside_restarts_at_once_and_never_gives_up() {
         let t = Timeouts { crash_limit: 2, ..Timeouts::default() };
         let mut r = Restarts::default();
-        assert!(r.on_death(Duration::ZERO, false, &t).is_ok());
-        assert_eq!(r.on_death(Duration::from_secs(5), true, &t), Ok(Duration::ZERO));
-        assert!(r.on_death(Duration::ZERO, false, &t).is_ok());
-        assert_eq!(r.count, 3);
-        let never = Timeouts { crash_limit: 0, ..Timeouts::default() };
-        for _ in 0..100 {
-            assert!(r.on_death(Duration::ZERO, false, &never).unwrap() <= MAX_BACKOFF);
+        // Killed 10 ms after hello, again and again: replaced at once every time.
+        for _ in 0..50 {
+            assert_eq!(r.on_death(death(10, true, true, true), &t), MS(0));
         }
+        // Killed before it was ready: backoff, but no giving up, even unproven.
+        for _ in 0..50 {
+            assert!(matches!(r.on_death(death(1, false, true, false), &t), Restart::After(_)));
+        }
+        assert!(r.crash_looping(&t));
+        assert_eq!(r.count, 100);
+    }
+
+    #[test]
+    fn never_give_up_still_reports_crash_looping() {
+        let t = Timeouts { crash_limit: 0, ..Timeouts::default() };
+        let mut r = Restarts::default();
+        for i in 1..=DEFAULT_CRASH_LOOP {
+            assert!(matches!(r.on_death(death(0, false, false, false), &t), Restart::After(_)));
+            assert_eq!(r.crash_looping(&t), i >= DEFAULT_CRASH_LOOP);
+        }
+        assert_eq!(waiting_state(&r, &t), "crash-looping");
     }
 }

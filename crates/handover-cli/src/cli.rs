@@ -107,12 +107,21 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub(crate) start_timeout: Option<std::time::Duration>,
 
+    /// prefork: a worker that declared heartbeats in its hello (docs/protocol.md) and has not
+    /// answered a PING after this long is taken as hung, killed and replaced, even while it
+    /// holds no connection. 0 turns heartbeats off. Default 5s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) heartbeat_timeout: Option<std::time::Duration>,
+
     /// A worker that dies sooner than this after starting (or before it is ready) counts as a
-    /// crash at start. Default 1s.
+    /// crash at start: its slot restarts after a backoff (100ms doubling to 5s). Default 1s.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub(crate) min_uptime: Option<std::time::Duration>,
 
-    /// Give up after this many crashes at start in a row (0: never). Default 5.
+    /// After this many crashes at start in a row a slot is reported crash-looping (it keeps
+    /// restarting with backoff). A program none of whose workers has been ready since start,
+    /// reload or upgrade is given up on then instead: the supervisor drains and exits 3.
+    /// 0: never give up (slots are reported crash-looping after 5). Default 5.
     #[arg(long, value_name = "N")]
     pub(crate) crash_limit: Option<u32>,
 

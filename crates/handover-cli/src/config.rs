@@ -122,6 +122,8 @@ pub(crate) struct Timeouts {
     pub(crate) start: Duration,
     pub(crate) min_uptime: Duration,
     pub(crate) crash_limit: u32,
+    /// prefork: how long a PING may go unanswered (zero: no heartbeats).
+    pub(crate) heartbeat: Duration,
 }
 
 impl Default for Timeouts {
@@ -132,6 +134,7 @@ impl Default for Timeouts {
             start: Duration::from_secs(10),
             min_uptime: Duration::from_secs(1),
             crash_limit: 5,
+            heartbeat: Duration::from_secs(5),
         }
     }
 }
@@ -188,6 +191,7 @@ struct FileProgram {
     ack_timeout: Option<String>,
     start_timeout: Option<String>,
     min_uptime: Option<String>,
+    heartbeat_timeout: Option<String>,
     crash_limit: Option<u32>,
     #[serde(default)]
     compat: Vec<Compat>,
@@ -220,6 +224,9 @@ impl Config {
         }
         if let Some(d) = args.min_uptime {
             base.min_uptime = d;
+        }
+        if let Some(d) = args.heartbeat_timeout {
+            base.heartbeat = d;
         }
         if let Some(n) = args.crash_limit {
             base.crash_limit = n;
@@ -427,6 +434,7 @@ fn from_file(
         t.ack = dur(&p.ack_timeout, "ack_timeout", t.ack)?;
         t.start = dur(&p.start_timeout, "start_timeout", t.start)?;
         t.min_uptime = dur(&p.min_uptime, "min_uptime", t.min_uptime)?;
+        t.heartbeat = dur(&p.heartbeat_timeout, "heartbeat_timeout", t.heartbeat)?;
         t.crash_limit = p.crash_limit.unwrap_or(t.crash_limit);
         programs.push(ProgramConfig {
             program: resolve_program(OsStr::new(cmd), &env)

@@ -70,3 +70,11 @@ impl Phase {
         }
     }
 }
+
+/// Waits until `at`; never, for `None`.
+pub(crate) async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

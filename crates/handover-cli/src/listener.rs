@@ -9,6 +9,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -227,6 +228,53 @@ pub(crate) fn is_transient(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::Interrupted
     )
+}
+
+/// Backs accepts off while they fail for a reason that concerns the process, not one
+/// connection (out of descriptors: `EMFILE`/`ENFILE`; out of memory): clients wait in the
+/// kernel's backlog meanwhile, so none is lost, and the loop never spins on the error. Logs
+/// the first failure, then at most one line per [`ACCEPT_LOG_EVERY`] with how many followed.
+#[derive(Debug, Default)]
+pub(crate) struct AcceptErrors {
+    paused_until: Option<Instant>,
+    logged_at: Option<Instant>,
+    unlogged: u64,
+}
+
+/// How long accepts pause after such an error.
+pub(crate) const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// At most one log line per this long about failing accepts.
+pub(crate) const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(5);
+
+impl AcceptErrors {
+    /// Records a failed accept on `what` (a listener's or socket's name).
+    pub(crate) fn failed(&mut self, what: &str, err: &io::Error) {
+        let now = Instant::now();
+        self.paused_until = Some(now + ACCEPT_PAUSE);
+        if self.logged_at.is_some_and(|t| now.duration_since(t) < ACCEPT_LOG_EVERY) {
+            self.unlogged += 1;
+            return;
+        }
+        let also = match std::mem::take(&mut self.unlogged) {
+            0 => String::new(),
+            n => format!(" ({n} more failures since the last report)"),
+        };
+        tracing::warn!(
+            "{what}: accept failed: {err}{also}; pausing accepts for {ACCEPT_PAUSE:?} \
+             (clients wait in the backlog)"
+        );
+        self.logged_at = Some(now);
+    }
+
+    /// Whether accepts are paused now.
+    pub(crate) fn paused(&self) -> bool {
+        self.paused_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// When a pause ends, if one is on.
+    pub(crate) fn resume_at(&self) -> Option<Instant> {
+        self.paused_until.filter(|t| Instant::now() < *t)
+    }
 }
 
 /// Closes a connection with a reset (`SO_LINGER` 0) so the client cannot mistake a cut-off

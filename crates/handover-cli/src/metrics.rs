@@ -24,8 +24,8 @@ type Labels = Vec<(String, String)>;
 
 /// Worker states reported as gauges even when no worker is in them (so a series drops to 0
 /// instead of vanishing).
-const STATES: [&str; 7] =
-    ["starting", "ready", "running", "serving", "draining", "stopping", "backoff"];
+const STATES: [&str; 8] =
+    ["starting", "ready", "running", "serving", "draining", "stopping", "backoff", "crash-looping"];
 
 pub(crate) struct Metrics {
     registry: Registry,
@@ -166,26 +166,46 @@ pub(crate) trait StatusSource {
     async fn status(&self) -> Status;
 }
 
+/// How long one metrics connection may take, from accept to the last byte of the answer: a
+/// client that sends half a request and waits is cut off then.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// Connections answered at once; more get `503` at once instead of holding a descriptor.
+const MAX_IN_FLIGHT: usize = 64;
+
 /// Serves `GET /metrics` until the task is dropped.
 pub(crate) async fn serve<S: StatusSource + 'static>(
     listener: tokio::net::TcpListener,
     metrics: Rc<Metrics>,
     source: Rc<S>,
 ) {
+    let in_flight = Rc::new(std::cell::Cell::new(0usize));
+    let mut errors = crate::listener::AcceptErrors::default();
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (mut stream, _) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                warn!("metrics listener: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                errors.failed("metrics listener", &e);
+                crate::engine::sleep_until(errors.resume_at()).await;
                 continue;
             }
         };
-        let (metrics, source) = (Rc::clone(&metrics), Rc::clone(&source));
+        if in_flight.get() >= MAX_IN_FLIGHT {
+            tokio::task::spawn_local(async move {
+                let busy = respond(&mut stream, "503 Service Unavailable", "text/plain", "busy\n");
+                let _ = tokio::time::timeout(Duration::from_secs(1), busy).await;
+            });
+            continue;
+        }
+        in_flight.set(in_flight.get() + 1);
+        let (metrics, source, in_flight) =
+            (Rc::clone(&metrics), Rc::clone(&source), Rc::clone(&in_flight));
         tokio::task::spawn_local(async move {
-            if let Err(e) = answer(stream, &metrics, &*source).await {
-                debug!("metrics request: {e}");
+            match tokio::time::timeout(REQUEST_DEADLINE, answer(stream, &metrics, &*source)).await {
+                Ok(Err(e)) => debug!("metrics request: {e}"),
+                Err(_) => debug!("metrics request: no whole request within {REQUEST_DEADLINE:?}"),
+                Ok(Ok(())) => {}
             }
+            in_flight.set(in_flight.get() - 1);
         });
     }
 }
@@ -198,9 +218,7 @@ async fn answer<S: StatusSource>(
     let mut buf = [0u8; 8192];
     let mut n = 0;
     let head_end = loop {
-        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf[n..]))
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        let read = stream.read(&mut buf[n..]).await?;
         if read == 0 {
             return Ok(());
         }

@@ -8,13 +8,14 @@
 //! A reload starts a worker's replacement, and terminates the old one once the new one has
 //! stayed up for `--min-uptime` (there is no readiness message in this mode).
 
+use std::process::ExitStatus;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use handover::AsSocketRef;
 use tracing::{error, info, warn};
 
-use crate::child::{self, Restarts};
+use crate::child::{self, Death, Restart, Restarts};
 use crate::cli::Compat;
 use crate::config::{Env, ProgramConfig};
 use crate::engine::{Context, Outcome, Phase, Request, Requests};
@@ -52,6 +53,8 @@ struct Engine {
     phase: Phase,
     reload: Vec<usize>,
     give_up: Option<String>,
+    /// Some worker has stayed up long enough to count as ready since start or reload.
+    proven: bool,
     /// The supervisor's generation (Server::Starter's SERVER_STARTER_GENERATION).
     generation: u64,
 }
@@ -115,6 +118,7 @@ pub(crate) async fn run(
         phase: Phase::Running,
         reload: Vec::new(),
         give_up: None,
+        proven: false,
         generation: ctx.generation,
     };
     for slot in 0..e.slots.len() {
@@ -154,6 +158,7 @@ pub(crate) async fn run(
                     if e.phase == Phase::Running {
                         info!(program = %e.prog.name, "reload: restarting workers one at a time");
                         e.reload = (0..e.slots.len()).rev().collect();
+                        e.proven = false;
                     }
                 }
                 Some(Request::Drain) => e.begin_drain(),
@@ -182,7 +187,7 @@ impl Engine {
     /// With no readiness message in this mode, a worker is taken as ready once it has stayed
     /// up as long as a reload waits for (`--min-uptime`, at least 200ms).
     fn all_ready(&self) -> bool {
-        let settle = self.prog.timeouts.min_uptime.max(Duration::from_millis(200));
+        let settle = self.settle();
         self.slots.iter().all(|s| s.current.as_ref().is_some_and(|p| p.started.elapsed() >= settle))
     }
 
@@ -204,23 +209,35 @@ impl Engine {
             Err(err) => {
                 error!(program = %self.prog.name, slot, "cannot start worker {}: {err}", self.prog.program.display());
                 self.slots[slot].last_exit = Some(format!("could not start: {err}"));
-                self.schedule_restart(slot, Duration::ZERO);
+                self.schedule_restart(slot, Duration::ZERO, None);
                 None
             }
         }
     }
 
-    fn schedule_restart(&mut self, slot: usize, lived: Duration) {
+    /// How long a worker must stay up to count as ready (there is no readiness message in this
+    /// mode): `--min-uptime`, at least 200ms.
+    fn settle(&self) -> Duration {
+        self.prog.timeouts.min_uptime.max(Duration::from_millis(200))
+    }
+
+    fn schedule_restart(&mut self, slot: usize, lived: Duration, status: Option<ExitStatus>) {
         if self.phase != Phase::Running {
             return;
         }
         let t = self.prog.timeouts;
-        match self.slots[slot].restarts.on_death(lived, true, &t) {
-            Ok(delay) => {
+        let death = Death {
+            lived,
+            ready: lived >= self.settle(),
+            from_outside: status.as_ref().is_some_and(sys::killed_from_outside),
+            proven: self.proven,
+        };
+        match self.slots[slot].restarts.on_death(death, &t) {
+            Restart::After(delay) => {
                 self.totals.restarts += 1;
                 self.slots[slot].start_at = Some(Instant::now() + delay);
             }
-            Err(n) => {
+            Restart::GiveUp(n) => {
                 let last = self.slots[slot].last_exit.as_deref().unwrap_or_default();
                 self.give_up = Some(child::crash_loop(&self.prog, n, "at start", last));
                 self.begin_drain();
@@ -247,7 +264,12 @@ impl Engine {
             return;
         }
         // Promote a replacement that has stayed up; then start the next one.
-        let settle = self.prog.timeouts.min_uptime.max(Duration::from_millis(200));
+        let settle = self.settle();
+        if self.slots.iter().any(|s| {
+            [&s.current, &s.incoming].into_iter().flatten().any(|p| p.started.elapsed() >= settle)
+        }) {
+            self.proven = true;
+        }
         for s in &mut self.slots {
             if s.incoming.as_ref().is_some_and(|p| p.started.elapsed() >= settle) {
                 if let Some(old) = s.current.take() {
@@ -283,7 +305,7 @@ impl Engine {
                 s.last_exit = Some(what.clone());
                 if self.phase == Phase::Running {
                     warn!(program = %self.prog.name, slot, pid, "worker {what} after {lived:?}");
-                    self.schedule_restart(slot, lived);
+                    self.schedule_restart(slot, lived, Some(status));
                 } else {
                     info!(program = %self.prog.name, slot, pid, "worker {what}");
                 }
@@ -322,8 +344,9 @@ impl Engine {
         for p in &self.retiring {
             sys::signal_group(p.pid, Stop::Kill);
         }
+        // Not waited for: they are killed, and the supervisor exits next.
         for mut p in self.retiring.drain(..) {
-            let _ = child::reap(&mut p.child, Duration::from_millis(100));
+            let _ = p.child.try_wait();
         }
     }
 
@@ -350,7 +373,7 @@ impl Engine {
             if s.current.is_none() && s.incoming.is_none() && s.start_at.is_some() {
                 workers.push(WorkerStatus {
                     slot,
-                    state: "backoff".into(),
+                    state: child::waiting_state(&s.restarts, &self.prog.timeouts).into(),
                     restarts: s.restarts.count,
                     ..Default::default()
                 });

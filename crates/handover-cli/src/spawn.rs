@@ -36,7 +36,7 @@ struct Engine {
     pending: VecDeque<Accepted>,
     totals: Totals,
     phase: Phase,
-    accept_paused_until: Option<Instant>,
+    accept_errors: listener::AcceptErrors,
     /// Not accepting until the supervisor says so (a new generation in an upgrade).
     held: bool,
 }
@@ -62,7 +62,7 @@ pub(crate) async fn run(
         pending: VecDeque::new(),
         totals: Totals::default(),
         phase: Phase::Running,
-        accept_paused_until: None,
+        accept_errors: listener::AcceptErrors::default(),
         held: ctx.held,
     };
     let mut exits = match sys::ChildExits::new() {
@@ -93,7 +93,7 @@ pub(crate) async fn run(
         let accepting = e.phase == Phase::Running
             && !e.held
             && e.children.len() < e.prog.workers
-            && e.accept_paused_until.map_or(true, |t| Instant::now() >= t);
+            && !e.accept_errors.paused();
         tokio::select! {
             biased;
             req = requests.recv(), if requests_open => match req {
@@ -112,10 +112,7 @@ pub(crate) async fn run(
                     e.start(a);
                 }
                 Err(err) if listener::is_transient(&err) => {}
-                Err(err) => {
-                    warn!(program = %e.prog.name, "accept failed: {err}; pausing accepts for 100ms");
-                    e.accept_paused_until = Some(Instant::now() + Duration::from_millis(100));
-                }
+                Err(err) => e.accept_errors.failed(&e.prog.name, &err),
             },
             _ = tick.tick() => e.reap(),
         }
@@ -193,8 +190,9 @@ impl Engine {
         for r in &self.children {
             sys::signal_group(r.pid, Stop::Kill);
         }
+        // Not waited for: they are killed, and the supervisor exits next.
         for mut r in self.children.drain(..) {
-            let _ = crate::child::reap(&mut r.child, Duration::from_millis(100));
+            let _ = r.child.try_wait();
         }
         self.totals.dropped += self.pending.len() as u64;
         self.pending.clear();

@@ -351,6 +351,7 @@ async fn run(
     let mut upgraded: Option<NewGeneration> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(25));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut control_errors = listener::AcceptErrors::default();
 
     // Starts draining (for any reason): the copies kept for an upgrade close too, so the
     // listeners close once the engines let go of theirs.
@@ -481,12 +482,15 @@ async fn run(
                     }
                 }
             },
-            conn = control.accept() => match conn {
+            conn = control.accept(), if !control_errors.paused() => match conn {
                 Ok(ch) => {
                     tokio::task::spawn_local(answer(ch, Rc::clone(&shared), ctl_tx.clone()));
                 }
+                // Out of descriptors, say: back off instead of spinning on a ready listener.
+                Err(handover::Error::Io(e)) => control_errors.failed("control socket", &e),
                 Err(e) => warn!("control socket: {e}"),
             },
+            _ = crate::engine::sleep_until(control_errors.resume_at()) => {}
             _ = tick.tick(), if !announced && !draining => {
                 if shared.ready().await {
                     announced = true;

@@ -167,7 +167,11 @@ impl Drop for Abandon {
     fn drop(&mut self) {
         if let Some(mut c) = self.0.take() {
             sys::signal_process(c.id(), Stop::Kill);
-            let _ = crate::child::reap(&mut c, Duration::from_millis(200));
+            // Reaped on a thread of its own: the event loop never waits for a process to exit
+            // (and a drop may run while the runtime shuts down, where no task can be spawned).
+            let _ = std::thread::Builder::new()
+                .name("reap-upgrade".into())
+                .spawn(move || drop(c.wait()));
         }
     }
 }
@@ -273,16 +277,12 @@ async fn receive(channel: &Channel, deadline: Instant, limit: Duration) -> Resul
 /// Returns whether it exited by itself (and so cleaned up after itself).
 async fn stop(child: &mut handover::Child, pid: u32) -> bool {
     sys::signal_process(pid, Stop::Terminate);
-    let deadline = Instant::now() + STOP_GRACE;
-    while Instant::now() < deadline {
-        if !matches!(child.try_wait(), Ok(None)) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if tokio::time::timeout(STOP_GRACE, child.wait_async()).await.is_ok() {
+        return true;
     }
     warn!(pid, "upgrade: the abandoned new generation did not exit; killing it");
     sys::signal_process(pid, Stop::Kill);
-    let _ = crate::child::reap(child, Duration::from_secs(1));
+    let _ = tokio::time::timeout(STOP_GRACE, child.wait_async()).await;
     false
 }
 

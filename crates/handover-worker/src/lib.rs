@@ -104,6 +104,45 @@ pub enum Event {
     Stop,
 }
 
+/// What a worker says in its HELLO: its capacity, and whether it answers heartbeats.
+///
+/// ```no_run
+/// # fn main() -> Result<(), handover_worker::Error> {
+/// // A worker whose loop calls `recv` while other threads serve: it can answer PINGs promptly.
+/// let worker = handover_worker::Worker::from_env_with(handover_worker::Hello::new(16).heartbeat(true))?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    capacity: u32,
+    heartbeat: bool,
+}
+
+impl Hello {
+    /// Up to `capacity` connections at once (at least 1), no heartbeats.
+    pub fn new(capacity: u32) -> Hello {
+        Hello { capacity: capacity.max(1), heartbeat: false }
+    }
+
+    /// Declares that this worker answers the supervisor's PINGs promptly, so that a missing
+    /// answer (within the supervisor's `--heartbeat-timeout`) means it hangs and it is
+    /// replaced. `recv` answers PINGs by itself: declare it only if your loop calls `recv`
+    /// again soon after each connection (other threads or tasks serve them), not if it serves
+    /// connections one at a time between calls.
+    pub fn heartbeat(&mut self, on: bool) -> &mut Hello {
+        self.heartbeat = on;
+        self
+    }
+
+    pub(crate) fn message(&self) -> WorkerMessage {
+        WorkerMessage::Hello {
+            capacity: self.capacity,
+            pid: std::process::id(),
+            heartbeat: self.heartbeat,
+        }
+    }
+}
+
 /// The worker's end of the control channel.
 #[derive(Debug)]
 pub struct Worker {
@@ -119,16 +158,26 @@ impl Worker {
     ///
     /// Call it once, early: it takes the inherited descriptors ([`handover::inherited`]).
     pub fn from_env(capacity: u32) -> Result<Worker, Error> {
+        Worker::from_env_with(&Hello::new(capacity))
+    }
+
+    /// Like [`from_env`](Worker::from_env), saying `hello` (capacity and heartbeats).
+    pub fn from_env_with(hello: &Hello) -> Result<Worker, Error> {
         let inherited = handover::inherited()?;
         let channel = inherited.channel.ok_or(Error::NotSupervised)?;
-        Worker::from_channel(channel, capacity)
+        Worker::from_channel_with(channel, hello)
     }
 
     /// Like [`from_env`](Worker::from_env), over a channel you already have.
     pub fn from_channel(channel: Channel, capacity: u32) -> Result<Worker, Error> {
+        Worker::from_channel_with(channel, &Hello::new(capacity))
+    }
+
+    /// Like [`from_env_with`](Worker::from_env_with), over a channel you already have.
+    pub fn from_channel_with(channel: Channel, hello: &Hello) -> Result<Worker, Error> {
         let worker =
             Worker { channel: Arc::new(channel), msg: Message::default(), names: Vec::new() };
-        worker.send(WorkerMessage::Hello { capacity: capacity.max(1), pid: std::process::id() })?;
+        worker.send(hello.message())?;
         Ok(worker)
     }
 
@@ -136,24 +185,27 @@ impl Worker {
         send(&self.channel, m)
     }
 
-    /// Waits for the next event. A connection is acknowledged before it is returned.
+    /// Waits for the next event. A connection is acknowledged before it is returned; a PING
+    /// is answered here and not returned.
     pub fn recv(&mut self) -> Result<Event, Error> {
-        self.msg.sockets.clear();
-        self.channel.recv_into(&mut self.msg)?;
-        match decode(&mut self.msg, &mut self.names)? {
-            Decoded::Connection(c) => {
-                self.send(WorkerMessage::Ack(c.id))?;
-                Ok(Event::Connection(Connection {
-                    id: c.id,
-                    listener: c.listener,
-                    peer: c.peer,
-                    socket: Some(c.socket.into_socket2()),
-                    finisher: Finisher { channel: Some(Arc::clone(&self.channel)), id: c.id },
-                }))
+        let c = loop {
+            self.msg.sockets.clear();
+            self.channel.recv_into(&mut self.msg)?;
+            match decode(&mut self.msg, &mut self.names)? {
+                Decoded::Connection(c) => break c,
+                Decoded::Ping(nonce) => self.send(WorkerMessage::Pong(nonce))?,
+                Decoded::Drain => return Ok(Event::Drain),
+                Decoded::Stop => return Ok(Event::Stop),
             }
-            Decoded::Drain => Ok(Event::Drain),
-            Decoded::Stop => Ok(Event::Stop),
-        }
+        };
+        self.send(WorkerMessage::Ack(c.id))?;
+        Ok(Event::Connection(Connection {
+            id: c.id,
+            listener: c.listener,
+            peer: c.peer,
+            socket: Some(c.socket.into_socket2()),
+            finisher: Finisher { channel: Some(Arc::clone(&self.channel)), id: c.id },
+        }))
     }
 }
 
@@ -162,6 +214,8 @@ pub(crate) enum Decoded {
     Connection(Incoming),
     Drain,
     Stop,
+    /// Answered inside `recv`, never returned as an event.
+    Ping(u64),
 }
 
 /// A CONNECTION, not yet acknowledged.
@@ -188,6 +242,7 @@ pub(crate) fn decode(msg: &mut Message, names: &mut Vec<Arc<str>>) -> Result<Dec
         }
         SupervisorMessage::Drain => Ok(Decoded::Drain),
         SupervisorMessage::Stop => Ok(Decoded::Stop),
+        SupervisorMessage::Ping(nonce) => Ok(Decoded::Ping(nonce)),
     }
 }
 

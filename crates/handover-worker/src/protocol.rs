@@ -35,12 +35,23 @@ pub mod kind {
     pub const FINISHED: u8 = 3;
     /// Worker hands an unread connection back.
     pub const REJECT: u8 = 4;
+    /// Worker answers a PING (only workers that declared heartbeats in their HELLO).
+    pub const PONG: u8 = 5;
     /// A connection for the worker, with its socket.
     pub const CONNECTION: u8 = 16;
     /// Finish what you have, take nothing new, exit.
     pub const DRAIN: u8 = 17;
     /// Exit now.
     pub const STOP: u8 = 18;
+    /// Are you alive? Answer with PONG (sent only to workers that declared heartbeats).
+    pub const PING: u8 = 19;
+}
+
+/// Bits of HELLO's flags field (bytes 2..4).
+pub mod hello_flags {
+    /// The worker answers every PING with a PONG promptly, even while it serves connections,
+    /// so the supervisor may take a missing answer as a hang.
+    pub const HEARTBEAT: u16 = 1;
 }
 
 /// Address family byte of a CONNECTION.
@@ -55,7 +66,7 @@ pub mod family {
 
 /// Size of a HELLO payload.
 pub const HELLO_LEN: usize = 12;
-/// Size of an ACK, FINISHED or REJECT payload.
+/// Size of an ACK, FINISHED, REJECT, PONG or PING payload.
 pub const ID_MSG_LEN: usize = 16;
 /// Size of a CONNECTION payload before the listener name.
 pub const CONNECTION_FIXED_LEN: usize = 32;
@@ -108,6 +119,8 @@ pub enum WorkerMessage {
         capacity: u32,
         /// The worker's pid as it sees it (informational).
         pid: u32,
+        /// It answers PING with PONG ([`hello_flags::HEARTBEAT`]).
+        heartbeat: bool,
     },
     /// Took connection `id`: the supervisor may forget it.
     Ack(u64),
@@ -115,6 +128,8 @@ pub enum WorkerMessage {
     Finished(u64),
     /// Gives connection `id` back unread, to go to another worker.
     Reject(u64),
+    /// Answers the PING that carried this nonce.
+    Pong(u64),
 }
 
 impl WorkerMessage {
@@ -123,17 +138,23 @@ impl WorkerMessage {
         *buf = [0; ID_MSG_LEN];
         buf[1] = VERSION;
         match *self {
-            WorkerMessage::Hello { capacity, pid } => {
+            WorkerMessage::Hello { capacity, pid, heartbeat } => {
                 buf[0] = kind::HELLO;
+                let flags = if heartbeat { hello_flags::HEARTBEAT } else { 0 };
+                buf[2..4].copy_from_slice(&flags.to_le_bytes());
                 buf[4..8].copy_from_slice(&capacity.to_le_bytes());
                 buf[8..12].copy_from_slice(&pid.to_le_bytes());
                 HELLO_LEN
             }
-            WorkerMessage::Ack(id) | WorkerMessage::Finished(id) | WorkerMessage::Reject(id) => {
+            WorkerMessage::Ack(id)
+            | WorkerMessage::Finished(id)
+            | WorkerMessage::Reject(id)
+            | WorkerMessage::Pong(id) => {
                 buf[0] = match self {
                     WorkerMessage::Ack(_) => kind::ACK,
                     WorkerMessage::Finished(_) => kind::FINISHED,
-                    _ => kind::REJECT,
+                    WorkerMessage::Reject(_) => kind::REJECT,
+                    _ => kind::PONG,
                 };
                 buf[8..16].copy_from_slice(&id.to_le_bytes());
                 ID_MSG_LEN
@@ -146,14 +167,16 @@ impl WorkerMessage {
         let (k, _) = head(b)?;
         let want = match k {
             kind::HELLO => HELLO_LEN,
-            kind::ACK | kind::FINISHED | kind::REJECT => ID_MSG_LEN,
+            kind::ACK | kind::FINISHED | kind::REJECT | kind::PONG => ID_MSG_LEN,
             other => return Err(ProtocolError::UnknownKind(other)),
         };
         if b.len() != want {
             return Err(ProtocolError::BadLength { kind: k, len: b.len() });
         }
-        if b[2..4] != [0, 0] {
-            return Err(ProtocolError::Malformed("reserved bytes 2..4 are not zero"));
+        let flags = u16::from_le_bytes([b[2], b[3]]);
+        let known = if k == kind::HELLO { hello_flags::HEARTBEAT } else { 0 };
+        if flags & !known != 0 {
+            return Err(ProtocolError::Malformed("reserved bits of bytes 2..4 are not zero"));
         }
         Ok(match k {
             kind::HELLO => {
@@ -161,7 +184,8 @@ impl WorkerMessage {
                 if capacity == 0 {
                     return Err(ProtocolError::Malformed("capacity 0"));
                 }
-                WorkerMessage::Hello { capacity, pid: u32_at(b, 8) }
+                let heartbeat = flags & hello_flags::HEARTBEAT != 0;
+                WorkerMessage::Hello { capacity, pid: u32_at(b, 8), heartbeat }
             }
             _ => {
                 if b[4..8] != [0; 4] {
@@ -171,7 +195,8 @@ impl WorkerMessage {
                 match k {
                     kind::ACK => WorkerMessage::Ack(id),
                     kind::FINISHED => WorkerMessage::Finished(id),
-                    _ => WorkerMessage::Reject(id),
+                    kind::REJECT => WorkerMessage::Reject(id),
+                    _ => WorkerMessage::Pong(id),
                 }
             }
         })
@@ -237,6 +262,8 @@ pub enum SupervisorMessage<'a> {
     Drain,
     /// Exit now.
     Stop,
+    /// Answer with a PONG carrying this nonce.
+    Ping(u64),
 }
 
 impl<'a> SupervisorMessage<'a> {
@@ -280,8 +307,26 @@ impl<'a> SupervisorMessage<'a> {
                     peer,
                 }))
             }
+            kind::PING => {
+                if b.len() != ID_MSG_LEN {
+                    return Err(ProtocolError::BadLength { kind: k, len: b.len() });
+                }
+                if b[2..8] != [0; 6] {
+                    return Err(ProtocolError::Malformed("reserved bytes 2..8 are not zero"));
+                }
+                Ok(SupervisorMessage::Ping(u64_at(b, 8)))
+            }
             other => Err(ProtocolError::UnknownKind(other)),
         }
+    }
+
+    /// Encodes a PING carrying `nonce`.
+    pub fn ping(nonce: u64) -> [u8; ID_MSG_LEN] {
+        let mut b = [0u8; ID_MSG_LEN];
+        b[0] = kind::PING;
+        b[1] = VERSION;
+        b[8..16].copy_from_slice(&nonce.to_le_bytes());
+        b
     }
 
     /// Encodes a DRAIN or STOP (CONNECTION goes through [`ConnectionInfo::encode`]).
@@ -321,14 +366,28 @@ mod tests {
     fn worker_messages_round_trip() {
         let mut buf = [0u8; ID_MSG_LEN];
         for m in [
-            WorkerMessage::Hello { capacity: 64, pid: 4242 },
+            WorkerMessage::Hello { capacity: 64, pid: 4242, heartbeat: false },
+            WorkerMessage::Hello { capacity: 1, pid: 1, heartbeat: true },
             WorkerMessage::Ack(u64::MAX),
             WorkerMessage::Finished(7),
             WorkerMessage::Reject(0),
+            WorkerMessage::Pong(0xfeed),
         ] {
             let n = m.encode(&mut buf);
             assert_eq!(WorkerMessage::decode(&buf[..n]), Ok(m));
         }
+        let ping = SupervisorMessage::ping(0xfeed);
+        assert_eq!(SupervisorMessage::decode(&ping), Ok(SupervisorMessage::Ping(0xfeed)));
+    }
+
+    #[test]
+    fn unknown_flag_bits_are_rejected() {
+        let mut hello = [1, 1, 2, 0, 1, 0, 0, 0, 1, 0, 0, 0];
+        assert!(WorkerMessage::decode(&hello).is_err());
+        hello[2] = 1;
+        assert!(WorkerMessage::decode(&hello).is_ok());
+        let ack_with_flag = [2, 1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+        assert!(WorkerMessage::decode(&ack_with_flag).is_err());
     }
 
     #[test]
@@ -350,8 +409,14 @@ mod tests {
     #[test]
     fn layout_matches_the_documented_offsets() {
         let mut buf = [0u8; ID_MSG_LEN];
-        let n = WorkerMessage::Hello { capacity: 2, pid: 1 }.encode(&mut buf);
+        let n = WorkerMessage::Hello { capacity: 2, pid: 1, heartbeat: false }.encode(&mut buf);
         assert_eq!(&buf[..n], &[1, 1, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0]);
+        let n = WorkerMessage::Hello { capacity: 2, pid: 1, heartbeat: true }.encode(&mut buf);
+        assert_eq!(&buf[..n], &[1, 1, 1, 0, 2, 0, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(
+            SupervisorMessage::ping(0x0102),
+            [19, 1, 0, 0, 0, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0]
+        );
         let n = WorkerMessage::Ack(0x0102).encode(&mut buf);
         assert_eq!(&buf[..n], &[2, 1, 0, 0, 0, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0]);
         assert_eq!(SupervisorMessage::control(kind::DRAIN), [17, 1, 0, 0]);

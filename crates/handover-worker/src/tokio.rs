@@ -28,7 +28,7 @@ use handover::Message;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::{WorkerMessage, ID_MSG_LEN};
-use crate::{Decoded, Error};
+use crate::{Decoded, Error, Hello};
 
 /// What the supervisor asked for.
 #[derive(Debug)]
@@ -62,16 +62,26 @@ impl Worker {
     /// Takes the inherited control channel and says hello with `capacity`. Call it from within
     /// a tokio runtime; it spawns a task that reports finished connections.
     pub async fn from_env(capacity: u32) -> Result<Worker, Error> {
+        Worker::from_env_with(&Hello::new(capacity)).await
+    }
+
+    /// Like [`from_env`](Worker::from_env), saying `hello` (capacity and heartbeats; see
+    /// [`Hello::heartbeat`]: a tokio worker whose tasks serve the connections can answer).
+    pub async fn from_env_with(hello: &Hello) -> Result<Worker, Error> {
         let inherited = handover::inherited()?;
         let channel = inherited.channel.ok_or(Error::NotSupervised)?;
-        Worker::from_channel(Channel::try_from(channel)?, capacity).await
+        Worker::from_channel_with(Channel::try_from(channel)?, hello).await
     }
 
     /// Like [`from_env`](Worker::from_env), over a channel you already have.
     pub async fn from_channel(channel: Channel, capacity: u32) -> Result<Worker, Error> {
+        Worker::from_channel_with(channel, &Hello::new(capacity)).await
+    }
+
+    /// Like [`from_env_with`](Worker::from_env_with), over a channel you already have.
+    pub async fn from_channel_with(channel: Channel, hello: &Hello) -> Result<Worker, Error> {
         let channel = Arc::new(channel);
-        send(&channel, WorkerMessage::Hello { capacity: capacity.max(1), pid: std::process::id() })
-            .await?;
+        send(&channel, hello.message()).await?;
         let (tx, mut rx) = mpsc::unbounded_channel::<Report>();
         let ch = Arc::clone(&channel);
         let reporter = tokio::spawn(async move {
@@ -99,24 +109,27 @@ impl Worker {
         let _ = self.reporter.await;
     }
 
-    /// Waits for the next event. A connection is acknowledged before it is returned.
+    /// Waits for the next event. A connection is acknowledged before it is returned; a PING
+    /// is answered here and not returned.
     pub async fn recv(&mut self) -> Result<Event, Error> {
-        self.msg.sockets.clear();
-        self.channel.recv_into(&mut self.msg).await?;
-        match crate::decode(&mut self.msg, &mut self.names)? {
-            Decoded::Connection(c) => {
-                send(&self.channel, WorkerMessage::Ack(c.id)).await?;
-                Ok(Event::Connection(Connection {
-                    id: c.id,
-                    listener: c.listener,
-                    peer: c.peer,
-                    socket: Some(c.socket),
-                    finisher: Finisher { tx: Some(self.finished.clone()), id: c.id },
-                }))
+        let c = loop {
+            self.msg.sockets.clear();
+            self.channel.recv_into(&mut self.msg).await?;
+            match crate::decode(&mut self.msg, &mut self.names)? {
+                Decoded::Connection(c) => break c,
+                Decoded::Ping(nonce) => send(&self.channel, WorkerMessage::Pong(nonce)).await?,
+                Decoded::Drain => return Ok(Event::Drain),
+                Decoded::Stop => return Ok(Event::Stop),
             }
-            Decoded::Drain => Ok(Event::Drain),
-            Decoded::Stop => Ok(Event::Stop),
-        }
+        };
+        send(&self.channel, WorkerMessage::Ack(c.id)).await?;
+        Ok(Event::Connection(Connection {
+            id: c.id,
+            listener: c.listener,
+            peer: c.peer,
+            socket: Some(c.socket),
+            finisher: Finisher { tx: Some(self.finished.clone()), id: c.id },
+        }))
     }
 }
 

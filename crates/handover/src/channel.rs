@@ -96,6 +96,19 @@ impl fmt::Debug for PeerPolicy {
     }
 }
 
+/// What [`Channel::try_send`] did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendStatus {
+    /// All of it is written.
+    Written,
+    /// It is on its way whole: its sockets and first bytes went out, and the rest waits in
+    /// the channel for [`Channel::try_flush`] (or the next send).
+    Buffered,
+    /// The channel had no room: nothing of it was sent, and nothing of it will arrive.
+    Full,
+}
+
 /// Sending half of the engine shared by the blocking and the tokio channel.
 ///
 /// A message is encoded into `buf` as frames; `advance` writes it with each batch of sockets
@@ -489,35 +502,42 @@ impl Channel {
         }
     }
 
-    /// Sends without waiting for room: `Ok(true)` when the message is on its way whole,
-    /// `Ok(false)` when the channel is full and nothing of it will arrive.
+    /// Sends without waiting for room. The message is delivered whole or not at all:
+    /// [`SendStatus::Written`] or [`SendStatus::Buffered`] when it is on its way,
+    /// [`SendStatus::Full`] when the channel had no room and nothing of it will arrive.
     ///
-    /// "On its way" means every socket and the first bytes went out; the rest of a message the
-    /// channel could only take in part is kept and written, before anything else, by the next
-    /// send of any kind or by [`try_flush`](Channel::try_flush). An event loop that must never
-    /// block (a supervisor writing to workers that may stop reading) calls `try_send`, queues
-    /// what it could not send, and calls `try_flush` until it returns `Ok(true)`.
+    /// `Buffered` means every socket and the first bytes went out; the rest is kept and
+    /// written, before anything else, by the next send of any kind or by
+    /// [`try_flush`](Channel::try_flush). An event loop that must never block (a supervisor
+    /// writing to workers that may stop reading) calls `try_send`, keeps what was `Full` for
+    /// later, and calls `try_flush` until it returns `Ok(true)`.
     ///
     /// ```no_run
     /// # fn main() -> handover::Result<()> {
+    /// use handover::SendStatus;
     /// let (a, _b) = handover::Channel::pair()?;
-    /// if !a.try_send(b"ping", &[])? {
-    ///     // Full: keep the message and try again later.
+    /// match a.try_send(b"ping", &[])? {
+    ///     SendStatus::Written => {}
+    ///     SendStatus::Buffered => { /* call a.try_flush() until it says Ok(true) */ }
+    ///     SendStatus::Full => { /* keep the message and try again later */ }
+    ///     _ => {}
     /// }
     /// # Ok(()) }
     /// ```
     ///
     /// # Platform-specific behavior
     ///
-    /// On Windows a write that the pipe could not complete at once finishes in the background;
-    /// `try_flush` (or the next send) completes it, and must be called from the same thread
-    /// before that thread exits (Windows cancels a thread's pending I/O when it exits).
-    pub fn try_send(&self, bytes: &[u8], sockets: &[SocketRef<'_>]) -> Result<bool> {
+    /// On Windows a write that the pipe could not complete at once finishes in the background
+    /// (`Buffered`); `try_flush` or the next send completes it, and must be called from the
+    /// same thread before that thread exits (Windows cancels a thread's pending I/O then).
+    pub fn try_send(&self, bytes: &[u8], sockets: &[SocketRef<'_>]) -> Result<SendStatus> {
         let mut tx = lock(&self.tx);
         tx.begin(&self.raw, bytes, sockets)?;
         match tx.advance(&self.raw, sockets, false) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(tx.cancel()),
+            Ok(()) => Ok(SendStatus::Written),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Ok(if tx.cancel() { SendStatus::Buffered } else { SendStatus::Full })
+            }
             Err(e) => {
                 tx.cancel();
                 Err(transport_error(e))
@@ -752,10 +772,9 @@ mod tests {
         while refused < 3 {
             let mut msg = payload.to_vec();
             msg.extend_from_slice(&accepted.to_le_bytes());
-            if a.try_send(&msg, &[crate::AsSocketRef::as_socket_ref(&keep)]).unwrap() {
-                accepted += 1;
-            } else {
-                refused += 1;
+            match a.try_send(&msg, &[crate::AsSocketRef::as_socket_ref(&keep)]).unwrap() {
+                SendStatus::Written | SendStatus::Buffered => accepted += 1,
+                SendStatus::Full => refused += 1,
             }
             assert!(accepted < 1_000_000, "the channel never filled");
         }

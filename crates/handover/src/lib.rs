@@ -55,8 +55,8 @@ macros::cfg_tokio! {
 }
 
 pub use crate::channel::{
-    Channel, ChannelListener, Message, PeerCredentials, PeerPolicy, DEFAULT_MAX_PAYLOAD,
-    DEFAULT_MAX_SOCKETS,
+    Channel, ChannelListener, Message, PeerCredentials, PeerPolicy, SendStatus,
+    DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_SOCKETS,
 };
 pub use crate::error::{Error, Result};
 pub use crate::socket::{AsSocketRef, Socket, SocketKind, SocketRef};

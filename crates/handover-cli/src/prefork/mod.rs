@@ -26,6 +26,13 @@
 //! sent is still readable, and is read before its end of the channel reports closed); and every
 //! [`SWEEP`] ticks for all workers. Each worker declares a capacity in its HELLO; when every
 //! ready worker is full the engine stops accepting and the kernel's backlog holds new clients.
+//!
+//! Nothing here waits: writes to a worker never block (a worker whose channel is full gets no
+//! connection until it has taken what it was sent, and control messages queue for it), and
+//! exited workers are reaped on `SIGCHLD`. A worker that stops acknowledging (stopped, hung,
+//! swamped) gets no new connection once [`STALL_UNACKED`] of its connections have waited
+//! [`STALL_AFTER`] with none acknowledged; it is replaced after `--ack-timeout`, or, idle,
+//! when it misses a heartbeat (`--heartbeat-timeout`, for workers that declared them).
 
 mod dispatch;
 
@@ -34,7 +41,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use handover::{AsSocketRef, Channel, Message};
+use handover::{AsSocketRef, Channel, Message, SendStatus};
 use handover_worker::protocol::{
     kind, ConnectionInfo, SupervisorMessage, WorkerMessage, CONNECTION_MAX_LEN,
 };
@@ -42,7 +49,7 @@ use socket2::Socket;
 use tracing::{debug, error, info, warn};
 
 use self::dispatch::{choose, Candidate};
-use crate::child::{self, Restarts};
+use crate::child::{self, Death, Restart, Restarts};
 use crate::config::{Env, ProgramConfig};
 use crate::engine::{Context, Outcome, Phase, Request, Requests};
 use crate::exit_codes::ExitCode;
@@ -50,9 +57,17 @@ use crate::listener::{self, Accepted, Listener};
 use crate::status::{ListenerStatus, ProgramStatus, Totals, WorkerStatus};
 use crate::sys::{self, Stop};
 
-/// How long a send to a worker may take before the worker counts as stuck.
-const SEND_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a killed worker's channel may stay open before we stop waiting for it.
+/// A worker holding this many unacknowledged connections, none acknowledged for
+/// [`STALL_AFTER`], gets no new connection until it acknowledges one: so a worker that stops
+/// (`SIGSTOP`, a deadlock, a long pause) strands only a few clients until `--ack-timeout`
+/// replaces it, while a healthy one never waits that long (it acknowledges on receipt).
+const STALL_UNACKED: u32 = 2;
+const STALL_AFTER: Duration = Duration::from_millis(2);
+/// The longest interval between heartbeats (PING) to a worker that declared them; shorter
+/// with a short `--heartbeat-timeout` (a quarter of it).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// How long a killed worker's channel may stay open before we stop waiting for it; also how
+/// long an exited worker may stay unreaped before its slot restarts regardless.
 const KILL_GRACE: Duration = Duration::from_secs(1);
 /// Timer resolution for timeouts and restarts.
 const TICK: Duration = Duration::from_millis(20);
@@ -109,6 +124,57 @@ struct Worker {
     handled: u64,
     killed_at: Option<Instant>,
     kill_reason: Option<String>,
+    /// Its channel has bytes or messages it has not taken yet (see [`Engine::send_control`]):
+    /// no connection goes to it until they are written.
+    blocked: bool,
+    /// Control messages waiting for room in its channel.
+    outbox: VecDeque<Vec<u8>>,
+    /// While it holds unacknowledged connections: since when none was acknowledged.
+    ack_wait_since: Option<Instant>,
+    /// It declared heartbeats in its hello.
+    heartbeat: bool,
+    /// The PING it has not answered yet: nonce and when it was sent.
+    ping: Option<(u64, Instant)>,
+    next_ping: Instant,
+}
+
+impl Worker {
+    /// It holds connections it has not acknowledged for a while (see [`STALL_UNACKED`]).
+    fn stalled(&self, now: Instant) -> bool {
+        self.unacked >= STALL_UNACKED
+            && self.ack_wait_since.is_some_and(|t| now.duration_since(t) > STALL_AFTER)
+    }
+
+    /// It may take a connection now.
+    fn open(&self, now: Instant) -> bool {
+        self.state == WState::Ready
+            && self.live < self.capacity
+            && !self.blocked
+            && !self.stalled(now)
+    }
+}
+
+/// A worker whose channel closed or that was killed, until it is reaped: the restart policy
+/// needs to know how it ended.
+#[derive(Debug)]
+struct Exited {
+    child: handover::Child,
+    pid: u32,
+    slot: usize,
+    /// Its slot needs a new worker (it was the slot's current or incoming one).
+    restart: bool,
+    lived: Duration,
+    ready: bool,
+    /// Why the supervisor killed it, if it did.
+    kill_reason: Option<String>,
+    /// How its end was noticed ("exited", "killed").
+    how: &'static str,
+    /// It was told to drain, or the program is draining.
+    expected: bool,
+    handled: u64,
+    redispatched: u64,
+    lost: u64,
+    since: Instant,
 }
 
 #[derive(Debug)]
@@ -161,13 +227,18 @@ struct Engine {
     /// The current interval between reads (see [`FLUSH_MAX`]).
     flush_every: Duration,
     ticks: u32,
+    exited: Vec<Exited>,
+    /// Exited workers given up on waiting for; reaped when they finally exit.
     zombies: Vec<handover::Child>,
+    /// Some worker has said hello since start or the last reload (see [`child::Death`]).
+    proven: bool,
+    next_nonce: u64,
     totals: Totals,
     phase: Phase,
     drain_sent: bool,
     reload: VecDeque<usize>,
     reloading: Option<usize>,
-    accept_paused_until: Option<Instant>,
+    accept_errors: listener::AcceptErrors,
     give_up: Option<String>,
     /// Scratch for the policy, reused so a hand-off allocates nothing.
     candidates: Vec<Candidate>,
@@ -209,13 +280,16 @@ pub(crate) async fn run(
         flush_at: Instant::now(),
         flush_every: FLUSH,
         ticks: 0,
+        exited: Vec::new(),
         zombies: Vec::new(),
+        proven: false,
+        next_nonce: 1,
         totals: Totals::default(),
         phase: Phase::Running,
         drain_sent: false,
         reload: VecDeque::new(),
         reloading: None,
-        accept_paused_until: None,
+        accept_errors: listener::AcceptErrors::default(),
         give_up: None,
         candidates: Vec::new(),
         held: ctx.held,
@@ -240,7 +314,7 @@ pub(crate) async fn run(
             && !e.held
             && e.pending.is_empty()
             && e.has_room()
-            && e.accept_paused_until.map_or(true, |t| Instant::now() >= t);
+            && !e.accept_errors.paused();
         let flush = e.needs_flush().then_some(e.flush_at);
         tokio::select! {
             biased;
@@ -256,12 +330,12 @@ pub(crate) async fn run(
                 // A worker may have died: what it sent first still counts, then its channel
                 // reports closed.
                 e.poll_all();
-                e.reap_zombies();
+                e.reap_exited();
             }
             r = listener::accept_any(&e.listeners, &mut e.next_listener), if accepting => {
                 e.on_accept(r);
             }
-            _ = sleep_until(flush) => e.flush(),
+            _ = crate::engine::sleep_until(flush) => e.flush(),
             _ = tick.tick() => e.on_tick(),
         }
     }
@@ -269,7 +343,8 @@ pub(crate) async fn run(
 
 impl Engine {
     fn has_room(&self) -> bool {
-        self.workers.iter().any(|w| w.state == WState::Ready && w.live < w.capacity)
+        let now = Instant::now();
+        self.workers.iter().any(|w| w.open(now))
     }
 
     fn index(&self, id: u64) -> Option<usize> {
@@ -288,7 +363,13 @@ impl Engine {
             Err(err) => {
                 error!(program = %self.prog.name, slot, "cannot start worker {}: {err}", self.prog.program.display());
                 self.slots[slot].last_exit = Some(format!("could not start: {err}"));
-                self.schedule_restart(slot, Duration::ZERO, false);
+                let death = Death {
+                    lived: Duration::ZERO,
+                    ready: false,
+                    from_outside: false,
+                    proven: self.proven,
+                };
+                self.schedule_restart(slot, death);
                 return;
             }
         };
@@ -312,6 +393,12 @@ impl Engine {
             handled: 0,
             killed_at: None,
             kill_reason: None,
+            blocked: false,
+            outbox: VecDeque::new(),
+            ack_wait_since: None,
+            heartbeat: false,
+            ping: None,
+            next_ping: Instant::now(),
         });
         let s = &mut self.slots[slot];
         if s.current.is_some() {
@@ -321,20 +408,22 @@ impl Engine {
         }
     }
 
-    fn schedule_restart(&mut self, slot: usize, lived: Duration, ready: bool) {
+    fn schedule_restart(&mut self, slot: usize, death: Death) {
         if self.phase != Phase::Running {
             return;
         }
         let t = self.prog.timeouts;
-        match self.slots[slot].restarts.on_death(lived, ready, &t) {
-            Ok(delay) => {
+        match self.slots[slot].restarts.on_death(death, &t) {
+            Restart::After(delay) => {
                 self.totals.restarts += 1;
                 self.slots[slot].start_at = Some(Instant::now() + delay);
-                if !delay.is_zero() {
+                if self.slots[slot].restarts.crash_looping(&t) {
+                    warn!(program = %self.prog.name, slot, "crash-looping: restarting worker in {delay:?}");
+                } else if !delay.is_zero() {
                     warn!(program = %self.prog.name, slot, "restarting worker in {delay:?}");
                 }
             }
-            Err(n) => {
+            Restart::GiveUp(n) => {
                 let last = self.slots[slot].last_exit.as_deref().unwrap_or_default();
                 let start = "at start or before it said hello";
                 self.give_up = Some(child::crash_loop(&self.prog, n, start, last));
@@ -415,7 +504,7 @@ impl Engine {
         let Phase::Draining { deadline } = self.phase else { return None };
         let code = if self.give_up.is_some() { ExitCode::CrashLoop } else { ExitCode::Success };
         if self.workers.is_empty() && self.pending.is_empty() {
-            self.reap_zombies();
+            self.reap_exited();
             return Some(Outcome { code, message: self.give_up.clone() });
         }
         if Instant::now() >= deadline {
@@ -442,7 +531,6 @@ impl Engine {
             self.totals.dropped += 1;
             listener::reset(p.socket);
         }
-        self.reap_zombies();
         Outcome { code: ExitCode::Success, message: self.give_up.clone() }
     }
 
@@ -451,20 +539,27 @@ impl Engine {
         // (their clients saw the end already: workers shut connections down themselves).
         // Read those first, so a policy does not pass over a worker that has room. (Only
         // while some worker looks full: then this costs a read per such worker.)
-        let full: Vec<u64> = self
+        // The same for a worker that looks stalled (acknowledgements may be unread) or whose
+        // channel was full (it may have room now).
+        let now = Instant::now();
+        let doubtful: Vec<u64> = self
             .workers
             .iter()
-            .filter(|w| w.state == WState::Ready && w.live >= w.capacity)
+            .filter(|w| {
+                w.state == WState::Ready && (w.live >= w.capacity || w.blocked || w.stalled(now))
+            })
             .map(|w| w.id)
             .collect();
-        for id in full {
+        for id in doubtful {
             self.poll_worker(id);
+            self.unblock(id);
         }
+        let now = Instant::now();
         self.candidates.clear();
         self.candidates.extend(self.workers.iter().map(|w| Candidate {
             slot: w.slot,
             live: w.live,
-            open: w.state == WState::Ready && w.live < w.capacity,
+            open: w.open(now),
         }));
         let l = listener as usize;
         choose(self.policies[l], &self.candidates, &mut self.cursors[l], peer, self.slots.len())
@@ -476,8 +571,7 @@ impl Engine {
             Err(err) if listener::is_transient(&err) => return,
             Err(err) => {
                 // Out of descriptors or memory: the backlog holds clients while we back off.
-                warn!(program = %self.prog.name, "accept failed: {err}; pausing accepts for 100ms");
-                self.accept_paused_until = Some(Instant::now() + Duration::from_millis(100));
+                self.accept_errors.failed(&self.prog.name, &err);
                 return;
             }
         };
@@ -514,31 +608,39 @@ impl Engine {
                 .encode(&mut buf);
         let w = &self.workers[i];
         let (id, channel) = (w.id, Rc::clone(&w.channel));
-        // The channel's buffer has room for far more messages than a worker's unfinished
-        // connections, so this does not wait unless the worker stopped reading.
-        let sent = channel.send_timeout(&buf[..n], &[p.socket.as_socket_ref()], SEND_TIMEOUT);
+        // Never waits: a worker whose channel is full gets the connection later, or never.
+        let sent = channel.try_send(&buf[..n], &[p.socket.as_socket_ref()]);
         match sent {
-            Ok(()) => {
+            Ok(status @ (SendStatus::Written | SendStatus::Buffered)) => {
+                let now = Instant::now();
                 let w = &mut self.workers[i];
                 w.live += 1;
                 w.unacked += 1;
+                if w.unacked == 1 {
+                    w.ack_wait_since = Some(now);
+                }
+                // The rest of the message waits in the channel: nothing more goes to this
+                // worker until it is written.
+                w.blocked |= status == SendStatus::Buffered;
                 self.totals.dispatched += 1;
                 // An ACK and a FINISHED will follow: read soon again.
                 self.flush_every = FLUSH;
-                self.flush_at = self.flush_at.min(Instant::now() + FLUSH);
+                self.flush_at = self.flush_at.min(now + FLUSH);
                 let conn = Conn {
                     worker: id,
                     socket: p.socket,
                     acked: false,
-                    sent_at: Instant::now(),
+                    sent_at: now,
                     listener: p.listener,
                     peer: p.peer,
                 };
                 self.conns.insert(p.id, conn);
             }
-            Err(handover::Error::TimedOut) => {
+            Ok(_) => {
+                // Full: nothing of it went out. It waits for another worker, and this one
+                // takes nothing until its channel has room again.
+                self.workers[i].blocked = true;
                 self.pending.push_front(p);
-                self.kill_worker(id, "stopped reading its control channel".to_owned());
             }
             Err(err) => {
                 // The message was not delivered (a send fails whole): the connection waits for
@@ -551,18 +653,64 @@ impl Engine {
 
     fn send_drain(&mut self, id: u64) {
         let Some(i) = self.index(id) else { return };
-        let channel = Rc::clone(&self.workers[i].channel);
         self.workers[i].state = WState::Draining;
-        let msg = SupervisorMessage::control(kind::DRAIN);
-        if channel.send_timeout(&msg, &[], SEND_TIMEOUT).is_err() {
-            self.kill_worker(id, "could not be told to drain".to_owned());
+        self.send_control(id, &SupervisorMessage::control(kind::DRAIN));
+    }
+
+    /// Sends a control message (DRAIN, PING) without waiting: behind whatever the worker's
+    /// channel has not taken yet, in order.
+    fn send_control(&mut self, id: u64, msg: &[u8]) {
+        let Some(i) = self.index(id) else { return };
+        let w = &mut self.workers[i];
+        if w.blocked {
+            w.outbox.push_back(msg.to_vec());
+            return self.unblock(id);
+        }
+        match w.channel.try_send(msg, &[]) {
+            Ok(SendStatus::Written) => {}
+            Ok(SendStatus::Buffered) => w.blocked = true,
+            Ok(_) => {
+                w.blocked = true;
+                w.outbox.push_back(msg.to_vec());
+            }
+            Err(err) => self.kill_worker(id, format!("control channel send failed: {err}")),
+        }
+    }
+
+    /// Writes what a blocked worker's channel could not take before; once all of it is out,
+    /// the worker may take connections again.
+    fn unblock(&mut self, id: u64) {
+        let Some(i) = self.index(id) else { return };
+        let w = &mut self.workers[i];
+        if !w.blocked {
+            return;
+        }
+        let written = (|| -> handover::Result<bool> {
+            if !w.channel.try_flush()? {
+                return Ok(false);
+            }
+            while let Some(m) = w.outbox.front() {
+                match w.channel.try_send(m, &[])? {
+                    SendStatus::Written => drop(w.outbox.pop_front()),
+                    SendStatus::Buffered => {
+                        w.outbox.pop_front();
+                        return Ok(false);
+                    }
+                    _ => return Ok(false),
+                }
+            }
+            Ok(true)
+        })();
+        match written {
+            Ok(done) => w.blocked = !done,
+            Err(err) => self.kill_worker(id, format!("control channel send failed: {err}")),
         }
     }
 
     /// Whether some worker may have sent something: it holds connections, or is starting,
     /// draining or dying.
     fn needs_flush(&self) -> bool {
-        self.workers.iter().any(|w| w.live > 0 || w.state != WState::Ready)
+        self.workers.iter().any(|w| w.live > 0 || w.state != WState::Ready || w.blocked)
     }
 
     /// Reads the channels of the workers that may have sent something (see [`FLUSH`]).
@@ -570,12 +718,13 @@ impl Engine {
         let ids: Vec<u64> = self
             .workers
             .iter()
-            .filter(|w| w.live > 0 || w.state != WState::Ready)
+            .filter(|w| w.live > 0 || w.state != WState::Ready || w.blocked)
             .map(|w| w.id)
             .collect();
         let mut read = 0;
         for id in ids {
             read += self.poll_worker(id);
+            self.unblock(id);
         }
         self.flush_every = if read == 0 { (self.flush_every * 2).min(FLUSH_MAX) } else { FLUSH };
         self.flush_at = Instant::now() + self.flush_every;
@@ -634,7 +783,7 @@ impl Engine {
         // Late messages from a worker being killed still count: an ACK or FINISHED that made
         // it out before the kill tells the truth about its connections.
         match m {
-            WorkerMessage::Hello { capacity, pid } => {
+            WorkerMessage::Hello { capacity, pid, heartbeat } => {
                 let w = &mut self.workers[i];
                 if w.state != WState::Starting {
                     return self.misbehaved(id, "sent a second hello".to_owned());
@@ -642,8 +791,11 @@ impl Engine {
                 w.state = WState::Ready;
                 w.ready = true;
                 w.capacity = capacity;
+                w.heartbeat = heartbeat;
+                w.next_ping = Instant::now() + HEARTBEAT_EVERY;
+                self.proven = true;
                 let slot = w.slot;
-                info!(program = %self.prog.name, slot, pid = w.pid, capacity, "worker ready");
+                info!(program = %self.prog.name, slot, pid = w.pid, capacity, heartbeat, "worker ready");
                 if pid != w.pid {
                     debug!(slot, "worker reports pid {pid}, spawned as {}", w.pid);
                 }
@@ -652,7 +804,9 @@ impl Engine {
             WorkerMessage::Ack(cid) => match self.conns.get_mut(&cid) {
                 Some(c) if c.worker == id && !c.acked => {
                     c.acked = true;
-                    self.workers[i].unacked -= 1;
+                    let w = &mut self.workers[i];
+                    w.unacked -= 1;
+                    w.ack_wait_since = (w.unacked > 0).then(Instant::now);
                     if let Some(h) = &self.handoff_latency {
                         h.observe(c.sent_at.elapsed().as_secs_f64());
                     }
@@ -681,6 +835,7 @@ impl Engine {
                     let w = &mut self.workers[i];
                     w.live -= 1;
                     w.unacked -= 1;
+                    w.ack_wait_since = (w.unacked > 0).then(Instant::now);
                     self.totals.redispatched += 1;
                     self.pending.push_front(Pending {
                         id: cid,
@@ -691,6 +846,11 @@ impl Engine {
                 }
                 _ => self
                     .misbehaved(id, format!("rejected connection {cid}, which it was not offered")),
+            },
+            WorkerMessage::Pong(nonce) => match self.workers[i].ping {
+                Some((sent, _)) if sent == nonce => self.workers[i].ping = None,
+                _ => self
+                    .misbehaved(id, format!("answered heartbeat {nonce}, which it was not sent")),
             },
         }
     }
@@ -705,15 +865,8 @@ impl Engine {
                 self.reloading = None;
             }
             if let Some(old) = old {
-                if let Some(i) = self.index(old) {
-                    // Connections already sent to it arrive before the DRAIN, in order.
-                    let ch = Rc::clone(&self.workers[i].channel);
-                    self.workers[i].state = WState::Draining;
-                    let msg = SupervisorMessage::control(kind::DRAIN);
-                    if ch.send_timeout(&msg, &[], SEND_TIMEOUT).is_err() {
-                        self.misbehaved(old, "could not be told to drain".to_owned());
-                    }
-                }
+                // Connections already sent to it arrive before the DRAIN, in order.
+                self.send_drain(old);
             }
         } else if s.current.is_none() {
             s.current = Some(id);
@@ -730,6 +883,8 @@ impl Engine {
                 if self.phase == Phase::Running {
                     info!(program = %self.prog.name, "reload: restarting workers one at a time");
                     self.reload = (0..self.slots.len()).collect();
+                    // The program on disk may have changed: it has to prove itself again.
+                    self.proven = false;
                 }
             }
             Request::Drain => self.begin_drain(),
@@ -794,6 +949,7 @@ impl Engine {
                 stuck.push((w.id, format!("did not say hello within {start:?}")));
             }
         }
+        self.heartbeats(now, &mut stuck);
         for (id, why) in stuck {
             if self.index(id).is_some_and(|i| self.workers[i].state != WState::Dying) {
                 self.totals.misbehaving_killed += 1;
@@ -809,7 +965,43 @@ impl Engine {
         for id in gone {
             self.cleanup(id, "killed");
         }
-        self.reap_zombies();
+        self.reap_exited();
+    }
+
+    /// Sends the PINGs that are due to ready workers that declared heartbeats, and adds those
+    /// that have not answered one within `--heartbeat-timeout` to `stuck`. (Draining workers
+    /// are not asked: one may stop reading its channel once it has been told to drain.)
+    fn heartbeats(&mut self, now: Instant, stuck: &mut Vec<(u64, String)>) {
+        let timeout = self.prog.timeouts.heartbeat;
+        if timeout.is_zero() {
+            return;
+        }
+        let asked = |w: &Worker| w.heartbeat && w.state == WState::Ready;
+        let late = |w: &Worker| w.ping.is_some_and(|(_, at)| now.duration_since(at) > timeout);
+        let suspects: Vec<u64> =
+            self.workers.iter().filter(|w| asked(w) && late(w)).map(|w| w.id).collect();
+        for id in suspects {
+            self.poll_worker(id); // its answer may be there, unread
+            if self.index(id).is_some_and(|i| late(&self.workers[i])) {
+                stuck.push((id, format!("did not answer a heartbeat within {timeout:?}")));
+            }
+        }
+        let every = (timeout / 4).min(HEARTBEAT_EVERY);
+        let due: Vec<u64> = self
+            .workers
+            .iter()
+            .filter(|w| asked(w) && w.ping.is_none() && now >= w.next_ping)
+            .map(|w| w.id)
+            .collect();
+        for id in due {
+            let nonce = self.next_nonce;
+            self.next_nonce += 1;
+            if let Some(i) = self.index(id) {
+                self.workers[i].ping = Some((nonce, now));
+                self.workers[i].next_ping = now + every;
+            }
+            self.send_control(id, &SupervisorMessage::ping(nonce));
+        }
     }
 
     /// Kills a worker; its connections are settled when its channel closes ([`cleanup`]), so
@@ -838,9 +1030,9 @@ impl Engine {
     }
 
     /// The worker is gone: settle its connections, reap it, restart its slot.
-    fn cleanup(&mut self, id: u64, how: &str) {
+    fn cleanup(&mut self, id: u64, how: &'static str) {
         let Some(i) = self.index(id) else { return };
-        let mut w = self.workers.remove(i);
+        let w = self.workers.remove(i);
         sys::signal_group(w.pid, Stop::Kill);
         let mut redispatched = 0;
         let mut lost = 0;
@@ -863,40 +1055,80 @@ impl Engine {
         }
         self.totals.redispatched += redispatched;
         self.totals.lost_mid_request += lost;
-        let status = child::reap(&mut w.child, Duration::from_millis(50));
-        if status.is_none() {
-            self.zombies.push(w.child);
-        }
-        let lived = w.started.elapsed();
-        let what = match &w.kill_reason {
-            Some(r) => format!("killed ({r})"),
-            None => format!("{how} ({})", child::describe(status)),
-        };
-        let expected = w.state == WState::Draining || matches!(self.phase, Phase::Draining { .. });
-        if expected && w.kill_reason.is_none() {
-            info!(program = %self.prog.name, slot = w.slot, pid = w.pid, handled = w.handled, "worker exited");
-        } else {
-            warn!(
-                program = %self.prog.name, slot = w.slot, pid = w.pid, redispatched, lost_mid_request = lost,
-                "worker {what} after {lived:?}"
-            );
-        }
-        let slot = w.slot;
-        self.slots[slot].last_exit = Some(what);
-        let s = &mut self.slots[slot];
-        if s.current == Some(id) {
+        let s = &mut self.slots[w.slot];
+        let restart = if s.current == Some(id) {
             s.current = None;
-            if s.incoming.is_none() {
-                self.schedule_restart(slot, lived, w.ready);
-            }
+            s.incoming.is_none()
         } else if s.incoming == Some(id) {
             s.incoming = None;
-            self.schedule_restart(slot, lived, w.ready);
+            true
+        } else {
+            false
+        };
+        let expected = w.state == WState::Draining || matches!(self.phase, Phase::Draining { .. });
+        self.exited.push(Exited {
+            child: w.child,
+            pid: w.pid,
+            slot: w.slot,
+            restart,
+            lived: w.started.elapsed(),
+            ready: w.ready,
+            kill_reason: w.kill_reason,
+            how,
+            expected,
+            handled: w.handled,
+            redispatched,
+            lost,
+            since: Instant::now(),
+        });
+        self.reap_exited();
+    }
+
+    /// Reaps the exited workers that can be, without waiting, and decides about their slots.
+    /// One still unreaped after [`KILL_GRACE`] (it was killed, so it is on its way out) is
+    /// decided about without its exit status.
+    fn reap_exited(&mut self) {
+        self.zombies.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+        let mut i = 0;
+        while i < self.exited.len() {
+            let status = match self.exited[i].child.try_wait() {
+                Ok(None) if self.exited[i].since.elapsed() < KILL_GRACE => {
+                    i += 1;
+                    continue;
+                }
+                Ok(st) => st,
+                Err(_) => None,
+            };
+            let x = self.exited.swap_remove(i);
+            self.settle(&x, status);
+            if status.is_none() {
+                self.zombies.push(x.child);
+            }
         }
     }
 
-    fn reap_zombies(&mut self) {
-        self.zombies.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
+    /// Logs how an exited worker ended and restarts its slot by the restart policy.
+    fn settle(&mut self, x: &Exited, status: Option<std::process::ExitStatus>) {
+        let what = match &x.kill_reason {
+            Some(r) => format!("killed ({r})"),
+            None => format!("{} ({})", x.how, child::describe(status)),
+        };
+        let (slot, pid, lived) = (x.slot, x.pid, x.lived);
+        if x.expected && x.kill_reason.is_none() {
+            info!(program = %self.prog.name, slot, pid, handled = x.handled, "worker exited");
+        } else {
+            warn!(
+                program = %self.prog.name, slot, pid, redispatched = x.redispatched,
+                lost_mid_request = x.lost, "worker {what} after {lived:?}"
+            );
+        }
+        self.slots[slot].last_exit = Some(what);
+        if x.restart {
+            let from_outside =
+                x.kill_reason.is_none() && status.as_ref().is_some_and(sys::killed_from_outside);
+            let death = Death { lived, ready: x.ready, from_outside, proven: self.proven };
+            self.schedule_restart(slot, death);
+        }
     }
 
     fn status(&self) -> (ProgramStatus, Vec<ListenerStatus>) {
@@ -917,7 +1149,7 @@ impl Engine {
             if s.start_at.is_some() && s.current.is_none() {
                 workers.push(WorkerStatus {
                     slot,
-                    state: "backoff".to_owned(),
+                    state: child::waiting_state(&s.restarts, &self.prog.timeouts).to_owned(),
                     restarts: s.restarts.count,
                     ..WorkerStatus::default()
                 });
@@ -940,13 +1172,5 @@ impl Engine {
             totals,
         };
         (p, self.listener_status.clone())
-    }
-}
-
-/// Waits until `at`; never, for `None`.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }

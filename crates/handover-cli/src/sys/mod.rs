@@ -11,6 +11,8 @@
 //! - `close_inherited_on_exec() -> anyhow::Result<()>`: at start-up, so no child inherits what
 //!   the supervisor was started with;
 //! - `signal_group(pid, Kill | Terminate)`;
+//! - `killed_from_outside(&ExitStatus) -> bool`: a death by a signal someone else sent to stop
+//!   the process (restarted at once), not the program's own crash;
 //! - `signal_process(pid, Kill | Terminate)`: one process (the next generation of an upgrade);
 //! - `Signals::new()?` and `Signals::recv().await -> Signal`: terminate, interrupt, reload,
 //!   upgrade, child-exited notifications;

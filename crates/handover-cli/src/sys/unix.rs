@@ -65,6 +65,21 @@ pub(crate) fn close_inherited_on_exec() -> Result<()> {
     handover::unix::set_cloexec_from(3).context("cannot mark inherited descriptors close-on-exec")
 }
 
+/// Whether `status` is a death by a signal someone sends to stop a process (`SIGKILL`, as
+/// the OOM killer does, `SIGTERM`, `SIGINT`, `SIGHUP`, `SIGQUIT`), as opposed to the program's
+/// own crash (`SIGSEGV`, `SIGABRT`, `SIGPIPE`, ...) or exit.
+pub(crate) fn killed_from_outside(status: &std::process::ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    let outside = [
+        NixSignal::SIGKILL,
+        NixSignal::SIGTERM,
+        NixSignal::SIGINT,
+        NixSignal::SIGHUP,
+        NixSignal::SIGQUIT,
+    ];
+    status.signal().is_some_and(|s| outside.iter().any(|o| *o as i32 == s))
+}
+
 /// Signals the process group led by `pid`. A group that is gone already is not an error.
 pub(crate) fn signal_group(pid: u32, how: Stop) {
     let sig = match how {

@@ -111,3 +111,9 @@ pub(crate) fn is_socket_file(_meta: &std::fs::Metadata) -> bool {
 pub(crate) fn socket_path(_addr: &socket2::SockAddr) -> Option<std::path::PathBuf> {
     None
 }
+
+/// Windows has no signals: a process ended by `TerminateProcess` exits with the code its
+/// killer chose, indistinguishable from its own exit, so every death counts as the program's.
+pub(crate) fn killed_from_outside(_status: &std::process::ExitStatus) -> bool {
+    false
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use handover::{Channel, SocketKind};
 use handover_worker::protocol::{SupervisorMessage, WorkerMessage, ID_MSG_LEN};
-use handover_worker::{Event, Worker};
+use handover_worker::{Event, Hello, Worker};
 
 #[derive(Debug, Default)]
 struct Opts {
@@ -69,7 +69,11 @@ fn run(mut opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
         return match opts.misbehave.clone() {
             Some(mode) => misbehave(channel, &mode, &opts),
             None if opts.tokio => prefork_tokio(channel, &opts),
-            None => prefork(Worker::from_channel(channel, opts.capacity)?, &opts),
+            // The main thread only hands connections to the pool: it answers heartbeats.
+            None => prefork(
+                Worker::from_channel_with(channel, Hello::new(opts.capacity).heartbeat(true))?,
+                &opts,
+            ),
         };
     }
     if let Some((_, first)) = inherited.sockets.first() {
@@ -156,7 +160,11 @@ fn prefork_tokio(channel: Channel, opts: &Opts) -> Result<(), Box<dyn std::error
     let capacity = opts.capacity;
     runtime.block_on(async move {
         let channel = handover::tokio::Channel::try_from(channel)?;
-        let mut worker = handover_worker::tokio::Worker::from_channel(channel, capacity).await?;
+        let mut worker = handover_worker::tokio::Worker::from_channel_with(
+            channel,
+            Hello::new(capacity).heartbeat(true),
+        )
+        .await?;
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             match worker.recv().await? {
@@ -267,7 +275,9 @@ fn send(ch: &Channel, m: WorkerMessage) -> handover::Result<()> {
 
 /// Breaks the protocol in the way `mode` names.
 fn misbehave(ch: Channel, mode: &str, opts: &Opts) -> Result<(), Box<dyn std::error::Error>> {
-    send(&ch, WorkerMessage::Hello { capacity: opts.capacity, pid: std::process::id() })?;
+    let hello =
+        WorkerMessage::Hello { capacity: opts.capacity, pid: std::process::id(), heartbeat: false };
+    send(&ch, hello)?;
     let mut held = Vec::new();
     loop {
         let msg = ch.recv()?;
