@@ -85,11 +85,12 @@ pub(crate) enum Restart {
 /// Restart bookkeeping for one worker slot: capped exponential backoff after crashes at start,
 /// and the crash-loop state.
 ///
-/// The policy (README, "Restarts"): a worker that was ready and then lived `--min-uptime`, or
-/// was killed from outside, resets the slot and is replaced at once. Anything else (it never
-/// became ready, or crashed by itself soon after) is a crash at start: the replacement waits
-/// 100 ms, doubling to 5 s; after `--crash-limit` of them in a row the slot is reported
-/// crash-looping, and only a program that has never been ready is given up on.
+/// The policy (README, "Restarts"): a worker killed from outside (ready or not: the signal
+/// says nothing about the program), or one that was ready and then lived `--min-uptime`,
+/// resets the slot and is replaced at once. Anything else (it never became ready, or crashed
+/// by itself soon after) is a crash at start: the replacement waits 100 ms, doubling to 5 s;
+/// after `--crash-limit` of them in a row the slot is reported crash-looping, and only a
+/// program that has never been ready is given up on.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Restarts {
     /// Crashes at start in a row.
@@ -107,7 +108,7 @@ const DEFAULT_CRASH_LOOP: u32 = 5;
 impl Restarts {
     /// Records a death and says when the replacement starts.
     pub(crate) fn on_death(&mut self, d: Death, t: &Timeouts) -> Restart {
-        if d.ready && (d.lived >= t.min_uptime || d.from_outside) {
+        if d.from_outside || (d.ready && d.lived >= t.min_uptime) {
             self.streak = 0;
             self.count += 1;
             return Restart::After(Duration::ZERO);
@@ -197,12 +198,15 @@ mod tests {
         for _ in 0..50 {
             assert_eq!(r.on_death(death(10, true, true, true), &t), MS(0));
         }
-        // Killed before it was ready: backoff, but no giving up, even unproven.
+        // Killed before it was ready, unproven: the same (a kill says nothing about the
+        // program; a crash-at-start streak would starve the slot under repeated kills).
         for _ in 0..50 {
-            assert!(matches!(r.on_death(death(1, false, true, false), &t), Restart::After(_)));
+            assert_eq!(r.on_death(death(1, false, true, false), &t), MS(0));
         }
-        assert!(r.crash_looping(&t));
+        assert!(!r.crash_looping(&t));
         assert_eq!(r.count, 100);
+        // Its own crash still counts.
+        assert_eq!(r.on_death(death(1, false, false, true), &t), MS(100));
     }
 
     #[test]

@@ -70,6 +70,33 @@ impl TestEnv {
         self.child = Some(c.spawn().expect("start handover"));
     }
 
+    /// Like [`serve`](TestEnv::serve), started by way of a shell that first runs `prefix`
+    /// (`ulimit -n 64`, say).
+    pub fn serve_after(&mut self, prefix: &str, args: &[&str], cmd: &[&str]) {
+        let log = std::fs::File::create(&self.log).unwrap();
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(format!("{prefix} && exec \"$@\"")).arg("sh").arg(HANDOVER);
+        c.arg("serve").args(args).arg("--control").arg(&self.control).arg("--").args(cmd);
+        c.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        self.child = Some(c.spawn().expect("start handover"));
+    }
+
+    /// How long the supervisor takes to answer a status request on its control socket
+    /// (measured in this process: no `handover status` process start in the figure).
+    pub fn status_latency(&self) -> Result<Duration, String> {
+        let started = Instant::now();
+        let ch = handover::Channel::connect(&self.control).map_err(|e| e.to_string())?;
+        ch.send(b"status", &[]).map_err(|e| e.to_string())?;
+        let reply = ch.recv_timeout(Duration::from_secs(10)).map_err(|e| e.to_string())?;
+        serde_json::from_slice::<serde_json::Value>(&reply.bytes).map_err(|e| e.to_string())?;
+        Ok(started.elapsed())
+    }
+
+    /// Whether the supervisor is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
@@ -189,6 +216,39 @@ pub fn children_of(pid: u32) -> Vec<u32> {
         }
     }
     out
+}
+
+/// Kills a random child of `supervisor` with `SIGKILL` every `every` until `stop` is set, on
+/// a thread; returns the number of kills when joined.
+pub fn kill_randomly(
+    supervisor: u32,
+    every: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u32> {
+    std::thread::spawn(move || {
+        let mut kills = 0u32;
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(supervisor);
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(every);
+            let pids = children_of(supervisor);
+            if pids.is_empty() {
+                continue;
+            }
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let victim = pids[(seed % pids.len() as u64) as usize];
+            let _ = Command::new("kill").args(["-9", &victim.to_string()]).status();
+            kills += 1;
+        }
+        kills
+    })
+}
+
+/// Sends `sig` (`STOP`, `CONT`, ...) to `pid`.
+pub fn signal_pid(pid: u32, sig: &str) {
+    let ok = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap();
+    assert!(ok.success(), "kill -{sig} {pid}");
 }
 
 /// One HTTP/1.0 request on a fresh connection, no retry. `Ok(body)` only for a complete
