@@ -11,8 +11,19 @@ pub(crate) struct Candidate {
     pub(crate) slot: usize,
     /// Connections dispatched and not finished.
     pub(crate) live: u32,
-    /// Ready and below its capacity.
+    /// Ready, below its capacity, and its channel has room.
     pub(crate) open: bool,
+    /// Slow to acknowledge what it was sent (stopped, hung or swamped): round-robin and
+    /// least-connections pass it over; source-hash keeps a client on its home worker anyway
+    /// (stickiness is what that policy is for; a home worker that hangs holds its clients
+    /// until `--ack-timeout` replaces it).
+    pub(crate) stalled: bool,
+}
+
+impl Candidate {
+    fn takes(&self) -> bool {
+        self.open && !self.stalled
+    }
 }
 
 /// Picks an index into `workers`, or `None` when every worker is full or not ready.
@@ -33,7 +44,7 @@ pub(crate) fn choose(
     match policy {
         Policy::RoundRobin => {
             let start = *cursor % n;
-            let i = (0..n).map(|k| (start + k) % n).find(|&i| workers[i].open)?;
+            let i = (0..n).map(|k| (start + k) % n).find(|&i| workers[i].takes())?;
             *cursor = i + 1;
             Some(i)
         }
@@ -42,7 +53,7 @@ pub(crate) fn choose(
             let start = *cursor % n;
             let i = (0..n)
                 .map(|k| (start + k) % n)
-                .filter(|&i| workers[i].open)
+                .filter(|&i| workers[i].takes())
                 .min_by_key(|&i| workers[i].live)?;
             *cursor = i + 1;
             Some(i)
@@ -79,7 +90,7 @@ mod tests {
     use super::*;
 
     fn w(slot: usize, live: u32, open: bool) -> Candidate {
-        Candidate { slot, live, open }
+        Candidate { slot, live, open, stalled: false }
     }
 
     #[test]
@@ -124,5 +135,23 @@ mod tests {
             seen.insert(choose(Policy::SourceHash, &ws, &mut c, Some(p), 4).unwrap());
         }
         assert_eq!(seen.len(), 4);
+    }
+
+    #[test]
+    fn a_stalled_worker_is_passed_over_except_by_source_hash() {
+        let mut ws = [w(0, 0, true), w(1, 0, true)];
+        ws[1].stalled = true;
+        let mut c = 0;
+        for _ in 0..4 {
+            assert_eq!(choose(Policy::RoundRobin, &ws, &mut c, None, 2), Some(0));
+            assert_eq!(choose(Policy::LeastConnections, &ws, &mut c, None, 2), Some(0));
+        }
+        ws[0].stalled = true;
+        assert_eq!(choose(Policy::RoundRobin, &ws, &mut c, None, 2), None);
+        // Source-hash keeps each client on its home worker.
+        let peer: SocketAddr = "10.0.0.7:1234".parse().unwrap();
+        let home =
+            choose(Policy::SourceHash, &[w(0, 0, true), w(1, 0, true)], &mut c, Some(peer), 2);
+        assert_eq!(choose(Policy::SourceHash, &ws, &mut c, Some(peer), 2), home);
     }
 }

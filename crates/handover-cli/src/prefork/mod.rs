@@ -145,12 +145,9 @@ impl Worker {
             && self.ack_wait_since.is_some_and(|t| now.duration_since(t) > STALL_AFTER)
     }
 
-    /// It may take a connection now.
-    fn open(&self, now: Instant) -> bool {
-        self.state == WState::Ready
-            && self.live < self.capacity
-            && !self.blocked
-            && !self.stalled(now)
+    /// It may take a connection now (but see [`Worker::stalled`]).
+    fn open(&self) -> bool {
+        self.state == WState::Ready && self.live < self.capacity && !self.blocked
     }
 }
 
@@ -343,8 +340,7 @@ pub(crate) async fn run(
 
 impl Engine {
     fn has_room(&self) -> bool {
-        let now = Instant::now();
-        self.workers.iter().any(|w| w.open(now))
+        self.workers.iter().any(Worker::open)
     }
 
     fn index(&self, id: u64) -> Option<usize> {
@@ -559,7 +555,8 @@ impl Engine {
         self.candidates.extend(self.workers.iter().map(|w| Candidate {
             slot: w.slot,
             live: w.live,
-            open: w.open(now),
+            open: w.open(),
+            stalled: w.stalled(now),
         }));
         let l = listener as usize;
         choose(self.policies[l], &self.candidates, &mut self.cursors[l], peer, self.slots.len())
