@@ -47,7 +47,7 @@ fn kill_9_with_defaults(name: &str, cmd: &[&str]) {
         t["restarts"],
         l.connect_failed
     );
-    assert!(kills >= 10, "the killer ran");
+    assert!(kills >= 5, "the killer ran");
     assert_eq!(l.connect_failed, 0, "refused: {:?}", l.errors);
     assert_eq!(l.failed, lost, "unanswered == acknowledged-then-died: {:?}\n{t}", l.errors);
     assert!(l.ok * 100 >= TOTAL * 97, "only {} of {TOTAL} answered: {:?}", l.ok, l.errors);
@@ -59,9 +59,9 @@ fn kill_9_with_defaults(name: &str, cmd: &[&str]) {
 
 #[test]
 fn kill_9_with_default_flags_rust_worker() {
-    // A 3 ms service time (the worker's own flag, not the supervisor's) keeps requests in
-    // flight and the run long enough for the killer to land dozens of kills.
-    kill_9_with_defaults("kill9-rust", &[DEMO_WORKER, "--delay-ms", "3"]);
+    // A 1 ms service time (the worker's own flag, not the supervisor's) keeps requests in
+    // flight, so kills land mid-request too.
+    kill_9_with_defaults("kill9-rust", &[DEMO_WORKER, "--delay-ms", "1"]);
 }
 
 #[test]
