@@ -62,12 +62,7 @@ impl TestEnv {
     /// Like [`serve`](TestEnv::serve), with descriptor `fd` open and inheritable in the
     /// supervisor (as a careless parent would leave it), by way of a shell.
     pub fn serve_with_stray_fd(&mut self, fd: u32, args: &[&str], cmd: &[&str]) {
-        let log = std::fs::File::create(&self.log).unwrap();
-        let mut c = Command::new("sh");
-        c.arg("-c").arg(format!("exec {fd}</dev/null; exec \"$@\"")).arg("sh").arg(HANDOVER);
-        c.arg("serve").args(args).arg("--control").arg(&self.control).arg("--").args(cmd);
-        c.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
-        self.child = Some(c.spawn().expect("start handover"));
+        self.serve_after(&format!("exec {fd}</dev/null"), args, cmd);
     }
 
     /// Like [`serve`](TestEnv::serve), started by way of a shell that first runs `prefix`
