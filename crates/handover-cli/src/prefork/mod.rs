@@ -499,11 +499,14 @@ impl Engine {
     fn finished(&mut self) -> Option<Outcome> {
         let Phase::Draining { deadline } = self.phase else { return None };
         let code = if self.give_up.is_some() { ExitCode::CrashLoop } else { ExitCode::Success };
-        if self.workers.is_empty() && self.pending.is_empty() {
-            self.reap_exited();
+        // Done once every worker is gone and reaped (so how each ended is logged; that takes
+        // at most KILL_GRACE after its channel closed).
+        self.reap_exited();
+        if self.workers.is_empty() && self.pending.is_empty() && self.exited.is_empty() {
             return Some(Outcome { code, message: self.give_up.clone() });
         }
-        if Instant::now() >= deadline {
+        let waiting = !self.workers.is_empty() || !self.pending.is_empty();
+        if waiting && Instant::now() >= deadline {
             warn!(program = %self.prog.name, "drain timed out: killing {} worker(s)", self.workers.len());
             let mut out = self.kill_all();
             out.code = code.or(ExitCode::DrainTimedOut);
