@@ -237,11 +237,14 @@ fn an_idle_hung_worker_misses_its_heartbeat_and_is_replaced() {
 
 #[test]
 fn a_program_that_cannot_start_fails_fast() {
-    // `false` exits 1 at once; python3 with a missing script exits 2: both are given up on
-    // with exit code 3, quickly, with the reason.
+    // `false` exits 1 at once; python3 with a missing script exits 2; the shell closes its
+    // control channel, then exits 1 a little later (its own failure, not a kill from outside,
+    // though the channel said it was gone first): all are given up on with exit code 3,
+    // quickly, with the reason.
     let missing = std::env::temp_dir().join("handover-no-such-app.py");
     let missing = missing.to_str().unwrap();
-    for cmd in [&["false"][..], &["python3", missing][..]] {
+    let slow_exit = ["sh", "-c", "exec 3>&-; sleep 0.2; exit 1"];
+    for cmd in [&["false"][..], &["python3", missing][..], &slow_exit[..]] {
         let mut env = TestEnv::new("cannot-start");
         env.serve(&LISTEN, cmd);
         let started = Instant::now();
@@ -401,4 +404,39 @@ fn out_of_descriptors_backs_off_and_loses_nothing() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(env.totals()["handled"], 600);
     assert_eq!(env.fd_count(), fds_before, "descriptors after the storm");
+}
+
+#[test]
+fn a_stopped_sticky_worker_whose_channel_fills_never_stalls_the_supervisor() {
+    // source-hash keeps every client of 127.0.0.1 on one home worker, even while it is slow.
+    // Stopped, with room for 512 connections, its control channel fills long before its
+    // capacity: from then on the supervisor must send elsewhere, never wait on that channel
+    // and never spin on it, and still answer status; after --ack-timeout the stopped worker is
+    // replaced and what it had not acknowledged is served by the other.
+    let mut env = TestEnv::new("sticky-full");
+    let mut args = LISTEN.to_vec();
+    args.extend(["-w", "2", "--policy", "source-hash"]);
+    env.serve(&args, &[DEMO_WORKER, "--capacity", "512"]);
+    let addr = env.wait_ready(2);
+    let home: u32 = get(addr).unwrap().trim().rsplit(' ').next().unwrap().parse().unwrap();
+    signal_pid(home, "STOP");
+    let clients = std::thread::spawn(move || load(addr, 450, 450));
+    let stopped = Instant::now();
+    let mut worst = Duration::ZERO;
+    while stopped.elapsed() < Duration::from_secs(3) {
+        worst = worst.max(env.status_latency().expect("status while the channel is full"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let l = clients.join().unwrap();
+    let _ = std::process::Command::new("kill").args(["-CONT", &home.to_string()]).status();
+    let t = env.totals();
+    eprintln!(
+        "stopped sticky worker: {}/450 answered in {:?}, re-dispatched {}; status worst {worst:?}",
+        l.ok,
+        stopped.elapsed(),
+        t["redispatched"]
+    );
+    assert_eq!(l.ok, 450, "{:?}\n{t}", l.errors);
+    assert!(worst < Duration::from_secs(1), "status stalled: {worst:?}");
+    assert!(!alive(home), "the stopped worker was not replaced");
 }

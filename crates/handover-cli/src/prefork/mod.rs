@@ -63,6 +63,9 @@ use crate::sys::{self, Stop};
 /// replaces it, while a healthy one never waits that long (it acknowledges on receipt).
 const STALL_UNACKED: u32 = 2;
 const STALL_AFTER: Duration = Duration::from_millis(2);
+/// How long a worker whose channel refused a connection (full) waits before it is offered
+/// another, unless it reads (and answers) meanwhile.
+const REFUSED_RETRY: Duration = Duration::from_millis(10);
 /// The longest interval between heartbeats (PING) to a worker that declared them; shorter
 /// with a short `--heartbeat-timeout` (a quarter of it).
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
@@ -129,6 +132,9 @@ struct Worker {
     blocked: bool,
     /// Control messages waiting for room in its channel.
     outbox: VecDeque<Vec<u8>>,
+    /// When its channel last refused a connection (full): it gets none until it has sent
+    /// something since, or [`REFUSED_RETRY`] has passed.
+    refused_at: Option<Instant>,
     /// While it holds unacknowledged connections: since when none was acknowledged.
     ack_wait_since: Option<Instant>,
     /// It declared heartbeats in its hello.
@@ -391,6 +397,7 @@ impl Engine {
             kill_reason: None,
             blocked: false,
             outbox: VecDeque::new(),
+            refused_at: None,
             ack_wait_since: None,
             heartbeat: false,
             ping: None,
@@ -640,6 +647,7 @@ impl Engine {
                 // Full: nothing of it went out. It waits for another worker, and this one
                 // takes nothing until its channel has room again.
                 self.workers[i].blocked = true;
+                self.workers[i].refused_at = Some(Instant::now());
                 self.pending.push_front(p);
             }
             Err(err) => {
@@ -685,6 +693,12 @@ impl Engine {
         if !w.blocked {
             return;
         }
+        // A full channel with nothing of ours pending looks writable to a flush: retry it
+        // only once the worker has read something (it sent a message since) or a while later.
+        if w.refused_at.is_some_and(|t| t.elapsed() < REFUSED_RETRY) {
+            return;
+        }
+        w.refused_at = None;
         let written = (|| -> handover::Result<bool> {
             if !w.channel.try_flush()? {
                 return Ok(false);
@@ -780,6 +794,8 @@ impl Engine {
 
     fn on_message(&mut self, id: u64, m: WorkerMessage) {
         let Some(i) = self.index(id) else { return };
+        // It is reading its channel: a connection it refused may fit now.
+        self.workers[i].refused_at = None;
         // Late messages from a worker being killed still count: an ACK or FINISHED that made
         // it out before the kill tells the truth about its connections.
         match m {
@@ -861,15 +877,16 @@ impl Engine {
         if s.incoming == Some(id) {
             s.incoming = None;
             let old = s.current.replace(id);
-            if self.reloading == Some(slot) {
-                self.reloading = None;
-            }
             if let Some(old) = old {
                 // Connections already sent to it arrive before the DRAIN, in order.
                 self.send_drain(old);
             }
         } else if s.current.is_none() {
             s.current = Some(id);
+        }
+        // A reload's replacement may have died and been restarted as the slot's current one.
+        if self.reloading == Some(slot) && self.slots[slot].incoming.is_none() {
+            self.reloading = None;
         }
     }
 
@@ -1033,7 +1050,13 @@ impl Engine {
     fn cleanup(&mut self, id: u64, how: &'static str) {
         let Some(i) = self.index(id) else { return };
         let w = self.workers.remove(i);
-        sys::signal_group(w.pid, Stop::Kill);
+        // A worker the supervisor killed is signalled again (its group: anything it started).
+        // One whose channel closed by itself is left to exit: signalling it now would turn
+        // its own exit or crash into a SIGKILL, which the restart policy takes for a kill
+        // from outside. `reap_exited` kills it if it has not exited within KILL_GRACE.
+        if w.kill_reason.is_some() {
+            sys::signal_group(w.pid, Stop::Kill);
+        }
         let mut redispatched = 0;
         let mut lost = 0;
         let ids: Vec<u64> =
@@ -1091,15 +1114,30 @@ impl Engine {
         self.zombies.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
         let mut i = 0;
         while i < self.exited.len() {
-            let status = match self.exited[i].child.try_wait() {
-                Ok(None) if self.exited[i].since.elapsed() < KILL_GRACE => {
+            let x = &mut self.exited[i];
+            let status = match x.child.try_wait() {
+                Ok(Some(st)) => Some(st),
+                Ok(None) if x.since.elapsed() < KILL_GRACE => {
                     i += 1;
                     continue;
                 }
-                Ok(st) => st,
-                Err(_) => None,
+                Ok(None) if x.kill_reason.is_none() => {
+                    // Its channel closed a while ago and it still runs: end it, and judge it as
+                    // killed for that (not as a kill from outside).
+                    sys::signal_group(x.pid, Stop::Kill);
+                    x.kill_reason = Some("closed its control channel but did not exit".to_owned());
+                    x.since = Instant::now();
+                    i += 1;
+                    continue;
+                }
+                Ok(None) | Err(_) => None,
             };
             let x = self.exited.swap_remove(i);
+            // Whatever it started goes with it (its leader is reaped; the group lives on only
+            // while members remain).
+            if status.is_some() && x.kill_reason.is_none() {
+                sys::signal_group(x.pid, Stop::Kill);
+            }
             self.settle(&x, status);
             if status.is_none() {
                 self.zombies.push(x.child);
