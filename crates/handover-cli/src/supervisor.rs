@@ -415,17 +415,15 @@ async fn run(
                             took_over = true;
                             shared.broadcast(|| Request::Start);
                             shared.state.set("running");
-                            let report = Report::TookOver { pid: std::process::id() }.encode();
                             if let Some(p) = &parent {
-                                let _ = tokio::time::timeout(Duration::from_secs(5), p.send(&report, &[])).await;
+                                report_to(p, Report::TookOver { pid: std::process::id() });
                             }
                             info!(generation, "upgrade: generation {generation} took over");
                         }
                         Err(e) => {
                             error!("upgrade: cannot take over: {e:#}");
                             if let Some(p) = &parent {
-                                let report = Report::Failed(format!("{e:#}")).encode();
-                                let _ = tokio::time::timeout(Duration::from_secs(5), p.send(&report, &[])).await;
+                                report_to(p, Report::Failed(format!("{e:#}")));
                             }
                             drain!();
                         }
@@ -501,7 +499,7 @@ async fn run(
                         }
                         Some(p) => {
                             info!(generation, "upgrade: ready; waiting for the old generation to let go");
-                            let _ = tokio::time::timeout(Duration::from_secs(5), p.send(&Report::Ready.encode(), &[])).await;
+                            report_to(p, Report::Ready);
                         }
                     }
                 }
@@ -585,6 +583,16 @@ async fn run(
     }
     drop(metrics_task);
     Ok(Outcome { code, message })
+}
+
+/// Sends `report` to the old generation on a task of its own, so the main loop (signals, the
+/// control socket) never waits on a parent that is slow to read; reports keep their order
+/// (each is sent only after the parent's answer to the previous one has arrived).
+fn report_to(parent: &Rc<handover::tokio::Channel>, report: Report) {
+    let p = Rc::clone(parent);
+    tokio::task::spawn_local(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(5), p.send(&report.encode(), &[])).await;
+    });
 }
 
 /// A new generation commits: the control socket and pid file become its own.

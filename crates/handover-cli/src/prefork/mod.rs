@@ -1161,7 +1161,11 @@ impl Engine {
             );
         }
         self.slots[slot].last_exit = Some(what);
-        if x.restart {
+        // Both of a slot's workers (a reload's pair) may die before either is settled: the
+        // slot needs one new worker, not two.
+        let s = &self.slots[slot];
+        let refilled = s.current.is_some() || s.incoming.is_some() || s.start_at.is_some();
+        if x.restart && !refilled {
             let from_outside =
                 x.kill_reason.is_none() && status.as_ref().is_some_and(sys::killed_from_outside);
             let death = Death { lived, ready: x.ready, from_outside, proven: self.proven };
