@@ -31,7 +31,7 @@
 //! connection until it has taken what it was sent, and control messages queue for it), and
 //! exited workers are reaped on `SIGCHLD`. A worker that stops acknowledging (stopped, hung,
 //! swamped) gets no new connection once [`STALL_UNACKED`] of its connections have waited
-//! [`STALL_AFTER`] with none acknowledged; it is replaced after `--ack-timeout`, or, idle,
+//! [`STALL_AFTER`] with none acknowledged while other workers acknowledged theirs; it is replaced after `--ack-timeout`, or, idle,
 //! when it misses a heartbeat (`--heartbeat-timeout`, for workers that declared them).
 
 mod dispatch;
@@ -57,10 +57,12 @@ use crate::listener::{self, Accepted, Listener};
 use crate::status::{ListenerStatus, ProgramStatus, Totals, WorkerStatus};
 use crate::sys::{self, Stop};
 
-/// A worker holding this many unacknowledged connections, none acknowledged for
-/// [`STALL_AFTER`], gets no new connection until it acknowledges one: so a worker that stops
-/// (`SIGSTOP`, a deadlock, a long pause) strands only a few clients until `--ack-timeout`
-/// replaces it, while a healthy one never waits that long (it acknowledges on receipt).
+/// A worker holding this many unacknowledged connections, none acknowledged while other
+/// workers went on acknowledging for [`STALL_AFTER`], gets no new connection until it
+/// acknowledges one: so a worker that stops (`SIGSTOP`, a deadlock, a long pause) strands only
+/// a few clients until `--ack-timeout` replaces it. Measured against the other workers, not
+/// the clock: when no worker acknowledges (the supervisor itself kept the CPU, all are
+/// equally busy), none is passed over.
 const STALL_UNACKED: u32 = 2;
 const STALL_AFTER: Duration = Duration::from_millis(2);
 /// How long a worker whose channel refused a connection (full) waits before it is offered
@@ -145,10 +147,13 @@ struct Worker {
 }
 
 impl Worker {
-    /// It holds connections it has not acknowledged for a while (see [`STALL_UNACKED`]).
-    fn stalled(&self, now: Instant) -> bool {
+    /// It holds connections it has not acknowledged while others did, `last_ack` being the
+    /// latest acknowledgement read from any worker (see [`STALL_UNACKED`]).
+    fn stalled(&self, last_ack: Instant) -> bool {
         self.unacked >= STALL_UNACKED
-            && self.ack_wait_since.is_some_and(|t| now.duration_since(t) > STALL_AFTER)
+            && self
+                .ack_wait_since
+                .is_some_and(|t| last_ack.saturating_duration_since(t) > STALL_AFTER)
     }
 
     /// It may take a connection now (but see [`Worker::stalled`]).
@@ -235,6 +240,8 @@ struct Engine {
     zombies: Vec<handover::Child>,
     /// Some worker has said hello since start or the last reload (see [`child::Death`]).
     proven: bool,
+    /// When an acknowledgement was last read, from any worker (see [`Worker::stalled`]).
+    last_ack: Instant,
     next_nonce: u64,
     totals: Totals,
     phase: Phase,
@@ -286,6 +293,7 @@ pub(crate) async fn run(
         exited: Vec::new(),
         zombies: Vec::new(),
         proven: false,
+        last_ack: Instant::now(),
         next_nonce: 1,
         totals: Totals::default(),
         phase: Phase::Running,
@@ -547,12 +555,12 @@ impl Engine {
         // while some worker looks full: then this costs a read per such worker.)
         // The same for a worker that looks stalled (acknowledgements may be unread) or whose
         // channel was full (it may have room now).
-        let now = Instant::now();
         let doubtful: Vec<u64> = self
             .workers
             .iter()
             .filter(|w| {
-                w.state == WState::Ready && (w.live >= w.capacity || w.blocked || w.stalled(now))
+                w.state == WState::Ready
+                    && (w.live >= w.capacity || w.blocked || w.stalled(self.last_ack))
             })
             .map(|w| w.id)
             .collect();
@@ -560,13 +568,13 @@ impl Engine {
             self.poll_worker(id);
             self.unblock(id);
         }
-        let now = Instant::now();
+        let last_ack = self.last_ack;
         self.candidates.clear();
         self.candidates.extend(self.workers.iter().map(|w| Candidate {
             slot: w.slot,
             live: w.live,
             open: w.open(),
-            stalled: w.stalled(now),
+            stalled: w.stalled(last_ack),
         }));
         let l = listener as usize;
         choose(self.policies[l], &self.candidates, &mut self.cursors[l], peer, self.slots.len())
@@ -820,9 +828,11 @@ impl Engine {
             WorkerMessage::Ack(cid) => match self.conns.get_mut(&cid) {
                 Some(c) if c.worker == id && !c.acked => {
                     c.acked = true;
+                    let now = Instant::now();
+                    self.last_ack = now;
                     let w = &mut self.workers[i];
                     w.unacked -= 1;
-                    w.ack_wait_since = (w.unacked > 0).then(Instant::now);
+                    w.ack_wait_since = (w.unacked > 0).then_some(now);
                     if let Some(h) = &self.handoff_latency {
                         h.observe(c.sent_at.elapsed().as_secs_f64());
                     }
