@@ -139,6 +139,9 @@ struct Worker {
     refused_at: Option<Instant>,
     /// While it holds unacknowledged connections: since when none was acknowledged.
     ack_wait_since: Option<Instant>,
+    /// When a dispatch last re-read its channel (a stalled worker is re-read at most every
+    /// [`FLUSH`]).
+    polled_at: Instant,
     /// It declared heartbeats in its hello.
     heartbeat: bool,
     /// The PING it has not answered yet: nonce and when it was sent.
@@ -406,6 +409,7 @@ impl Engine {
             blocked: false,
             outbox: VecDeque::new(),
             refused_at: None,
+            polled_at: Instant::now(),
             ack_wait_since: None,
             heartbeat: false,
             ping: None,
@@ -555,18 +559,22 @@ impl Engine {
         // while some worker looks full: then this costs a read per such worker.)
         // The same for a worker that looks stalled (acknowledgements may be unread) or whose
         // channel was full (it may have room now).
+        let now = Instant::now();
+        let recheck = |w: &Worker| w.stalled(self.last_ack) && now >= w.polled_at + FLUSH;
         let doubtful: Vec<u64> = self
             .workers
             .iter()
             .filter(|w| {
-                w.state == WState::Ready
-                    && (w.live >= w.capacity || w.blocked || w.stalled(self.last_ack))
+                w.state == WState::Ready && (w.live >= w.capacity || w.blocked || recheck(w))
             })
             .map(|w| w.id)
             .collect();
         for id in doubtful {
             self.poll_worker(id);
             self.unblock(id);
+            if let Some(i) = self.index(id) {
+                self.workers[i].polled_at = now;
+            }
         }
         let last_ack = self.last_ack;
         self.candidates.clear();
