@@ -265,9 +265,14 @@ impl Engine {
         }
         // Promote a replacement that has stayed up; then start the next one.
         let settle = self.settle();
-        if self.slots.iter().any(|s| {
-            [&s.current, &s.incoming].into_iter().flatten().any(|p| p.started.elapsed() >= settle)
-        }) {
+        if !self.proven
+            && self.slots.iter().any(|s| {
+                [&s.current, &s.incoming]
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p.started.elapsed() >= settle)
+            })
+        {
             self.proven = true;
         }
         for s in &mut self.slots {

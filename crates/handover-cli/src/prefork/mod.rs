@@ -31,8 +31,9 @@
 //! connection until it has taken what it was sent, and control messages queue for it), and
 //! exited workers are reaped on `SIGCHLD`. A worker that stops acknowledging (stopped, hung,
 //! swamped) gets no new connection once [`STALL_UNACKED`] of its connections have waited
-//! [`STALL_AFTER`] with none acknowledged while other workers acknowledged theirs; it is replaced after `--ack-timeout`, or, idle,
-//! when it misses a heartbeat (`--heartbeat-timeout`, for workers that declared them).
+//! [`STALL_AFTER`] with none acknowledged while other workers acknowledged theirs; it is
+//! replaced after `--ack-timeout`, or, idle, when it misses a heartbeat
+//! (`--heartbeat-timeout`, for workers that declared them).
 
 mod dispatch;
 
@@ -157,6 +158,13 @@ impl Worker {
             && self
                 .ack_wait_since
                 .is_some_and(|t| last_ack.saturating_duration_since(t) > STALL_AFTER)
+    }
+
+    /// One of its unacknowledged connections was settled (acknowledged or handed back) at
+    /// `now`: the wait for the others starts again.
+    fn settled_one(&mut self, now: Instant) {
+        self.unacked -= 1;
+        self.ack_wait_since = (self.unacked > 0).then_some(now);
     }
 
     /// It may take a connection now (but see [`Worker::stalled`]).
@@ -838,9 +846,7 @@ impl Engine {
                     c.acked = true;
                     let now = Instant::now();
                     self.last_ack = now;
-                    let w = &mut self.workers[i];
-                    w.unacked -= 1;
-                    w.ack_wait_since = (w.unacked > 0).then_some(now);
+                    self.workers[i].settled_one(now);
                     if let Some(h) = &self.handoff_latency {
                         h.observe(c.sent_at.elapsed().as_secs_f64());
                     }
@@ -868,8 +874,7 @@ impl Engine {
                     let c = self.conns.remove(&cid).expect("present");
                     let w = &mut self.workers[i];
                     w.live -= 1;
-                    w.unacked -= 1;
-                    w.ack_wait_since = (w.unacked > 0).then(Instant::now);
+                    w.settled_one(Instant::now());
                     self.totals.redispatched += 1;
                     self.pending.push_front(Pending {
                         id: cid,
@@ -1064,7 +1069,8 @@ impl Engine {
         self.cleanup(id, "killed");
     }
 
-    /// The worker is gone: settle its connections, reap it, restart its slot.
+    /// The worker is gone: settle its connections now; reaping it and restarting its slot
+    /// follow in [`Engine::reap_exited`], once its exit status is known.
     fn cleanup(&mut self, id: u64, how: &'static str) {
         let Some(i) = self.index(id) else { return };
         let w = self.workers.remove(i);
@@ -1126,8 +1132,9 @@ impl Engine {
     }
 
     /// Reaps the exited workers that can be, without waiting, and decides about their slots.
-    /// One still unreaped after [`KILL_GRACE`] (it was killed, so it is on its way out) is
-    /// decided about without its exit status.
+    /// One still running [`KILL_GRACE`] after its channel closed by itself is killed; one
+    /// still unreaped [`KILL_GRACE`] after the supervisor killed it is decided about without
+    /// its exit status (and reaped later, as a zombie).
     fn reap_exited(&mut self) {
         self.zombies.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
         let mut i = 0;
