@@ -392,6 +392,7 @@ fn out_of_descriptors_backs_off_and_loses_nothing() {
     let _ = env.status();
     std::thread::sleep(Duration::from_millis(200));
     let fds_before = env.fd_count();
+    let list_before = env.fd_list();
     let started = Instant::now();
     let l = load(addr, 600, 96);
     let took = started.elapsed();
@@ -403,7 +404,12 @@ fn out_of_descriptors_backs_off_and_loses_nothing() {
     assert!(lines as u64 <= took.as_secs() / 5 + 2, "logged {lines} times in {took:?}");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(env.totals()["handled"], 600);
-    assert_eq!(env.fd_count(), fds_before, "descriptors after the storm");
+    assert_eq!(
+        env.fd_count(),
+        fds_before,
+        "descriptors after the storm: {}\nbefore: {list_before}",
+        env.fd_list()
+    );
 }
 
 #[test]

@@ -171,6 +171,25 @@ impl TestEnv {
     pub fn fd_count(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map(|d| d.count()).unwrap_or(0)
     }
+
+    /// The supervisor's open descriptors and what each is, for an assertion's message.
+    #[allow(dead_code)]
+    pub fn fd_list(&self) -> String {
+        let dir = format!("/proc/{}/fd", self.pid());
+        let mut fds: Vec<(u32, String)> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| {
+                        let n = e.file_name().to_str()?.parse().ok()?;
+                        let target = std::fs::read_link(e.path()).ok()?;
+                        Some((n, target.display().to_string()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        fds.sort();
+        fds.iter().map(|(n, t)| format!("{n}={t}")).collect::<Vec<_>>().join(" ")
+    }
 }
 
 impl Drop for TestEnv {
