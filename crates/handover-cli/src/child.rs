@@ -5,7 +5,6 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use crate::config::{Env, ProgramConfig, Timeouts};
-use crate::sys;
 
 /// Variables the supervisor sets itself; never passed through from its own environment.
 /// `NOTIFY_SOCKET` is the supervisor's own line to systemd: workers are not the main process.
@@ -40,7 +39,6 @@ pub(crate) fn command<'a>(prog: &ProgramConfig, env: &Env) -> handover::Command<
     for (k, v) in &prog.env {
         cmd.env(k, v);
     }
-    sys::prepare_child(&mut cmd);
     cmd
 }
 

@@ -128,10 +128,7 @@ fn remove_stale_unix_socket(path: &std::path::Path) -> Result<()> {
 #[derive(Debug)]
 pub(crate) struct Listener {
     pub(crate) index: u16,
-    pub(crate) name: String,
-    pub(crate) local: String,
     pub(crate) policy: Policy,
-    pub(crate) accepted: u64,
     io: crate::sys::AsyncListener,
 }
 
@@ -145,15 +142,8 @@ pub(crate) struct Accepted {
 
 impl Listener {
     pub(crate) fn new(index: u16, bound: Bound) -> io::Result<Listener> {
-        let Bound { name, socket, local, policy, .. } = bound;
-        Ok(Listener {
-            index,
-            name,
-            local,
-            policy,
-            accepted: 0,
-            io: crate::sys::AsyncListener::new(socket)?,
-        })
+        let Bound { socket, policy, .. } = bound;
+        Ok(Listener { index, policy, io: crate::sys::AsyncListener::new(socket)? })
     }
 
     fn accepted(&self, (socket, addr): (Socket, SockAddr)) -> Accepted {

@@ -19,11 +19,11 @@ use tracing::{error, info, warn};
 use crate::cli::Mode;
 use crate::config::{Config, ListenerConfig};
 use crate::control::{Command, ControlSocket, UpgradeReply};
-use crate::engine::{Context as EngineContext, Outcome, Request};
+use crate::engine::{self, Context as EngineContext, Core, Outcome, Request};
 use crate::exit_codes::ExitCode;
 use crate::listener::{self, Bound, Listener};
 use crate::metrics::{self, Metrics};
-use crate::status::{Status, Totals};
+use crate::status::{ListenerStatus, Status, Totals};
 use crate::sys::{self, Notify, Signal};
 use crate::upgrade::{self, Handed, HandedListener, NewGeneration, Report, Startup};
 
@@ -301,23 +301,34 @@ async fn run(
             });
         }
         let (prog, env, ctx) = (prog.clone(), Rc::clone(&env), ctx.clone());
-        match prog.mode {
-            Mode::Prefork | Mode::Spawn => {
-                let listeners = mine
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, b)| Listener::new(i as u16, b))
-                    .collect::<std::io::Result<Vec<_>>>()
-                    .context("cannot register the listeners")?;
-                if prog.mode == Mode::Prefork {
-                    engines.spawn_local(crate::prefork::run(prog, env, listeners, rx, ctx));
-                } else {
-                    engines.spawn_local(crate::spawn::run(prog, env, listeners, rx, ctx));
-                }
-            }
-            Mode::Shared => {
-                engines.spawn_local(crate::shared::run(prog, env, mine, rx, ctx));
-            }
+        let status: Vec<ListenerStatus> = mine
+            .iter()
+            .map(|b| {
+                let policy =
+                    (prog.mode == Mode::Prefork).then(|| crate::cli::policy_name(b.policy));
+                let accepted = (prog.mode != Mode::Shared).then_some(0);
+                ListenerStatus::open(&b.name, &b.local, &prog.name, policy, accepted)
+            })
+            .collect();
+        if prog.mode == Mode::Shared {
+            let core = Core::new(prog, env, Vec::new(), status, ctx);
+            let mode = crate::shared::Shared::new(&core, mine);
+            engines.spawn_local(engine::run(core, mode, rx));
+            continue;
+        }
+        let listeners = mine
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| Listener::new(i as u16, b))
+            .collect::<std::io::Result<Vec<_>>>()
+            .context("cannot register the listeners")?;
+        let core = Core::new(prog, env, listeners, status, ctx);
+        if core.prog.mode == Mode::Prefork {
+            let mode = crate::prefork::Prefork::new(&core);
+            engines.spawn_local(engine::run(core, mode, rx));
+        } else {
+            let mode = crate::spawn::Spawn::new(&core);
+            engines.spawn_local(engine::run(core, mode, rx));
         }
     }
     let shared = Rc::new(Shared {
@@ -488,7 +499,7 @@ async fn run(
                 Err(handover::Error::Io(e)) => control_errors.failed("control socket", &e),
                 Err(e) => warn!("control socket: {e}"),
             },
-            _ = crate::engine::sleep_until(control_errors.resume_at()) => {}
+            _ = engine::sleep_until(control_errors.resume_at()) => {}
             _ = tick.tick(), if !announced && !draining => {
                 if shared.ready().await {
                     announced = true;

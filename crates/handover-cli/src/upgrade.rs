@@ -161,12 +161,12 @@ pub(crate) struct NewGeneration {
 
 /// Stops the new generation unless disarmed: on failure, and when the upgrade task is
 /// dropped (the old generation began to drain meanwhile).
-struct Abandon(Option<handover::Child>);
+struct Abandon(Option<(handover::Child, sys::ProcessTree)>);
 
 impl Drop for Abandon {
     fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            sys::signal_process(c.id(), Stop::Kill);
+        if let Some((mut c, tree)) = self.0.take() {
+            tree.signal(Stop::Kill);
             // Reaped on a thread of its own: the event loop never waits for a process to exit
             // (and a drop may run while the runtime shuts down, where no task can be spawned).
             let _ = std::thread::Builder::new()
@@ -187,11 +187,12 @@ pub(crate) async fn start(plan: Plan) -> Result<NewGeneration, String> {
         }
     }
     cmd.env(ENV_UPGRADE, "1").channel();
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", plan.exe.display()))?;
+    let (mut child, tree) = sys::spawn(&mut cmd, sys::TreeKind::Successor)
+        .map_err(|e| format!("cannot start {}: {e}", plan.exe.display()))?;
     let pid = child.id();
     info!(pid, generation = plan.generation, "upgrade: started {}", plan.exe.display());
     let channel = child.channel.take().map(Channel::try_from);
-    let mut guard = Abandon(Some(child));
+    let mut guard = Abandon(Some((child, tree)));
     let channel = match channel {
         Some(Ok(c)) => c,
         Some(Err(e)) => return Err(format!("cannot use the channel to the new generation: {e}")),
@@ -200,12 +201,12 @@ pub(crate) async fn start(plan: Plan) -> Result<NewGeneration, String> {
     let result = converse(&plan, &channel, pid).await;
     match result {
         Ok(()) => {
-            let child = guard.0.take().expect("armed");
+            let (child, _) = guard.0.take().expect("armed");
             Ok(NewGeneration { pid, generation: plan.generation, _child: child })
         }
         Err(why) => {
-            let mut child = guard.0.take().expect("armed");
-            if !stop(&mut child, pid).await {
+            let (mut child, tree) = guard.0.take().expect("armed");
+            if !stop(&mut child, &tree, pid).await {
                 let _ = std::fs::remove_file(crate::control::staged_path(&plan.control, pid));
             }
             Err(why)
@@ -275,13 +276,13 @@ async fn receive(channel: &Channel, deadline: Instant, limit: Duration) -> Resul
 
 /// Stops an abandoned new generation: `SIGTERM` (it accepted nothing), then `SIGKILL`.
 /// Returns whether it exited by itself (and so cleaned up after itself).
-async fn stop(child: &mut handover::Child, pid: u32) -> bool {
-    sys::signal_process(pid, Stop::Terminate);
+async fn stop(child: &mut handover::Child, tree: &sys::ProcessTree, pid: u32) -> bool {
+    tree.signal(Stop::Terminate);
     if tokio::time::timeout(STOP_GRACE, child.wait_async()).await.is_ok() {
         return true;
     }
     warn!(pid, "upgrade: the abandoned new generation did not exit; killing it");
-    sys::signal_process(pid, Stop::Kill);
+    tree.signal(Stop::Kill);
     let _ = tokio::time::timeout(STOP_GRACE, child.wait_async()).await;
     false
 }

@@ -1,9 +1,29 @@
-//! What every mode's engine shares: the requests the supervisor sends it and how it ends.
+//! The engine core: one task per program, whatever its mode.
+//!
+//! [`run`] owns what every mode shares: the program's phase (running, draining with a
+//! deadline), the requests the supervisor sends ([`Request`]), the listeners and accepting
+//! (with back-off on errors that concern the process), the drain (the kernel's backlog is
+//! taken before the listeners close, so closing refuses only later clients), the outcome, and
+//! the status report. A [`Mode`] supplies the rest: what to do with an accepted connection,
+//! how its workers start, when it is drained. Modes that run a fixed number of workers (prefork,
+//! shared) keep them in a [`pool::Pool`], which owns slots, restarts and reloads.
+//!
+//! Nothing here waits on a worker: every handler returns at once, and timeouts are judged on
+//! the mode's tick.
+
+pub(crate) mod pool;
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
 
+use crate::config::{Env, ProgramConfig};
 use crate::exit_codes::ExitCode;
-use crate::status::{ListenerStatus, ProgramStatus};
+use crate::listener::{self, Accepted, Listener};
+use crate::status::{ListenerStatus, ProgramStatus, Totals, WorkerStatus};
+use crate::sys;
 
 /// A request from the supervisor to one program's engine.
 #[derive(Debug)]
@@ -44,22 +64,11 @@ pub(crate) struct Outcome {
     pub(crate) message: Option<String>,
 }
 
-impl Outcome {
-    pub(crate) fn success() -> Outcome {
-        Outcome { code: ExitCode::Success, message: None }
-    }
-
-    /// An engine that cannot watch its children's exits cannot run.
-    pub(crate) fn cannot_watch_children(err: &std::io::Error) -> Outcome {
-        Outcome { code: ExitCode::Failure, message: Some(format!("cannot watch children: {err}")) }
-    }
-}
-
 /// The engine's phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
     Running,
-    Draining { deadline: std::time::Instant },
+    Draining { deadline: Instant },
 }
 
 impl Phase {
@@ -71,8 +80,288 @@ impl Phase {
     }
 }
 
+/// Where a draining mode stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Drained {
+    /// Nothing left: the engine ends.
+    Done,
+    /// Connections or workers remain: the drain deadline applies.
+    Busy,
+    /// Only exited workers remain to be reaped (bounded by the mode itself).
+    Reaping,
+}
+
+/// What a mode reports for `status`.
+#[derive(Debug, Default)]
+pub(crate) struct ModeStatus {
+    pub(crate) workers: Vec<WorkerStatus>,
+    /// Connections held by workers or waiting for one.
+    pub(crate) live: u64,
+    /// A reload is under way.
+    pub(crate) reloading: bool,
+}
+
+/// What makes prefork, spawn and shared differ. Every method is called from the engine's one
+/// task, with the core it may change; none waits.
+pub(crate) trait Mode {
+    /// The mode's name in status reports.
+    const NAME: &'static str;
+    /// How often [`Mode::on_tick`] runs (timeouts are judged then).
+    const TICK: Duration;
+
+    /// Starts what runs from the beginning.
+    fn start(&mut self, core: &mut Core);
+    /// Whether it can take a connection now (only asked of modes whose core has listeners).
+    fn has_room(&self) -> bool {
+        false
+    }
+    /// A connection was accepted (and counted).
+    fn on_accept(&mut self, _core: &mut Core, _conn: Accepted) {}
+    /// What happens without an outside event: restarts that are due, reload steps, waiting
+    /// connections. Runs before every wait.
+    fn maintain(&mut self, core: &mut Core);
+    /// When the mode wants to run next without an outside event.
+    fn wake_at(&self) -> Option<Instant> {
+        None
+    }
+    /// [`Mode::wake_at`] has come.
+    fn on_wake(&mut self, _core: &mut Core) {}
+    /// A child process may have exited.
+    fn on_child_exit(&mut self, core: &mut Core);
+    fn on_tick(&mut self, core: &mut Core);
+    /// Restart the workers one at a time (only while running).
+    fn reload(&mut self, core: &mut Core);
+    /// Every worker is ready.
+    fn ready(&mut self, core: &mut Core) -> bool;
+    /// The drain began: the listeners are closed, and `backlog` holds the connections the
+    /// kernel had accepted before they closed (already counted).
+    fn drain(&mut self, core: &mut Core, backlog: Vec<Accepted>);
+    fn drained(&mut self, core: &mut Core) -> Drained;
+    /// Kills everything now; what was waiting for a worker is dropped (and counted).
+    fn kill_all(&mut self, core: &mut Core);
+    /// Its part of the status report; `totals` starts as the core's and may be added to.
+    fn status(&mut self, core: &mut Core, totals: &mut Totals) -> ModeStatus;
+}
+
+/// What every mode's engine shares.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub(crate) prog: ProgramConfig,
+    pub(crate) env: Rc<Env>,
+    /// The listeners the engine accepts on (none in shared mode: its workers accept).
+    pub(crate) listeners: Vec<Listener>,
+    pub(crate) listener_status: Vec<ListenerStatus>,
+    next_listener: usize,
+    pub(crate) phase: Phase,
+    /// Not accepting until the supervisor says so (a new generation in an upgrade).
+    pub(crate) held: bool,
+    accept_errors: listener::AcceptErrors,
+    pub(crate) totals: Totals,
+    /// Why the program was given up on (the engine drains, then exits 3).
+    give_up: Option<String>,
+    /// A drain was asked for from inside the engine (giving up); begun before the next wait.
+    drain_wanted: bool,
+    pub(crate) generation: u64,
+    pub(crate) handoff_latency: Option<prometheus_client::metrics::histogram::Histogram>,
+}
+
+impl Core {
+    /// A core for `prog` accepting on `listeners`; `status` describes every listener of the
+    /// program (shared mode's included, which the core does not accept on).
+    pub(crate) fn new(
+        prog: ProgramConfig,
+        env: Rc<Env>,
+        listeners: Vec<Listener>,
+        listener_status: Vec<ListenerStatus>,
+        ctx: Context,
+    ) -> Core {
+        Core {
+            prog,
+            env,
+            listeners,
+            listener_status,
+            next_listener: 0,
+            phase: Phase::Running,
+            held: ctx.held,
+            accept_errors: listener::AcceptErrors::default(),
+            totals: Totals::default(),
+            give_up: None,
+            drain_wanted: false,
+            generation: ctx.generation,
+            handoff_latency: ctx.handoff_latency,
+        }
+    }
+
+    /// Gives the program up (`message` says why): the engine drains and exits 3.
+    pub(crate) fn give_up(&mut self, message: String) {
+        self.give_up.get_or_insert(message);
+        self.drain_wanted = true;
+    }
+
+    pub(crate) fn running(&self) -> bool {
+        self.phase == Phase::Running
+    }
+
+    /// Counts a connection accepted on `listener`.
+    pub(crate) fn count_accept(&mut self, listener: u16) {
+        self.totals.accepted += 1;
+        if let Some(s) = self.listener_status.get_mut(listener as usize) {
+            s.accepted = Some(s.accepted.unwrap_or(0) + 1);
+        }
+    }
+
+    /// The name of listener `index`, as workers are told it.
+    pub(crate) fn listener_name(&self, index: u16) -> &str {
+        self.listener_status.get(index as usize).map_or("", |l| l.name.as_str())
+    }
+
+    fn accepting(&self) -> bool {
+        self.phase == Phase::Running
+            && !self.held
+            && !self.listeners.is_empty()
+            && !self.accept_errors.paused()
+    }
+
+    fn on_accept(&mut self, r: std::io::Result<Accepted>) -> Option<Accepted> {
+        match r {
+            Ok(a) => {
+                self.count_accept(a.listener);
+                Some(a)
+            }
+            Err(err) if listener::is_transient(&err) => None,
+            Err(err) => {
+                // Out of descriptors or memory: the backlog holds clients while we back off.
+                self.accept_errors.failed(&self.prog.name, &err);
+                None
+            }
+        }
+    }
+
+    fn outcome(&self, code: ExitCode) -> Outcome {
+        Outcome { code, message: self.give_up.clone() }
+    }
+
+    fn code(&self) -> ExitCode {
+        if self.give_up.is_some() {
+            ExitCode::CrashLoop
+        } else {
+            ExitCode::Success
+        }
+    }
+}
+
+/// Runs one program's engine until it has drained (or was killed, or gave up).
+pub(crate) async fn run<M: Mode>(mut core: Core, mut mode: M, mut requests: Requests) -> Outcome {
+    // SIGCHLD is watched before the first child starts, so no exit goes unnoticed.
+    let mut exits = match sys::ChildExits::new() {
+        Ok(x) => x,
+        Err(err) => {
+            let message = Some(format!("cannot watch children: {err}"));
+            return Outcome { code: ExitCode::Failure, message };
+        }
+    };
+    mode.start(&mut core);
+    let mut tick = tokio::time::interval(M::TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut requests_open = true;
+    loop {
+        mode.maintain(&mut core);
+        if core.drain_wanted {
+            core.drain_wanted = false;
+            begin_drain(&mut core, &mut mode);
+        }
+        if let Some(outcome) = finished(&mut core, &mut mode) {
+            return outcome;
+        }
+        let accepting = core.accepting() && mode.has_room();
+        tokio::select! {
+            biased;
+            req = requests.recv(), if requests_open => match req {
+                Some(Request::Status(tx)) => {
+                    let _ = tx.send(status(&mut core, &mut mode));
+                }
+                Some(Request::Reload) => {
+                    if core.running() {
+                        info!(program = %core.prog.name, "reload: restarting workers one at a time");
+                        mode.reload(&mut core);
+                    }
+                }
+                Some(Request::Drain) => begin_drain(&mut core, &mut mode),
+                Some(Request::Kill) => {
+                    mode.kill_all(&mut core);
+                    return core.outcome(ExitCode::Success);
+                }
+                Some(Request::Ready(tx)) => {
+                    let _ = tx.send(mode.ready(&mut core));
+                }
+                Some(Request::Start) => core.held = false,
+                None => {
+                    requests_open = false;
+                    begin_drain(&mut core, &mut mode);
+                }
+            },
+            _ = exits.recv() => mode.on_child_exit(&mut core),
+            r = listener::accept_any(&core.listeners, &mut core.next_listener), if accepting => {
+                if let Some(a) = core.on_accept(r) {
+                    mode.on_accept(&mut core, a);
+                }
+            }
+            _ = sleep_until(mode.wake_at()) => mode.on_wake(&mut core),
+            _ = tick.tick() => mode.on_tick(&mut core),
+        }
+    }
+}
+
+fn begin_drain<M: Mode>(core: &mut Core, mode: &mut M) {
+    if core.phase != Phase::Running {
+        return;
+    }
+    core.phase = Phase::Draining { deadline: Instant::now() + core.prog.timeouts.drain };
+    let backlog =
+        listener::close_for_drain(&mut core.listeners, &mut core.listener_status, core.held);
+    for a in &backlog {
+        core.count_accept(a.listener);
+    }
+    mode.drain(core, backlog);
+}
+
+/// The outcome, once a draining engine is done or its deadline has passed.
+fn finished<M: Mode>(core: &mut Core, mode: &mut M) -> Option<Outcome> {
+    let Phase::Draining { deadline } = core.phase else { return None };
+    match mode.drained(core) {
+        Drained::Done => Some(core.outcome(core.code())),
+        Drained::Busy if Instant::now() >= deadline => {
+            warn!(program = %core.prog.name, "drain timed out: killing what is left");
+            mode.kill_all(core);
+            let mut out = core.outcome(core.code().or(ExitCode::DrainTimedOut));
+            out.message
+                .get_or_insert_with(|| "drain timed out; remaining workers were killed".to_owned());
+            Some(out)
+        }
+        Drained::Busy | Drained::Reaping => None,
+    }
+}
+
+fn status<M: Mode>(core: &mut Core, mode: &mut M) -> (ProgramStatus, Vec<ListenerStatus>) {
+    let mut totals = core.totals;
+    let m = mode.status(core, &mut totals);
+    totals.live = m.live;
+    let state = if m.reloading && core.running() { "reloading" } else { core.phase.name() };
+    let mut workers = m.workers;
+    workers.sort_by_key(|w| w.slot);
+    let p = ProgramStatus {
+        name: core.prog.name.clone(),
+        mode: M::NAME.to_owned(),
+        command: core.prog.program.display().to_string(),
+        state: state.to_owned(),
+        workers,
+        totals,
+    };
+    (p, core.listener_status.clone())
+}
+
 /// Waits until `at`; never, for `None`.
-pub(crate) async fn sleep_until(at: Option<std::time::Instant>) {
+pub(crate) async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,

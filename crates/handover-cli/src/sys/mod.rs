@@ -5,15 +5,14 @@
 //! - `current_uid() -> u32` (for the default control socket path);
 //! - `check_executable(&Path) -> Result<(), String>`;
 //! - `check_mode(Mode) -> anyhow::Result<()>`: refuses a mode this platform cannot run yet;
-//! - `prepare_child(&mut handover::Command)`: its own process group (Unix), so the whole tree
-//!   can be signalled; `prepare_connection_child` adds what spawn mode's per-connection
-//!   children differ in;
+//! - `spawn(&mut handover::Command, TreeKind) -> handover::Result<(handover::Child,
+//!   ProcessTree)>`: starts a worker, a spawn-mode child or the next generation of an upgrade
+//!   (`TreeKind`), with a handle on everything it will start: its process group on Unix;
+//!   `ProcessTree::signal(Stop)` stops the lot (`Successor`: the process alone);
 //! - `close_inherited_on_exec() -> anyhow::Result<()>`: at start-up, so no child inherits what
 //!   the supervisor was started with;
-//! - `signal_group(pid, Kill | Terminate)`;
 //! - `killed_from_outside(&ExitStatus) -> bool`: a death by a signal someone else sent to stop
 //!   the process (restarted at once), not the program's own crash;
-//! - `signal_process(pid, Kill | Terminate)`: one process (the next generation of an upgrade);
 //! - `Signals::new()?` and `Signals::recv().await -> Signal`: terminate, interrupt, reload,
 //!   upgrade, child-exited notifications;
 //! - `notify(&[Notify])`: the service manager's readiness protocol (systemd `sd_notify` through
@@ -35,7 +34,7 @@ pub(crate) use self::windows::*;
 #[cfg(not(any(unix, windows)))]
 compile_error!("the handover supervisor supports Unix and Windows only");
 
-/// What to send a worker's process group.
+/// How to stop a process tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stop {
     /// Ask it to exit (`SIGTERM`).

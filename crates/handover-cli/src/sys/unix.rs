@@ -41,25 +41,62 @@ pub(crate) fn check_mode(_mode: Mode) -> Result<()> {
     Ok(())
 }
 
-/// Each worker leads its own process group, so a stop reaches everything it started; and it
-/// dies with the supervisor (`PR_SET_PDEATHSIG` on Linux: the spawning thread must outlive the
-/// child, which holds because the supervisor runs on one thread).
-pub(crate) fn prepare_child(cmd: &mut handover::Command<'_>) {
-    use handover::unix::CommandExt;
-    cmd.process_group(0).die_with_parent(true);
+/// How a child is started, and what its [`ProcessTree`] covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TreeKind {
+    /// A worker: it leads its own process group, so a stop reaches everything it started, and
+    /// it dies with the supervisor (`PR_SET_PDEATHSIG` on Linux: the spawning thread must
+    /// outlive the child, which holds because the supervisor runs on one thread).
+    Worker,
+    /// A spawn-mode child: its own process group too, but it serves one client and finishes
+    /// that client even if the supervisor dies (as under inetd, or systemd's `Accept=yes`);
+    /// started with `posix_spawn` instead of `fork`, which [`close_inherited_on_exec`] makes
+    /// safe.
+    Connection,
+    /// The next generation of an upgrade: it outlives this process, and only the process
+    /// itself is ever signalled.
+    Successor,
 }
 
-/// A spawn-mode child serves one client: it finishes that client even if the supervisor dies
-/// (as under inetd, or systemd's `Accept=yes`), and it is started with `posix_spawn` instead
-/// of `fork`, which [`close_inherited_on_exec`] makes safe.
-pub(crate) fn prepare_connection_child(cmd: &mut handover::Command<'_>) {
+/// A child and what it started, stopped as one: the process group it leads (the process
+/// alone for [`TreeKind::Successor`]).
+#[derive(Debug)]
+pub(crate) struct ProcessTree {
+    pid: Pid,
+    group: bool,
+}
+
+impl ProcessTree {
+    /// Signals the tree. One that is gone already is not an error.
+    pub(crate) fn signal(&self, how: Stop) {
+        let sig = match how {
+            Stop::Terminate => NixSignal::SIGTERM,
+            Stop::Kill => NixSignal::SIGKILL,
+        };
+        let _ =
+            if self.group { killpg(self.pid, sig) } else { nix::sys::signal::kill(self.pid, sig) };
+    }
+}
+
+/// Starts `cmd` as `kind` says.
+pub(crate) fn spawn(
+    cmd: &mut handover::Command<'_>,
+    kind: TreeKind,
+) -> handover::Result<(handover::Child, ProcessTree)> {
     use handover::unix::CommandExt;
-    cmd.die_with_parent(false).trust_cloexec(true);
+    match kind {
+        TreeKind::Worker => cmd.process_group(0).die_with_parent(true),
+        TreeKind::Connection => cmd.process_group(0).die_with_parent(false).trust_cloexec(true),
+        TreeKind::Successor => cmd,
+    };
+    let child = cmd.spawn()?;
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    Ok((child, ProcessTree { pid, group: kind != TreeKind::Successor }))
 }
 
 /// Marks every descriptor this process was started with close-on-exec (they are taken over,
 /// if at all, by `handover::inherited`), so children get only what they are handed, even from
-/// a spawn that trusts the flags (see [`prepare_connection_child`]). Everything opened later
+/// a spawn that trusts the flags (see [`TreeKind::Connection`]). Everything opened later
 /// is close-on-exec already.
 pub(crate) fn close_inherited_on_exec() -> Result<()> {
     handover::unix::set_cloexec_from(3).context("cannot mark inherited descriptors close-on-exec")
@@ -78,26 +115,6 @@ pub(crate) fn killed_from_outside(status: &std::process::ExitStatus) -> bool {
         NixSignal::SIGQUIT,
     ];
     status.signal().is_some_and(|s| outside.iter().any(|o| *o as i32 == s))
-}
-
-/// Signals the process group led by `pid`. A group that is gone already is not an error.
-pub(crate) fn signal_group(pid: u32, how: Stop) {
-    let sig = match how {
-        Stop::Terminate => NixSignal::SIGTERM,
-        Stop::Kill => NixSignal::SIGKILL,
-    };
-    let Ok(pid) = i32::try_from(pid) else { return };
-    let _ = killpg(Pid::from_raw(pid), sig);
-}
-
-/// Signals one process (not its group). A process that is gone already is not an error.
-pub(crate) fn signal_process(pid: u32, how: Stop) {
-    let sig = match how {
-        Stop::Terminate => NixSignal::SIGTERM,
-        Stop::Kill => NixSignal::SIGKILL,
-    };
-    let Ok(pid) = i32::try_from(pid) else { return };
-    let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
 }
 
 /// Tells the service manager about a state change. Without `NOTIFY_SOCKET` this does nothing;

@@ -30,20 +30,33 @@ pub(crate) fn check_mode(mode: Mode) -> Result<()> {
     }
 }
 
-pub(crate) fn prepare_child(cmd: &mut handover::Command<'_>) {
-    cmd.die_with_parent(true);
+/// How a child is started (see the Unix backend); Windows: not built yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TreeKind {
+    Worker,
+    Connection,
+    Successor,
 }
 
-pub(crate) fn prepare_connection_child(_cmd: &mut handover::Command<'_>) {}
+/// A child and what it started.
+#[derive(Debug)]
+pub(crate) struct ProcessTree;
+
+impl ProcessTree {
+    pub(crate) fn signal(&self, _how: Stop) {}
+}
+
+pub(crate) fn spawn(
+    cmd: &mut handover::Command<'_>,
+    _kind: TreeKind,
+) -> handover::Result<(handover::Child, ProcessTree)> {
+    Ok((cmd.spawn()?, ProcessTree))
+}
 
 /// Children inherit only the handles named for them (`PROC_THREAD_ATTRIBUTE_HANDLE_LIST`).
 pub(crate) fn close_inherited_on_exec() -> Result<()> {
     Ok(())
 }
-
-pub(crate) fn signal_group(_pid: u32, _how: Stop) {}
-
-pub(crate) fn signal_process(_pid: u32, _how: Stop) {}
 
 /// There is no systemd on Windows.
 pub(crate) fn notify(_states: &[Notify<'_>]) {}

@@ -1,0 +1,456 @@
+//! A fixed number of worker slots (prefork and shared mode): starting workers, replacing the
+//! dead by the restart policy ([`crate::child::Restarts`]), reloading one slot at a time, and
+//! reaping without waiting.
+//!
+//! A slot has a *current* worker and, during a reload, an *incoming* one that takes over when
+//! it is ready (the mode says when: prefork at HELLO, shared once it has stayed up); the one it
+//! replaces *retires* (the mode tells it to finish) and stays a member until it exits. A member
+//! that is gone (its channel closed, it exited, or the supervisor killed it) is *departed*: its
+//! slot is refilled once its exit status is known, since how it ended decides how soon.
+
+use std::collections::VecDeque;
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error, info, warn};
+
+use super::Core;
+use crate::child::{self, Death, Restart, Restarts};
+use crate::status::WorkerStatus;
+use crate::sys::{self, ProcessTree, Stop, TreeKind};
+
+/// A worker process, unique for the supervisor's lifetime (a restarted slot gets a new one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct WorkerId(pub(crate) u64);
+
+/// How long a killed worker may take to exit before its slot is refilled regardless (it is
+/// reaped later); also how long a worker whose channel closed may go on running before it is
+/// killed.
+pub(crate) const KILL_GRACE: Duration = Duration::from_secs(1);
+
+/// One worker process, as the pool sees it.
+#[derive(Debug)]
+pub(crate) struct Proc {
+    pub(crate) id: WorkerId,
+    pub(crate) slot: usize,
+    pub(crate) pid: u32,
+    pub(crate) child: handover::Child,
+    pub(crate) tree: ProcessTree,
+    pub(crate) started: Instant,
+    /// It became ready (prefork: said hello; shared: stayed up long enough).
+    pub(crate) ready: bool,
+    /// It was told to finish and exit (a reload replaced it, or the program drains).
+    pub(crate) retiring: bool,
+    /// Why and when the supervisor killed it.
+    pub(crate) killed: Option<(String, Instant)>,
+}
+
+/// A pool member: a [`Proc`] and what the mode keeps about it.
+pub(crate) trait Member {
+    fn proc(&self) -> &Proc;
+    fn proc_mut(&mut self) -> &mut Proc;
+    fn into_proc(self) -> Proc;
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    current: Option<WorkerId>,
+    /// A reload's replacement; takes over when it is ready.
+    incoming: Option<WorkerId>,
+    start_at: Option<Instant>,
+    restarts: Restarts,
+    last_exit: Option<String>,
+}
+
+/// A departed member, until it is reaped and its slot decided about.
+#[derive(Debug)]
+struct Departed {
+    proc: Proc,
+    /// Its slot needs a new worker (it was the slot's current or incoming one).
+    restart: bool,
+    lived: Duration,
+    /// How its end was noticed ("exited", "killed").
+    how: &'static str,
+    /// It was told to finish, or the program drains: its exit is no news.
+    expected: bool,
+    /// What the mode adds to the log line (its connections' fate).
+    detail: String,
+    since: Instant,
+}
+
+#[derive(Debug)]
+pub(crate) struct Pool<W> {
+    members: Vec<W>,
+    slots: Vec<Slot>,
+    next_id: u64,
+    /// Some worker has been ready since start or the last reload (see [`child::Death`]).
+    proven: bool,
+    /// Slots still to reload, in order, and the one being reloaded.
+    reload: VecDeque<usize>,
+    reloading: Option<usize>,
+    departed: Vec<Departed>,
+    /// Departed workers given up on waiting for; reaped when they finally exit.
+    zombies: Vec<handover::Child>,
+    /// What counts as a crash at start in this mode (for the give-up message).
+    at_start: &'static str,
+}
+
+impl<W: Member> Pool<W> {
+    /// A pool of `slots` slots, each to be started at once.
+    pub(crate) fn new(slots: usize, at_start: &'static str) -> Pool<W> {
+        let now = Instant::now();
+        Pool {
+            members: Vec::new(),
+            slots: (0..slots).map(|_| Slot { start_at: Some(now), ..Slot::default() }).collect(),
+            next_id: 1,
+            proven: false,
+            reload: VecDeque::new(),
+            reloading: None,
+            departed: Vec::new(),
+            zombies: Vec::new(),
+            at_start,
+        }
+    }
+
+    pub(crate) fn members(&self) -> &[W] {
+        &self.members
+    }
+
+    pub(crate) fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub(crate) fn get(&self, id: WorkerId) -> Option<&W> {
+        self.members.iter().find(|m| m.proc().id == id)
+    }
+
+    pub(crate) fn get_mut(&mut self, id: WorkerId) -> Option<&mut W> {
+        self.members.iter_mut().find(|m| m.proc().id == id)
+    }
+
+    /// The ids of the members `pick` selects (to act on each while changing the pool).
+    pub(crate) fn ids(&self, pick: impl Fn(&W) -> bool) -> Vec<WorkerId> {
+        self.members.iter().filter(|m| pick(m)).map(|m| m.proc().id).collect()
+    }
+
+    /// The members whose process has exited (found without waiting).
+    pub(crate) fn exited(&mut self) -> Vec<WorkerId> {
+        let mut ids = Vec::new();
+        for m in &mut self.members {
+            let p = m.proc_mut();
+            if !matches!(p.child.try_wait(), Ok(None)) {
+                ids.push(p.id);
+            }
+        }
+        ids
+    }
+
+    /// Nothing runs and nothing is left to reap.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.members.is_empty() && self.departed.is_empty()
+    }
+
+    /// Only departed workers remain, to be reaped.
+    pub(crate) fn only_departed(&self) -> bool {
+        self.members.is_empty() && !self.departed.is_empty()
+    }
+
+    /// A reload is under way.
+    pub(crate) fn reloading(&self) -> bool {
+        self.reloading.is_some() || !self.reload.is_empty()
+    }
+
+    /// The slots whose worker is due to start now: restarts whose backoff has passed, and the
+    /// next step of a reload. The mode starts each with [`Pool::start`].
+    pub(crate) fn due(&mut self, core: &Core) -> Vec<usize> {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if s.start_at.is_some_and(|t| t <= now) {
+                s.start_at = None;
+                due.push(i);
+            }
+        }
+        if core.running() && self.reloading.is_none() {
+            if let Some(slot) = self.reload.pop_front() {
+                let s = &self.slots[slot];
+                if s.current.is_some() && s.incoming.is_none() && s.start_at.is_none() {
+                    info!(program = %core.prog.name, slot, "reload: starting a replacement worker");
+                    self.reloading = Some(slot);
+                    due.push(slot);
+                }
+            }
+        }
+        due
+    }
+
+    /// Starts a worker in `slot` from `cmd`, as a member made by `make`. A worker that cannot
+    /// be started counts as a crash at start.
+    pub(crate) fn start(
+        &mut self,
+        core: &mut Core,
+        slot: usize,
+        cmd: &mut handover::Command<'_>,
+        make: impl FnOnce(Proc) -> W,
+    ) {
+        cmd.env("HANDOVER_SLOT", slot.to_string());
+        let (child, tree) = match sys::spawn(cmd, TreeKind::Worker) {
+            Ok(x) => x,
+            Err(err) => {
+                let program = core.prog.program.display();
+                error!(program = %core.prog.name, slot, "cannot start worker {program}: {err}");
+                self.slots[slot].last_exit = Some(format!("could not start: {err}"));
+                let death = Death {
+                    lived: Duration::ZERO,
+                    ready: false,
+                    from_outside: false,
+                    proven: self.proven,
+                };
+                self.schedule_restart(core, slot, death);
+                return;
+            }
+        };
+        let id = WorkerId(self.next_id);
+        self.next_id += 1;
+        let pid = child.id();
+        debug!(program = %core.prog.name, slot, pid, "worker started");
+        let proc = Proc {
+            id,
+            slot,
+            pid,
+            child,
+            tree,
+            started: Instant::now(),
+            ready: false,
+            retiring: false,
+            killed: None,
+        };
+        self.members.push(make(proc));
+        let s = &mut self.slots[slot];
+        if s.current.is_some() {
+            s.incoming = Some(id);
+        } else {
+            s.current = Some(id);
+        }
+    }
+
+    /// `id` is ready. If it replaces a worker (a reload), that worker's id is returned: the
+    /// mode retires it.
+    pub(crate) fn mark_ready(&mut self, id: WorkerId) -> Option<WorkerId> {
+        let m = self.get_mut(id)?;
+        let p = m.proc_mut();
+        p.ready = true;
+        let slot = p.slot;
+        self.proven = true;
+        let s = &mut self.slots[slot];
+        let mut old = None;
+        if s.incoming == Some(id) {
+            s.incoming = None;
+            old = s.current.replace(id);
+        } else if s.current.is_none() {
+            s.current = Some(id);
+        }
+        // A reload's replacement may have died and been restarted as the slot's current one.
+        if self.reloading == Some(slot) && self.slots[slot].incoming.is_none() {
+            self.reloading = None;
+        }
+        old
+    }
+
+    /// Every slot has a current worker that is ready.
+    pub(crate) fn all_ready(&self) -> bool {
+        self.slots
+            .iter()
+            .all(|s| s.current.and_then(|id| self.get(id)).is_some_and(|m| m.proc().ready))
+    }
+
+    /// Starts a reload: every slot in turn. The program on disk may have changed, so it has to
+    /// prove itself again.
+    pub(crate) fn reload(&mut self) {
+        self.reload = (0..self.slots.len()).collect();
+        self.proven = false;
+    }
+
+    /// The program drains: no more starts, no more reload steps.
+    pub(crate) fn drain(&mut self) {
+        for s in &mut self.slots {
+            s.start_at = None;
+        }
+        self.reload.clear();
+    }
+
+    /// Kills `id`'s tree and remembers why; it departs when the mode notices (its channel
+    /// closes, it exits).
+    pub(crate) fn kill(&mut self, core: &Core, id: WorkerId, why: String) {
+        let Some(m) = self.get_mut(id) else { return };
+        let p = m.proc_mut();
+        if p.killed.is_some() {
+            return;
+        }
+        warn!(program = %core.prog.name, slot = p.slot, pid = p.pid, "killing worker: {why}");
+        p.tree.signal(Stop::Kill);
+        p.killed = Some((why, Instant::now()));
+    }
+
+    /// Kills every member's tree now (the supervisor exits next: nobody is reaped).
+    pub(crate) fn kill_all(&mut self) {
+        for m in &self.members {
+            m.proc().tree.signal(Stop::Kill);
+        }
+        for d in &self.departed {
+            d.proc.tree.signal(Stop::Kill);
+        }
+    }
+
+    /// Takes `id` out of the pool. The mode settles what it held, then hands its [`Proc`]
+    /// back with [`Pool::depart`].
+    pub(crate) fn take(&mut self, id: WorkerId) -> Option<W> {
+        let i = self.members.iter().position(|m| m.proc().id == id)?;
+        Some(self.members.remove(i))
+    }
+
+    /// A member taken out with [`Pool::take`] is gone (`how`: "exited", "killed"); `detail`
+    /// goes into the log line about it. Its slot is refilled once it is reaped.
+    pub(crate) fn depart(
+        &mut self,
+        core: &mut Core,
+        proc: Proc,
+        how: &'static str,
+        detail: String,
+    ) {
+        // A worker the supervisor killed is signalled again (its tree: anything it started).
+        // One whose channel closed by itself is left to exit: signalling it now would turn
+        // its own exit or crash into a SIGKILL, which the restart policy takes for a kill
+        // from outside. `reap` kills it if it has not exited within KILL_GRACE.
+        if proc.killed.is_some() {
+            proc.tree.signal(Stop::Kill);
+        }
+        let s = &mut self.slots[proc.slot];
+        let restart = if s.current == Some(proc.id) {
+            s.current = None;
+            s.incoming.is_none()
+        } else if s.incoming == Some(proc.id) {
+            s.incoming = None;
+            true
+        } else {
+            false
+        };
+        let expected = proc.retiring || !core.running();
+        let lived = proc.started.elapsed();
+        let since = Instant::now();
+        self.departed.push(Departed { proc, restart, lived, how, expected, detail, since });
+        self.reap(core);
+    }
+
+    /// Reaps the departed workers that can be, without waiting, and decides about their
+    /// slots. One still running [`KILL_GRACE`] after its channel closed by itself is killed;
+    /// one still unreaped [`KILL_GRACE`] after the supervisor killed it is decided about
+    /// without its exit status (and reaped later, as a zombie).
+    pub(crate) fn reap(&mut self, core: &mut Core) {
+        self.zombies.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+        let mut i = 0;
+        while i < self.departed.len() {
+            let d = &mut self.departed[i];
+            let status = match d.proc.child.try_wait() {
+                Ok(Some(st)) => Some(st),
+                Ok(None) if d.since.elapsed() < KILL_GRACE => {
+                    i += 1;
+                    continue;
+                }
+                Ok(None) if d.proc.killed.is_none() => {
+                    // Its channel closed a while ago and it still runs: end it, and judge it
+                    // as killed for that (not as a kill from outside).
+                    d.proc.tree.signal(Stop::Kill);
+                    let why = "closed its control channel but did not exit".to_owned();
+                    d.proc.killed = Some((why, Instant::now()));
+                    d.since = Instant::now();
+                    i += 1;
+                    continue;
+                }
+                Ok(None) | Err(_) => None,
+            };
+            let d = self.departed.swap_remove(i);
+            // Whatever it started goes with it (its leader is reaped; the group lives on
+            // only while members remain).
+            if status.is_some() && d.proc.killed.is_none() {
+                d.proc.tree.signal(Stop::Kill);
+            }
+            self.settle(core, &d, status);
+            if status.is_none() {
+                self.zombies.push(d.proc.child);
+            }
+        }
+    }
+
+    /// Logs how a departed worker ended and refills its slot by the restart policy.
+    fn settle(&mut self, core: &mut Core, d: &Departed, status: Option<ExitStatus>) {
+        let what = match &d.proc.killed {
+            Some((why, _)) => format!("killed ({why})"),
+            None => format!("{} ({})", d.how, child::describe(status)),
+        };
+        let (slot, pid, lived, detail) = (d.proc.slot, d.proc.pid, d.lived, &d.detail);
+        if d.expected && d.proc.killed.is_none() {
+            info!(program = %core.prog.name, slot, pid, "worker exited{detail}");
+        } else {
+            warn!(program = %core.prog.name, slot, pid, "worker {what} after {lived:?}{detail}");
+        }
+        self.slots[slot].last_exit = Some(what);
+        // Both of a slot's workers (a reload's pair) may die before either is settled: the
+        // slot needs one new worker, not two.
+        let s = &self.slots[slot];
+        let refilled = s.current.is_some() || s.incoming.is_some() || s.start_at.is_some();
+        if d.restart && !refilled {
+            let from_outside =
+                d.proc.killed.is_none() && status.as_ref().is_some_and(sys::killed_from_outside);
+            let death = Death { lived, ready: d.proc.ready, from_outside, proven: self.proven };
+            self.schedule_restart(core, slot, death);
+        }
+    }
+
+    fn schedule_restart(&mut self, core: &mut Core, slot: usize, death: Death) {
+        if !core.running() {
+            return;
+        }
+        let t = core.prog.timeouts;
+        match self.slots[slot].restarts.on_death(death, &t) {
+            Restart::After(delay) => {
+                core.totals.restarts += 1;
+                self.slots[slot].start_at = Some(Instant::now() + delay);
+                let name = &core.prog.name;
+                if self.slots[slot].restarts.crash_looping(&t) {
+                    warn!(program = %name, slot, "crash-looping: restarting worker in {delay:?}");
+                } else if !delay.is_zero() {
+                    warn!(program = %name, slot, "restarting worker in {delay:?}");
+                }
+            }
+            Restart::GiveUp(n) => {
+                let last = self.slots[slot].last_exit.as_deref().unwrap_or_default();
+                let message = child::crash_loop(&core.prog, n, self.at_start, last);
+                core.give_up(message);
+                self.drain();
+            }
+        }
+    }
+
+    /// Times `slot`'s worker was restarted.
+    pub(crate) fn restarts(&self, slot: usize) -> u64 {
+        self.slots[slot].restarts.count
+    }
+
+    /// Status rows for the slots waiting to start their next worker (backoff or
+    /// crash-looping).
+    pub(crate) fn waiting_rows(&self, core: &Core) -> Vec<WorkerStatus> {
+        let t = &core.prog.timeouts;
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.start_at.is_some() && s.current.is_none())
+            .map(|(slot, s)| WorkerStatus {
+                slot,
+                state: child::waiting_state(&s.restarts, t).to_owned(),
+                restarts: s.restarts.count,
+                ..WorkerStatus::default()
+            })
+            .collect()
+    }
+}
