@@ -96,7 +96,7 @@ pub(crate) struct InheritedParts {
 /// `LISTEN_FDNAMES` and `LISTEN_PID` set as systemd does, and the channel (if any) the next
 /// descriptor, named in `HANDOVER_CHANNEL_FD`. Every other descriptor of the parent is closed
 /// in the child (marked close-on-exec between `fork` and `exec`), whatever its flags, unless
-/// the caller vouches for them with [`trust_cloexec`](crate::unix::CommandExt::trust_cloexec).
+/// the caller vouches for them with `unix::CommandExt::trust_cloexec`.
 ///
 /// On Windows the child is started with `CreateProcessW` and inherits only the handles named
 /// in its `PROC_THREAD_ATTRIBUTE_HANDLE_LIST`: its standard handles and, when a channel or
