@@ -49,6 +49,8 @@ mod sys;
 
 #[cfg(unix)]
 pub mod unix;
+#[cfg(windows)]
+pub mod windows;
 
 macros::cfg_tokio! {
     pub mod tokio;

@@ -96,7 +96,7 @@ pub(crate) struct InheritedParts {
 /// `LISTEN_FDNAMES` and `LISTEN_PID` set as systemd does, and the channel (if any) the next
 /// descriptor, named in `HANDOVER_CHANNEL_FD`. Every other descriptor of the parent is closed
 /// in the child (marked close-on-exec between `fork` and `exec`), whatever its flags, unless
-/// the caller vouches for them with [`trust_cloexec`](crate::unix::CommandExt::trust_cloexec).
+/// the caller vouches for them with `unix::CommandExt::trust_cloexec`.
 ///
 /// On Windows the child is started with `CreateProcessW` and inherits only the handles named
 /// in its `PROC_THREAD_ATTRIBUTE_HANDLE_LIST`: its standard handles and, when a channel or
@@ -107,7 +107,8 @@ pub(crate) struct InheritedParts {
 /// an inheritable duplicate. `stdin`/`stdout`/`stderr` given as [`Stdio`] are not supported
 /// there (std offers no way to read the handle back) and make `spawn` fail with
 /// `Unsupported`; the child inherits this process's standard handles instead.
-/// [`die_with_parent`](Command::die_with_parent) is ignored.
+/// [`die_with_parent`](Command::die_with_parent) is ignored; `windows::CommandExt::job`
+/// creates the child inside a job object instead, which ends it and what it started.
 #[derive(Debug)]
 pub struct Command<'a> {
     pub(crate) program: OsString,
@@ -131,6 +132,9 @@ pub struct Command<'a> {
     pub(crate) process_group: Option<i32>,
     #[allow(dead_code)]
     pub(crate) trust_cloexec: bool,
+    // Set through `windows::CommandExt`; shared so the builder needs no lifetime for it.
+    #[allow(dead_code)]
+    pub(crate) job: Option<std::sync::Arc<sys::Job>>,
 }
 
 impl<'a> Command<'a> {
@@ -153,6 +157,7 @@ impl<'a> Command<'a> {
             gid: None,
             process_group: None,
             trust_cloexec: false,
+            job: None,
         }
     }
 

@@ -21,6 +21,10 @@
 //! - `socket_kind(&socket2::Socket) -> io::Result<SocketKind>`.
 //! - `spawn(&Command) -> io::Result<(Child, Option<RawChannel>)>`; and on Unix
 //!   `mark_cloexec_from(fd)` for the `unix` extension module.
+//! - `Job`, for `Command::job`: on Windows an owned job object with kill-on-close,
+//!   `Job::new() -> io::Result<Job>`, `terminate(&Job, exit_code)`,
+//!   `active_processes(&Job) -> io::Result<u32>` and `AsHandle`, which `spawn` creates the
+//!   child inside (the `windows` extension module); on Unix a type with no values.
 //! - `HANDLES_PER_FRAME`, `INLINE_HANDLE_BYTES`: how many handles one write can carry, and the
 //!   bytes of inline data each handle needs in a frame (0 where they travel out of band).
 //! - `encode_inline(&RawChannel, &mut Vec<u8>, sockets)`: append each socket's inline record

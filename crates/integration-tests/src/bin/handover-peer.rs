@@ -40,6 +40,8 @@ fn main() {
         "listen-abstract" => listen_abstract(rest),
         "tokio-serve-stream" => tokio_serve_stream(),
         "exit-after" => exit_after(rest),
+        "process-tree" => process_tree(rest),
+        "tree-leaf" => tree_leaf(rest),
         _ => {
             eprintln!("usage: handover-peer ROLE [ARGS] (unknown role {role:?})");
             std::process::exit(2);
@@ -327,4 +329,35 @@ fn exit_after(args: &[String]) -> Res {
     let [ms, code] = args else { return Err("exit-after MS CODE".into()) };
     std::thread::sleep(std::time::Duration::from_millis(ms.parse()?));
     std::process::exit(code.parse()?);
+}
+
+/// `process-tree ADDR`: connects to ADDR and says `child PID`, starts a grandchild
+/// (`tree-leaf ADDR`) with std's `Command`, then holds the connection until the other side
+/// closes it. Each process's connection stays open exactly as long as the process lives.
+fn process_tree(args: &[String]) -> Res {
+    let addr = args.first().ok_or("process-tree ADDR")?;
+    let stream = TcpStream::connect(addr)?;
+    writeln!(&stream, "child {}", std::process::id())?;
+    let mut leaf = std::process::Command::new(std::env::current_exe()?)
+        .args(["tree-leaf", addr])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    hold(stream)?;
+    leaf.wait()?;
+    Ok(())
+}
+
+/// `tree-leaf ADDR`: connects to ADDR, says `leaf PID`, holds the connection until closed.
+fn tree_leaf(args: &[String]) -> Res {
+    let stream = TcpStream::connect(args.first().ok_or("tree-leaf ADDR")?)?;
+    writeln!(&stream, "leaf {}", std::process::id())?;
+    hold(stream)
+}
+
+/// Reads until the peer closes the stream.
+fn hold(stream: TcpStream) -> Res {
+    let mut sink = Vec::new();
+    std::io::Read::read_to_end(&mut &stream, &mut sink)?;
+    Ok(())
 }

@@ -62,6 +62,10 @@ pub(crate) fn sockets_from_inline(
     Ok(())
 }
 
+/// Unix has no job objects: a type with no values, so `Command::job` is always `None`.
+#[derive(Debug)]
+pub(crate) enum Job {}
+
 pub(crate) type RawListener = std::os::unix::net::UnixListener;
 pub(crate) type OwnedSocket = std::os::fd::OwnedFd;
 pub(crate) type BorrowedSocket<'a> = std::os::fd::BorrowedFd<'a>;

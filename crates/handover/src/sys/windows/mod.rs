@@ -27,6 +27,7 @@ macro_rules! syscall {
 }
 
 mod handle;
+mod job;
 mod named_pipe;
 mod overlapped;
 mod spawn;
@@ -36,6 +37,7 @@ crate::macros::cfg_tokio! {
     pub(crate) mod async_io;
 }
 
+pub(crate) use self::job::Job;
 pub(crate) use self::named_pipe::{
     accept, bind, connect, current_uid, pair, peer_credentials, RawChannel, RawListener,
 };

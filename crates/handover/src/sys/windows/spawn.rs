@@ -9,12 +9,17 @@
 //! serves the pipe, so a grandchild that inherited the environment adopts nothing. The
 //! inetd-style standard handles are the one exception: a non-overlapped, inheritable
 //! duplicate of the socket made for this purpose.
+//!
+//! A child given a job is created in it through `PROC_THREAD_ATTRIBUTE_JOB_LIST`, so it
+//! never runs outside the job (Wine 8.0 honours the attribute as well).
 
 use std::ffi::{OsStr, OsString};
 use std::io;
+use std::marker::PhantomData;
 use std::os::windows::ffi::OsStrExt;
 use std::os::windows::io::{
-    AsRawHandle, AsRawSocket, FromRawHandle, FromRawSocket, OwnedHandle, OwnedSocket, RawHandle,
+    AsHandle, AsRawHandle, AsRawSocket, FromRawHandle, FromRawSocket, OwnedHandle, OwnedSocket,
+    RawHandle,
 };
 use std::os::windows::process::ExitStatusExt;
 use std::process::ExitStatus;
@@ -35,7 +40,8 @@ use windows_sys::Win32::System::Threading::{
     InitializeProcThreadAttributeList, TerminateProcess, UpdateProcThreadAttribute,
     WaitForSingleObject, CREATE_UNICODE_ENVIRONMENT, EXTENDED_STARTUPINFO_PRESENT, INFINITE,
     LPPROC_THREAD_ATTRIBUTE_LIST, PROCESS_BASIC_INFORMATION, PROCESS_INFORMATION,
-    PROC_THREAD_ATTRIBUTE_HANDLE_LIST, STARTF_USESTDHANDLES, STARTUPINFOEXW,
+    PROC_THREAD_ATTRIBUTE_HANDLE_LIST, PROC_THREAD_ATTRIBUTE_JOB_LIST, STARTF_USESTDHANDLES,
+    STARTUPINFOEXW,
 };
 
 use super::handle::current_process;
@@ -228,11 +234,12 @@ fn stdio_socket(socket: super::BorrowedSocket<'_>) -> io::Result<OwnedSocket> {
     Ok(s)
 }
 
-/// An initialised `PROC_THREAD_ATTRIBUTE_LIST`, deleted on drop.
-struct AttributeList(Vec<u64>);
+/// An initialised `PROC_THREAD_ATTRIBUTE_LIST`, deleted on drop. The lifetime keeps the
+/// values it points to alive until the list is gone (`CreateProcessW` reads them).
+struct AttributeList<'a>(Vec<u64>, PhantomData<&'a [HANDLE]>);
 
-impl AttributeList {
-    fn new(count: u32) -> io::Result<AttributeList> {
+impl<'a> AttributeList<'a> {
+    fn new(count: u32) -> io::Result<AttributeList<'a>> {
         let mut size = 0usize;
         // SAFETY: a null list with a size out-pointer asks for the size (and fails with
         // ERROR_INSUFFICIENT_BUFFER, expected).
@@ -246,7 +253,31 @@ impl AttributeList {
             PartialEq::eq,
             0
         )?;
-        Ok(AttributeList(buf))
+        Ok(AttributeList(buf, PhantomData))
+    }
+
+    /// Sets `attribute` to the array `handles` (`PROC_THREAD_ATTRIBUTE_HANDLE_LIST` or
+    /// `PROC_THREAD_ATTRIBUTE_JOB_LIST`), which must not be empty.
+    fn set_handles(&mut self, attribute: u32, handles: &'a [HANDLE]) -> io::Result<()> {
+        debug_assert!(!handles.is_empty());
+        syscall!(
+            // SAFETY: the list is initialised (new) with room for each attribute set; the
+            // lifetime keeps `handles` alive and unchanged for as long as the list exists.
+            unsafe {
+                UpdateProcThreadAttribute(
+                    self.ptr(),
+                    0,
+                    attribute as usize,
+                    handles.as_ptr().cast(),
+                    std::mem::size_of_val(handles),
+                    std::ptr::null_mut(),
+                    std::ptr::null(),
+                )
+            },
+            PartialEq::eq,
+            0
+        )?;
+        Ok(())
     }
 
     fn ptr(&mut self) -> LPPROC_THREAD_ATTRIBUTE_LIST {
@@ -254,7 +285,7 @@ impl AttributeList {
     }
 }
 
-impl Drop for AttributeList {
+impl Drop for AttributeList<'_> {
     fn drop(&mut self) {
         // SAFETY: the list was initialised in new().
         unsafe { DeleteProcThreadAttributeList(self.ptr()) };
@@ -332,26 +363,18 @@ pub(crate) fn spawn(cmd: &mut Command<'_>) -> io::Result<(Child, Option<RawChann
     si.StartupInfo.hStdInput = std_handles[0];
     si.StartupInfo.hStdOutput = std_handles[1];
     si.StartupInfo.hStdError = std_handles[2];
+    let jobs: Vec<HANDLE> =
+        cmd.job.iter().map(|j| j.as_handle().as_raw_handle() as HANDLE).collect();
+    let count = u32::from(!list.is_empty()) + u32::from(!jobs.is_empty());
     let mut attrs = None;
-    if !list.is_empty() {
-        let mut a = AttributeList::new(1)?;
-        syscall!(
-            // SAFETY: the list is initialised; `list` stays alive and unchanged until after
-            // CreateProcessW (it is dropped at the end of this function).
-            unsafe {
-                UpdateProcThreadAttribute(
-                    a.ptr(),
-                    0,
-                    PROC_THREAD_ATTRIBUTE_HANDLE_LIST as usize,
-                    list.as_ptr().cast(),
-                    list.len() * std::mem::size_of::<HANDLE>(),
-                    std::ptr::null_mut(),
-                    std::ptr::null(),
-                )
-            },
-            PartialEq::eq,
-            0
-        )?;
+    if count > 0 {
+        let mut a = AttributeList::new(count)?;
+        if !list.is_empty() {
+            a.set_handles(PROC_THREAD_ATTRIBUTE_HANDLE_LIST, &list)?;
+        }
+        if !jobs.is_empty() {
+            a.set_handles(PROC_THREAD_ATTRIBUTE_JOB_LIST, &jobs)?;
+        }
         si.lpAttributeList = a.ptr();
         attrs = Some(a);
     }
