@@ -27,6 +27,8 @@ use crate::status::{ListenerStatus, Status, Totals};
 use crate::sys::{self, Notify, Signal};
 use crate::upgrade::{self, Handed, HandedListener, NewGeneration, Report, Startup};
 
+use std::net::SocketAddr;
+
 pub(crate) fn serve(config: Config, startup: Startup) -> Result<Outcome> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -160,32 +162,68 @@ fn remove_pid_file(path: &Path) {
     }
 }
 
-async fn run(
+/// Where this supervisor stands in the upgrade life cycle.
+enum Generation {
+    /// Started by an upgrade: starts its workers but accepts nothing until the old generation
+    /// says GO (then it takes over the control socket and pid file).
+    Incoming(Rc<handover::tokio::Channel>),
+    /// Serving: the first generation, or one that took over.
+    Serving,
+    /// Serving while a new generation starts; `waiters` asked for the upgrade and get its
+    /// outcome.
+    Upgrading {
+        task: JoinHandle<Result<NewGeneration, String>>,
+        waiters: Vec<oneshot::Sender<UpgradeReply>>,
+    },
+    /// A newer generation took over; this one drains.
+    Superseded(Box<NewGeneration>),
+}
+
+/// The metrics endpoint: its task, and a copy of its listener to hand to the next generation.
+struct MetricsEndpoint {
+    task: JoinHandle<()>,
+    handoff: (String, socket2::Socket),
+}
+
+/// A running supervisor: one method per event.
+struct Supervisor {
     config: Config,
-    startup: Startup,
-    parent: Option<Rc<handover::tokio::Channel>>,
-) -> Result<Outcome> {
-    let started = Instant::now();
+    argv: Vec<std::ffi::OsString>,
+    exe: Option<PathBuf>,
+    env: Rc<crate::config::Env>,
+    generation_no: u64,
+    generation: Generation,
+    /// Readiness announced: `READY=1` to systemd (first generation), READY to the old
+    /// generation (a new one).
+    announced: bool,
+    draining: bool,
+    shared: Rc<Shared>,
+    engines: JoinSet<Outcome>,
+    control: ControlSocket,
+    control_errors: listener::AcceptErrors,
+    ctl_tx: mpsc::UnboundedSender<Control>,
+    /// Copies of the listeners, for the next generation (closed when the drain begins).
+    handoff: Vec<Handed>,
+    metrics: Option<MetricsEndpoint>,
+    /// Unix socket files to remove at exit (unless a newer generation took them over).
+    owned_paths: Vec<PathBuf>,
+    code: ExitCode,
+    message: Option<String>,
+}
 
-    // What the previous generation hands over, if this is a new one.
-    let (mut generation, mut handed, mut handed_metrics) = (1, Vec::new(), None);
-    if let Some(p) = &parent {
-        let (h, sockets, m) = upgrade::receive_handoff(p).await?;
-        generation = h.generation;
-        handed = h.listeners.into_iter().zip(sockets).collect::<Vec<_>>();
-        handed_metrics = m;
-        info!(
-            generation,
-            "upgrade: received {} listening socket(s) from the old generation",
-            handed.len()
-        );
-    }
-    let mut activated = startup.activated;
-    if !activated.is_empty() {
-        info!("socket activation: {} socket(s) passed", activated.len());
-    }
+/// What the loop does after an event.
+enum Flow {
+    Continue,
+    Exit,
+}
 
-    // The listeners: handed over, passed by systemd, or bound here.
+/// The listeners: handed over by the old generation, passed by systemd, or bound here. Also
+/// returns the Unix socket files this generation is responsible for removing.
+fn bind_listeners(
+    config: &Config,
+    mut handed: Vec<(HandedListener, handover::Socket)>,
+    mut activated: Vec<(String, handover::Socket)>,
+) -> Result<(Vec<Option<Bound>>, Vec<PathBuf>)> {
     let mode_of = |i: usize| {
         config.programs.iter().find(|p| p.listeners.contains(&i)).map_or(Mode::Prefork, |p| p.mode)
     };
@@ -231,56 +269,48 @@ async fn run(
     for (name, _) in activated {
         warn!("systemd passed a socket named {name:?}, which no listener is named: closing it");
     }
+    Ok((bound, owned_paths))
+}
 
-    // Metrics: the listener is handed over too (two processes cannot bind one port).
-    let metrics = match config.metrics {
-        None => None,
-        Some(addr) => {
-            let std_listener = match handed_metrics.take() {
-                Some(s)
-                    if s.try_clone()
-                        .ok()
-                        .and_then(|s| s.into_socket2().local_addr().ok())
-                        .and_then(|a| a.as_socket())
-                        == Some(addr)
-                        || addr.port() == 0 =>
-                {
-                    std::net::TcpListener::try_from(s)
-                        .context("the metrics socket from the old generation")?
-                }
-                _ => std::net::TcpListener::bind(addr)
-                    .with_context(|| format!("cannot serve metrics on {addr}"))?,
-            };
-            let local = std_listener.local_addr().map_or(addr.to_string(), |a| a.to_string());
-            std_listener.set_nonblocking(true)?;
-            let dup = socket2::Socket::from(std_listener.try_clone()?);
-            let listener = tokio::net::TcpListener::from_std(std_listener)?;
-            info!("metrics on http://{local}/metrics");
-            Some((Rc::new(Metrics::new()), listener, (local, dup)))
+/// The metrics listener: handed over (two processes cannot bind one port), or bound here.
+/// Returns it with its address and a copy for the next generation.
+fn metrics_listener(
+    addr: SocketAddr,
+    handed: Option<handover::Socket>,
+) -> Result<(tokio::net::TcpListener, String, socket2::Socket)> {
+    let std_listener = match handed {
+        Some(s)
+            if s.try_clone()
+                .ok()
+                .and_then(|s| s.into_socket2().local_addr().ok())
+                .and_then(|a| a.as_socket())
+                == Some(addr)
+                || addr.port() == 0 =>
+        {
+            std::net::TcpListener::try_from(s)
+                .context("the metrics socket from the old generation")?
         }
+        _ => std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot serve metrics on {addr}"))?,
     };
+    let local = std_listener.local_addr().map_or(addr.to_string(), |a| a.to_string());
+    std_listener.set_nonblocking(true)?;
+    let dup = socket2::Socket::from(std_listener.try_clone()?);
+    let listener = tokio::net::TcpListener::from_std(std_listener)?;
+    Ok((listener, local, dup))
+}
 
-    let mut control = if parent.is_some() {
-        ControlSocket::bind_staged(&config.control)?
-    } else {
-        ControlSocket::bind(&config.control)?
-    };
-    if parent.is_none() {
-        if let Some(p) = &config.pid_file {
-            write_pid_file(p)?;
-        }
-    }
-    let mut signals = sys::Signals::new().context("cannot install signal handlers")?;
-    let env = Rc::new(config.env.clone());
-
-    let ctx = EngineContext {
-        held: parent.is_some(),
-        generation,
-        handoff_latency: metrics.as_ref().map(|(m, _, _)| m.handoff_latency.clone()),
-    };
-    let mut engines = JoinSet::new();
+/// Starts one engine per program on the listeners it serves; returns the copies of those
+/// listeners kept for an upgrade.
+fn start_engines(
+    config: &Config,
+    env: &Rc<crate::config::Env>,
+    mut bound: Vec<Option<Bound>>,
+    ctx: &EngineContext,
+    engines: &mut JoinSet<Outcome>,
+) -> Result<(Vec<mpsc::UnboundedSender<Request>>, Vec<Handed>)> {
     let mut senders = Vec::new();
-    let mut handoff: Vec<Handed> = Vec::new();
+    let mut handoff = Vec::new();
     for prog in &config.programs {
         let (tx, rx) = mpsc::unbounded_channel();
         senders.push(tx);
@@ -290,6 +320,7 @@ async fn run(
             .map(|&i| bound[i].take().expect("one program per listener"))
             .collect();
         for b in &mine {
+            let generation = ctx.generation;
             info!(program = %prog.name, mode = ?prog.mode, workers = prog.workers, generation, "listening on {} ({})", b.local, b.name);
             handoff.push(Handed {
                 info: HandedListener {
@@ -300,7 +331,7 @@ async fn run(
                 socket: b.socket.try_clone().context("cannot keep a copy of a listener")?,
             });
         }
-        let (prog, env, ctx) = (prog.clone(), Rc::clone(&env), ctx.clone());
+        let (prog, env, ctx) = (prog.clone(), Rc::clone(env), ctx.clone());
         let status: Vec<ListenerStatus> = mine
             .iter()
             .map(|b| {
@@ -331,269 +362,454 @@ async fn run(
             engines.spawn_local(engine::run(core, mode, rx));
         }
     }
-    let shared = Rc::new(Shared {
-        senders,
-        started,
-        state: Cell::new(if parent.is_some() { "starting" } else { "running" }),
-        generation,
-        upgrades_failed: Cell::new(0),
-    });
-    let (mut metrics_task, mut metrics_handoff) = (None::<JoinHandle<()>>, None);
-    if let Some((m, listener, dup)) = metrics {
-        metrics_task =
-            Some(tokio::task::spawn_local(metrics::serve(listener, m, Rc::clone(&shared))));
-        metrics_handoff = Some(dup);
-    }
-    let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<Control>();
-    let (parent_tx, mut parent_rx) = mpsc::unbounded_channel::<FromParent>();
-    if let Some(p) = &parent {
-        tokio::task::spawn_local(read_parent(Rc::clone(p), parent_tx));
+    Ok((senders, handoff))
+}
+
+async fn run(
+    config: Config,
+    startup: Startup,
+    parent: Option<Rc<handover::tokio::Channel>>,
+) -> Result<Outcome> {
+    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel::<Control>();
+    let (parent_tx, parent_rx) = mpsc::unbounded_channel::<FromParent>();
+    let sup = Supervisor::start(config, startup, parent, ctl_tx, parent_tx).await?;
+    sup.run(ctl_rx, parent_rx).await
+}
+
+impl Supervisor {
+    /// Binds (or adopts) everything, starts the engines, the metrics endpoint and the control
+    /// socket.
+    async fn start(
+        config: Config,
+        startup: Startup,
+        parent: Option<Rc<handover::tokio::Channel>>,
+        ctl_tx: mpsc::UnboundedSender<Control>,
+        parent_tx: mpsc::UnboundedSender<FromParent>,
+    ) -> Result<Supervisor> {
+        let started = Instant::now();
+        // What the previous generation hands over, if this is a new one.
+        let (mut generation_no, mut handed, mut handed_metrics) = (1, Vec::new(), None);
+        if let Some(p) = &parent {
+            let (h, sockets, m) = upgrade::receive_handoff(p).await?;
+            generation_no = h.generation;
+            handed = h.listeners.into_iter().zip(sockets).collect::<Vec<_>>();
+            handed_metrics = m;
+            info!(
+                generation = generation_no,
+                "upgrade: received {} listening socket(s) from the old generation",
+                handed.len()
+            );
+        }
+        if !startup.activated.is_empty() {
+            info!("socket activation: {} socket(s) passed", startup.activated.len());
+        }
+        let (bound, owned_paths) = bind_listeners(&config, handed, startup.activated)?;
+        let metrics = match config.metrics {
+            None => None,
+            Some(addr) => {
+                let (listener, local, dup) = metrics_listener(addr, handed_metrics.take())?;
+                info!("metrics on http://{local}/metrics");
+                Some((Rc::new(Metrics::new()), listener, (local, dup)))
+            }
+        };
+        let control = if parent.is_some() {
+            ControlSocket::bind_staged(&config.control)?
+        } else {
+            ControlSocket::bind(&config.control)?
+        };
+        if parent.is_none() {
+            if let Some(p) = &config.pid_file {
+                write_pid_file(p)?;
+            }
+        }
+        let env = Rc::new(config.env.clone());
+        let ctx = EngineContext {
+            held: parent.is_some(),
+            generation: generation_no,
+            handoff_latency: metrics.as_ref().map(|(m, _, _)| m.handoff_latency.clone()),
+        };
+        let mut engines = JoinSet::new();
+        let (senders, handoff) = start_engines(&config, &env, bound, &ctx, &mut engines)?;
+        let shared = Rc::new(Shared {
+            senders,
+            started,
+            state: Cell::new(if parent.is_some() { "starting" } else { "running" }),
+            generation: generation_no,
+            upgrades_failed: Cell::new(0),
+        });
+        let metrics = metrics.map(|(m, listener, handoff)| MetricsEndpoint {
+            task: tokio::task::spawn_local(metrics::serve(listener, m, Rc::clone(&shared))),
+            handoff,
+        });
+        let generation = match parent {
+            Some(p) => {
+                tokio::task::spawn_local(read_parent(Rc::clone(&p), parent_tx));
+                Generation::Incoming(p)
+            }
+            None => Generation::Serving,
+        };
+        Ok(Supervisor {
+            config,
+            argv: startup.argv,
+            exe: startup.exe,
+            env,
+            generation_no,
+            generation,
+            announced: false,
+            draining: false,
+            shared,
+            engines,
+            control,
+            control_errors: listener::AcceptErrors::default(),
+            ctl_tx,
+            handoff,
+            metrics,
+            owned_paths,
+            code: ExitCode::Success,
+            message: None,
+        })
     }
 
-    let mut code = ExitCode::Success;
-    let mut message = None;
-    let mut draining = false;
-    // Ready announced: READY=1 to systemd (generation 1), READY to the old generation.
-    let mut announced = false;
-    // A new generation: committed (accepting, control socket and pid file moved).
-    let mut took_over = parent.is_none();
-    let mut upgrading: Option<JoinHandle<Result<NewGeneration, String>>> = None;
-    let mut waiters: Vec<oneshot::Sender<UpgradeReply>> = Vec::new();
-    let mut upgraded: Option<NewGeneration> = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(25));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut control_errors = listener::AcceptErrors::default();
+    async fn run(
+        mut self,
+        mut ctl_rx: mpsc::UnboundedReceiver<Control>,
+        mut parent_rx: mpsc::UnboundedReceiver<FromParent>,
+    ) -> Result<Outcome> {
+        let mut signals = sys::Signals::new().context("cannot install signal handlers")?;
+        let mut tick = tokio::time::interval(Duration::from_millis(25));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let upgrading = matches!(self.generation, Generation::Upgrading { .. });
+            let flow = tokio::select! {
+                sig = signals.recv() => self.on_signal(sig).await,
+                Some(cmd) = ctl_rx.recv() => self.on_control(cmd),
+                Some(ev) = parent_rx.recv() => self.on_parent(ev),
+                result = upgrade_done(&mut self.generation), if upgrading => self.on_upgrade_done(result),
+                conn = self.control.accept(), if !self.control_errors.paused() => self.on_control_conn(conn),
+                _ = engine::sleep_until(self.control_errors.resume_at()) => Flow::Continue,
+                _ = tick.tick(), if !self.announced && !self.draining => self.on_tick().await,
+                done = self.engines.join_next() => self.on_engine_done(done),
+            };
+            if let Flow::Exit = flow {
+                break;
+            }
+        }
+        Ok(self.finish().await)
+    }
 
-    // Starts draining (for any reason): the copies kept for an upgrade close too, so the
-    // listeners close once the engines let go of theirs.
-    macro_rules! drain {
-        () => {{
-            draining = true;
-            handoff.clear();
-            if let Some(t) = upgrading.take() {
-                t.abort(); // the guard in the task stops the new generation
-                for w in waiters.drain(..) {
-                    let _ = w.send(UpgradeReply {
-                        ok: false,
-                        message: "the supervisor began to drain; upgrade abandoned".into(),
-                    });
+    async fn on_signal(&mut self, sig: Signal) -> Flow {
+        match sig {
+            Signal::Reload => {
+                info!("SIGHUP: reloading workers");
+                self.shared.broadcast(|| Request::Reload);
+            }
+            Signal::Upgrade => {
+                info!("SIGUSR2: upgrading");
+                self.upgrade(None);
+            }
+            Signal::Terminate | Signal::Interrupt if self.draining => {
+                warn!("second {sig:?} while draining: killing the workers");
+                self.shared.broadcast(|| Request::Kill);
+                while self.engines.join_next().await.is_some() {}
+                self.code = ExitCode::KilledBySignal(sig.number());
+                return Flow::Exit;
+            }
+            Signal::Terminate | Signal::Interrupt => {
+                info!("{sig:?}: draining (again to kill the workers now)");
+                self.drain();
+            }
+        }
+        Flow::Continue
+    }
+
+    fn on_control(&mut self, cmd: Control) -> Flow {
+        match cmd {
+            Control::Reload => self.shared.broadcast(|| Request::Reload),
+            Control::Stop => self.drain(),
+            Control::Upgrade(reply) => self.upgrade(Some(reply)),
+        }
+        Flow::Continue
+    }
+
+    /// The old generation said GO, or went away (a new generation's).
+    fn on_parent(&mut self, ev: FromParent) -> Flow {
+        let Generation::Incoming(parent) = &self.generation else { return Flow::Continue };
+        if self.draining {
+            return Flow::Continue;
+        }
+        let parent = Rc::clone(parent);
+        match ev {
+            FromParent::Go => match take_over(&mut self.control, self.config.pid_file.as_deref()) {
+                Ok(()) => {
+                    self.serve();
+                    report_to(&parent, Report::TookOver { pid: std::process::id() });
+                    let generation = self.generation_no;
+                    info!(generation, "upgrade: generation {generation} took over");
+                }
+                Err(e) => {
+                    error!("upgrade: cannot take over: {e:#}");
+                    report_to(&parent, Report::Failed(format!("{e:#}")));
+                    self.drain();
+                }
+            },
+            FromParent::Closed => {
+                // The old generation is gone without a word: nobody else serves now.
+                warn!("upgrade: the old generation went away before the hand-over finished; taking over");
+                if let Err(e) = take_over(&mut self.control, self.config.pid_file.as_deref()) {
+                    warn!("{e:#}");
+                }
+                self.serve();
+            }
+        }
+        Flow::Continue
+    }
+
+    /// A new generation commits: it serves from now on.
+    fn serve(&mut self) {
+        self.generation = Generation::Serving;
+        self.shared.broadcast(|| Request::Start);
+        self.shared.state.set("running");
+    }
+
+    fn on_upgrade_done(&mut self, result: Result<NewGeneration, String>) -> Flow {
+        let Generation::Upgrading { waiters, .. } =
+            std::mem::replace(&mut self.generation, Generation::Serving)
+        else {
+            return Flow::Continue;
+        };
+        let generation = self.generation_no;
+        match result {
+            Ok(new) => {
+                let msg = format!(
+                    "upgraded: generation {} (pid {}) is serving; generation {generation} (pid {}) drains and exits",
+                    new.generation,
+                    new.pid,
+                    std::process::id()
+                );
+                info!("{msg}");
+                let status =
+                    format!("handed over to generation {} (pid {})", new.generation, new.pid);
+                sys::notify(&[Notify::MainPid(new.pid), Notify::Ready, Notify::Status(&status)]);
+                for w in waiters {
+                    let _ = w.send(UpgradeReply { ok: true, message: msg.clone() });
+                }
+                self.generation = Generation::Superseded(Box::new(new));
+                self.shared.state.set("upgraded");
+                self.owned_paths.clear(); // the new generation's now
+                if let Some(m) = self.metrics.take() {
+                    m.task.abort();
+                }
+                self.drain();
+            }
+            Err(why) => {
+                self.shared.upgrades_failed.set(self.shared.upgrades_failed.get() + 1);
+                let msg = format!(
+                    "upgrade failed: {why}; generation {generation} (pid {}) carries on serving",
+                    std::process::id()
+                );
+                error!("{msg}");
+                sys::notify(&[Notify::Ready, Notify::Status(&msg)]);
+                for w in waiters {
+                    let _ = w.send(UpgradeReply { ok: false, message: msg.clone() });
+                }
+                self.shared.state.set("running");
+            }
+        }
+        Flow::Continue
+    }
+
+    fn on_control_conn(&mut self, conn: handover::Result<handover::tokio::Channel>) -> Flow {
+        match conn {
+            Ok(ch) => {
+                tokio::task::spawn_local(answer(ch, Rc::clone(&self.shared), self.ctl_tx.clone()));
+            }
+            // Out of descriptors, say: back off instead of spinning on a ready listener.
+            Err(handover::Error::Io(e)) => self.control_errors.failed("control socket", &e),
+            Err(e) => warn!("control socket: {e}"),
+        }
+        Flow::Continue
+    }
+
+    /// Until readiness is announced: announces it once every engine's workers are ready.
+    async fn on_tick(&mut self) -> Flow {
+        if !self.shared.ready().await {
+            return Flow::Continue;
+        }
+        self.announced = true;
+        let generation = self.generation_no;
+        match &self.generation {
+            Generation::Incoming(parent) => {
+                info!(generation, "upgrade: ready; waiting for the old generation to let go");
+                report_to(parent, Report::Ready);
+            }
+            _ => {
+                info!(generation, "ready");
+                sys::notify(&[Notify::Ready, Notify::Status("serving")]);
+            }
+        }
+        Flow::Continue
+    }
+
+    fn on_engine_done(&mut self, done: Option<Result<Outcome, tokio::task::JoinError>>) -> Flow {
+        match done {
+            None => return Flow::Exit,
+            Some(Ok(outcome)) => {
+                if outcome.code != ExitCode::Success {
+                    // One program failed for good: stop the others too.
+                    self.drain();
+                }
+                self.code = self.code.or(outcome.code);
+                if self.message.is_none() {
+                    self.message = outcome.message;
                 }
             }
-            if upgraded.is_none() {
-                shared.state.set("draining");
-                if took_over {
+            Some(Err(e)) => {
+                self.code = self.code.or(ExitCode::Failure);
+                self.message.get_or_insert_with(|| format!("internal error: {e}"));
+                self.drain();
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Starts draining (for any reason): the copies kept for an upgrade close too, so the
+    /// listeners close once the engines let go of theirs; an upgrade under way is abandoned.
+    fn drain(&mut self) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        self.handoff.clear();
+        if let Generation::Upgrading { .. } = self.generation {
+            let Generation::Upgrading { task, waiters } =
+                std::mem::replace(&mut self.generation, Generation::Serving)
+            else {
+                unreachable!("matched above")
+            };
+            task.abort(); // the guard in the task stops the new generation
+            for w in waiters {
+                let _ = w.send(UpgradeReply {
+                    ok: false,
+                    message: "the supervisor began to drain; upgrade abandoned".into(),
+                });
+            }
+        }
+        match &self.generation {
+            Generation::Superseded(_) => {}
+            g => {
+                self.shared.state.set("draining");
+                if !matches!(g, Generation::Incoming(_)) {
                     sys::notify(&[Notify::Stopping]);
                 }
             }
-            shared.broadcast(|| Request::Drain);
-        }};
+        }
+        self.shared.broadcast(|| Request::Drain);
     }
 
-    loop {
-        // The upgrade request, from SIGUSR2 (no waiter) or the control socket.
-        let mut want_upgrade: Option<Option<oneshot::Sender<UpgradeReply>>> = None;
-        tokio::select! {
-            sig = signals.recv() => match sig {
-                Signal::Reload => {
-                    info!("SIGHUP: reloading workers");
-                    shared.broadcast(|| Request::Reload);
+    /// An upgrade was asked for (by `SIGUSR2`: no `reply`, or the control socket).
+    fn upgrade(&mut self, reply: Option<oneshot::Sender<UpgradeReply>>) {
+        let refused = if self.draining {
+            Some("the supervisor is draining")
+        } else {
+            match self.generation {
+                Generation::Upgrading { .. } => Some("an upgrade is already in progress"),
+                Generation::Incoming(_) => {
+                    Some("this generation has not taken over from the previous one yet")
                 }
-                Signal::Upgrade => {
-                    info!("SIGUSR2: upgrading");
-                    want_upgrade = Some(None);
-                }
-                Signal::Terminate | Signal::Interrupt if draining => {
-                    warn!("second {sig:?} while draining: killing the workers");
-                    shared.broadcast(|| Request::Kill);
-                    while engines.join_next().await.is_some() {}
-                    code = ExitCode::KilledBySignal(sig.number());
-                    break;
-                }
-                Signal::Terminate | Signal::Interrupt => {
-                    info!("{sig:?}: draining (again to kill the workers now)");
-                    drain!();
-                }
-            },
-            Some(cmd) = ctl_rx.recv() => match cmd {
-                Control::Reload => shared.broadcast(|| Request::Reload),
-                Control::Stop => if !draining { drain!() },
-                Control::Upgrade(reply) => want_upgrade = Some(Some(reply)),
-            },
-            Some(ev) = parent_rx.recv() => match ev {
-                FromParent::Go if !took_over && !draining => {
-                    match take_over(&mut control, config.pid_file.as_deref()) {
-                        Ok(()) => {
-                            took_over = true;
-                            shared.broadcast(|| Request::Start);
-                            shared.state.set("running");
-                            if let Some(p) = &parent {
-                                report_to(p, Report::TookOver { pid: std::process::id() });
-                            }
-                            info!(generation, "upgrade: generation {generation} took over");
-                        }
-                        Err(e) => {
-                            error!("upgrade: cannot take over: {e:#}");
-                            if let Some(p) = &parent {
-                                report_to(p, Report::Failed(format!("{e:#}")));
-                            }
-                            drain!();
-                        }
-                    }
-                }
-                FromParent::Closed if !took_over && !draining => {
-                    // The old generation is gone without a word: nobody else serves now.
-                    warn!("upgrade: the old generation went away before the hand-over finished; taking over");
-                    if let Err(e) = take_over(&mut control, config.pid_file.as_deref()) {
-                        warn!("{e:#}");
-                    }
-                    took_over = true;
-                    shared.broadcast(|| Request::Start);
-                    shared.state.set("running");
-                }
-                _ => {}
-            },
-            result = async { upgrading.as_mut().expect("guarded").await }, if upgrading.is_some() => {
-                upgrading = None;
-                let result = result.unwrap_or_else(|e| Err(format!("internal error: {e}")));
-                match result {
-                    Ok(new) => {
-                        let msg = format!(
-                            "upgraded: generation {} (pid {}) is serving; generation {generation} (pid {}) drains and exits",
-                            new.generation, new.pid, std::process::id()
-                        );
-                        info!("{msg}");
-                        let status = format!("handed over to generation {} (pid {})", new.generation, new.pid);
-                        sys::notify(&[Notify::MainPid(new.pid), Notify::Ready, Notify::Status(&status)]);
-                        for w in waiters.drain(..) {
-                            let _ = w.send(UpgradeReply { ok: true, message: msg.clone() });
-                        }
-                        upgraded = Some(new);
-                        shared.state.set("upgraded");
-                        owned_paths.clear(); // the new generation's now
-                        if let Some(t) = metrics_task.take() {
-                            t.abort();
-                        }
-                        metrics_handoff = None;
-                        drain!();
-                    }
-                    Err(why) => {
-                        shared.upgrades_failed.set(shared.upgrades_failed.get() + 1);
-                        let msg = format!(
-                            "upgrade failed: {why}; generation {generation} (pid {}) carries on serving",
-                            std::process::id()
-                        );
-                        error!("{msg}");
-                        sys::notify(&[Notify::Ready, Notify::Status(&msg)]);
-                        for w in waiters.drain(..) {
-                            let _ = w.send(UpgradeReply { ok: false, message: msg.clone() });
-                        }
-                        shared.state.set("running");
-                    }
-                }
-            },
-            conn = control.accept(), if !control_errors.paused() => match conn {
-                Ok(ch) => {
-                    tokio::task::spawn_local(answer(ch, Rc::clone(&shared), ctl_tx.clone()));
-                }
-                // Out of descriptors, say: back off instead of spinning on a ready listener.
-                Err(handover::Error::Io(e)) => control_errors.failed("control socket", &e),
-                Err(e) => warn!("control socket: {e}"),
-            },
-            _ = engine::sleep_until(control_errors.resume_at()) => {}
-            _ = tick.tick(), if !announced && !draining => {
-                if shared.ready().await {
-                    announced = true;
-                    match &parent {
-                        None => {
-                            info!(generation, "ready");
-                            sys::notify(&[Notify::Ready, Notify::Status("serving")]);
-                        }
-                        Some(p) => {
-                            info!(generation, "upgrade: ready; waiting for the old generation to let go");
-                            report_to(p, Report::Ready);
-                        }
-                    }
-                }
-            },
-            done = engines.join_next() => match done {
-                None => break,
-                Some(Ok(outcome)) => {
-                    if outcome.code != ExitCode::Success && !draining {
-                        // One program failed for good: stop the others too.
-                        drain!();
-                    }
-                    code = code.or(outcome.code);
-                    if message.is_none() {
-                        message = outcome.message;
-                    }
-                }
-                Some(Err(e)) => {
-                    code = code.or(ExitCode::Failure);
-                    message.get_or_insert_with(|| format!("internal error: {e}"));
-                    if !draining {
-                        drain!();
-                    }
-                }
-            },
-        }
-        if let Some(reply) = want_upgrade {
-            let refused = if draining {
-                Some("the supervisor is draining".to_owned())
-            } else if upgrading.is_some() {
-                Some("an upgrade is already in progress".to_owned())
-            } else if !took_over {
-                Some("this generation has not taken over from the previous one yet".to_owned())
-            } else {
-                None
-            };
-            let plan = match refused {
-                Some(why) => Err(why),
-                None => plan_upgrade(
-                    &config,
-                    &startup.argv,
-                    startup.exe.as_deref(),
-                    &env,
-                    generation,
-                    &handoff,
-                    metrics_handoff.as_ref(),
-                ),
-            };
-            match plan {
-                Ok(plan) => {
-                    shared.state.set("upgrading");
-                    sys::notify(&[Notify::Reloading, Notify::Status("upgrading")]);
-                    upgrading = Some(tokio::task::spawn_local(upgrade::start(plan)));
-                    waiters.extend(reply);
-                }
-                Err(why) => {
-                    let msg = format!("upgrade refused: {why}");
-                    warn!("{msg}");
-                    if let Some(r) = reply {
-                        let _ = r.send(UpgradeReply { ok: false, message: msg });
-                    }
+                Generation::Serving | Generation::Superseded(_) => None,
+            }
+        };
+        let plan = match refused {
+            Some(why) => Err(why.to_owned()),
+            None => self.plan_upgrade(),
+        };
+        match plan {
+            Ok(plan) => {
+                self.shared.state.set("upgrading");
+                sys::notify(&[Notify::Reloading, Notify::Status("upgrading")]);
+                let task = tokio::task::spawn_local(upgrade::start(plan));
+                self.generation =
+                    Generation::Upgrading { task, waiters: reply.into_iter().collect() };
+            }
+            Err(why) => {
+                let msg = format!("upgrade refused: {why}");
+                warn!("{msg}");
+                if let Some(r) = reply {
+                    let _ = r.send(UpgradeReply { ok: false, message: msg });
                 }
             }
         }
     }
-    if let (Some(p), false) = (&parent, took_over) {
-        let why = message.clone().unwrap_or_else(|| "it stopped before taking over".to_owned());
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            p.send(&Report::Failed(why).encode(), &[]),
-        )
-        .await;
+
+    fn plan_upgrade(&self) -> Result<upgrade::Plan, String> {
+        let startup = Startup { exe: self.exe.clone(), ..Startup::default() };
+        let exe = upgrade::binary(&startup).map_err(|e| e.to_string())?;
+        let dup = |s: &socket2::Socket| {
+            s.try_clone().map_err(|e| format!("cannot duplicate a listener: {e}"))
+        };
+        let listeners = self
+            .handoff
+            .iter()
+            .map(|h| Ok(Handed { info: h.info.clone(), socket: dup(&h.socket)? }))
+            .collect::<Result<Vec<_>, String>>()?;
+        let metrics = match &self.metrics {
+            Some(MetricsEndpoint { handoff: (a, s), .. }) => Some((a.clone(), dup(s)?)),
+            None => None,
+        };
+        Ok(upgrade::Plan {
+            exe,
+            argv: self.argv.clone(),
+            env: Rc::clone(&self.env),
+            generation: self.generation_no + 1,
+            listeners,
+            metrics,
+            ready_timeout: self.config.ready_timeout,
+            control: self.config.control.clone(),
+        })
     }
-    control.close();
-    if upgraded.is_none() {
-        for p in &owned_paths {
-            let _ = std::fs::remove_file(p);
+
+    /// After the loop: tells an old generation this one never took over, and cleans up.
+    async fn finish(self) -> Outcome {
+        if let Generation::Superseded(new) = &self.generation {
+            let (generation, pid) = (new.generation, new.pid);
+            info!(
+                generation = self.generation_no,
+                "drained; generation {generation} (pid {pid}) serves on"
+            );
         }
+        if let Generation::Incoming(p) = &self.generation {
+            let why =
+                self.message.clone().unwrap_or_else(|| "it stopped before taking over".to_owned());
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                p.send(&Report::Failed(why).encode(), &[]),
+            )
+            .await;
+        }
+        self.control.close();
+        if !matches!(self.generation, Generation::Superseded(_)) {
+            for p in &self.owned_paths {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        if let Some(p) = &self.config.pid_file {
+            remove_pid_file(p);
+        }
+        if let Some(m) = self.metrics {
+            m.task.abort();
+        }
+        Outcome { code: self.code, message: self.message }
     }
-    if let Some(p) = &config.pid_file {
-        remove_pid_file(p);
+}
+
+/// Waits for the upgrade task (only polled while there is one).
+async fn upgrade_done(g: &mut Generation) -> Result<NewGeneration, String> {
+    match g {
+        Generation::Upgrading { task, .. } => {
+            task.await.unwrap_or_else(|e| Err(format!("internal error: {e}")))
+        }
+        _ => std::future::pending().await,
     }
-    drop(metrics_task);
-    Ok(Outcome { code, message })
 }
 
 /// Sends `report` to the old generation on a task of its own, so the main loop (signals, the
@@ -613,41 +829,6 @@ fn take_over(control: &mut ControlSocket, pid_file: Option<&Path>) -> Result<()>
         write_pid_file(p)?;
     }
     Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn plan_upgrade(
-    config: &Config,
-    argv: &[std::ffi::OsString],
-    exe: Option<&Path>,
-    env: &Rc<crate::config::Env>,
-    generation: u64,
-    handoff: &[Handed],
-    metrics: Option<&(String, socket2::Socket)>,
-) -> Result<upgrade::Plan, String> {
-    let startup = Startup { exe: exe.map(Path::to_path_buf), ..Startup::default() };
-    let exe = upgrade::binary(&startup).map_err(|e| e.to_string())?;
-    let dup = |s: &socket2::Socket| {
-        s.try_clone().map_err(|e| format!("cannot duplicate a listener: {e}"))
-    };
-    let listeners = handoff
-        .iter()
-        .map(|h| Ok(Handed { info: h.info.clone(), socket: dup(&h.socket)? }))
-        .collect::<Result<Vec<_>, String>>()?;
-    let metrics = match metrics {
-        Some((a, s)) => Some((a.clone(), dup(s)?)),
-        None => None,
-    };
-    Ok(upgrade::Plan {
-        exe,
-        argv: argv.to_vec(),
-        env: Rc::clone(env),
-        generation: generation + 1,
-        listeners,
-        metrics,
-        ready_timeout: config.ready_timeout,
-        control: config.control.clone(),
-    })
 }
 
 /// Reads the old generation's channel (a new generation's): GO, or its end.
