@@ -71,6 +71,62 @@ pub(crate) struct Death {
     pub(crate) proven: bool,
 }
 
+/// Why a worker was replaced: `handover status` (`restarts_by_cause`) and the
+/// `handover_worker_restarts_by_cause_total` metric count each restart under one cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// It exited by itself (any exit code), or could not be started.
+    Exit,
+    /// A signal ended it: its own crash (`SIGSEGV`, `SIGABRT`) or someone else's kill.
+    Signal,
+    /// The supervisor killed it for not answering in time: no hello within `--start-timeout`,
+    /// no acknowledgement within `--ack-timeout`, no heartbeat answer, or a connection reset at
+    /// `--connection-timeout` not reported finished within the grace period.
+    Hung,
+    /// The supervisor killed it for breaking the protocol.
+    Misbehaved,
+    /// Recycled after `--max-requests` connections.
+    MaxRequests,
+    /// Recycled because its resident memory passed `--max-memory`.
+    MaxMemory,
+    /// It died while its slot was crash-looping (counted here instead of its own cause).
+    CrashLoop,
+}
+
+impl Cause {
+    /// Every cause, in the order reports list them.
+    pub(crate) const ALL: [Cause; 7] = [
+        Cause::Exit,
+        Cause::Signal,
+        Cause::Hung,
+        Cause::Misbehaved,
+        Cause::MaxRequests,
+        Cause::MaxMemory,
+        Cause::CrashLoop,
+    ];
+
+    /// The name in status JSON and in the metric's `cause` label.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Cause::Exit => "exit",
+            Cause::Signal => "signal",
+            Cause::Hung => "hung",
+            Cause::Misbehaved => "misbehaved",
+            Cause::MaxRequests => "max_requests",
+            Cause::MaxMemory => "max_memory",
+            Cause::CrashLoop => "crash_loop",
+        }
+    }
+
+    /// How a worker the supervisor did not kill ended, from its exit status.
+    pub(crate) fn of_exit(status: Option<&ExitStatus>) -> Cause {
+        match status {
+            Some(s) if s.code().is_none() => Cause::Signal,
+            _ => Cause::Exit,
+        }
+    }
+}
+
 /// What to do about a dead worker's slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Restart {
@@ -205,6 +261,17 @@ mod tests {
         assert_eq!(r.count, 100);
         // Its own crash still counts.
         assert_eq!(r.on_death(death(1, false, false, true), &t), MS(100));
+    }
+
+    #[test]
+    fn causes_have_distinct_names_and_exits_are_told_from_signals() {
+        let names: std::collections::HashSet<_> = Cause::ALL.iter().map(|c| c.name()).collect();
+        assert_eq!(names.len(), Cause::ALL.len());
+        let exited = std::process::Command::new("sh").args(["-c", "exit 3"]).status().unwrap();
+        assert_eq!(Cause::of_exit(Some(&exited)), Cause::Exit);
+        let killed = std::process::Command::new("sh").args(["-c", "kill -9 $$"]).status().unwrap();
+        assert_eq!(Cause::of_exit(Some(&killed)), Cause::Signal);
+        assert_eq!(Cause::of_exit(None), Cause::Exit);
     }
 
     #[test]

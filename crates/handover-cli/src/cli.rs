@@ -53,10 +53,22 @@ pub(crate) enum Command {
     /// READY=1 / RELOADING=1 / STOPPING=1 / MAINPID= are reported (docs/systemd.md).
     #[command(verbatim_doc_comment)]
     Serve(Box<ServeArgs>),
-    /// Show a running supervisor's workers, listeners and totals.
+    /// Show a running supervisor's workers, listeners and totals (`--watch`: a live view).
     Status(StatusArgs),
-    /// Restart a running supervisor's workers one at a time (as SIGHUP does).
-    Reload(ControlArgs),
+    /// Restart a running supervisor's workers one at a time (as SIGHUP does), each replacement
+    /// ready before the worker it replaces drains, and wait until all are replaced.
+    ///
+    /// Exits 0 once every program's workers have been replaced, 1 if the reload was abandoned
+    /// (the new workers crash-looped and the program was given up on, or a drain began).
+    Reload(ReloadArgs),
+    /// Change the number of workers of a running supervisor: `handover scale 6`, `handover
+    /// scale web +2`, `handover scale -1` (SIGTTIN and SIGTTOU add and remove one).
+    ///
+    /// New workers start at once; removed workers (the highest slots) finish what they hold
+    /// and exit, they are not killed. spawn mode: changes the most children at once. Lasts
+    /// until the supervisor is restarted or upgraded (which re-reads the configuration).
+    #[command(verbatim_doc_comment)]
+    Scale(ScaleArgs),
     /// Drain a running supervisor and let it exit (as SIGTERM does).
     Stop(ControlArgs),
     /// Zero-downtime upgrade (as SIGUSR2 does): start a new generation of the supervisor from
@@ -73,7 +85,8 @@ pub(crate) struct ServeArgs {
     #[arg(long = "listen", short = 'l', value_name = "[NAME=]ADDR")]
     pub(crate) listen: Vec<String>,
 
-    /// Number of workers (spawn mode: most connections served at once). Default 4.
+    /// Number of workers (spawn mode: most connections served at once). Default 4. `handover
+    /// scale` changes it at run time.
     #[arg(long, short = 'w', value_name = "N")]
     pub(crate) workers: Option<usize>,
 
@@ -125,6 +138,54 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "N")]
     pub(crate) crash_limit: Option<u32>,
 
+    /// prefork: recycle a worker after it has been handed this many connections: it gets no
+    /// more, finishes what it holds and exits, and a new worker takes its slot (gunicorn's
+    /// --max-requests, uWSGI's --max-requests, PM2 has none). Default: never.
+    #[arg(long, value_name = "N")]
+    pub(crate) max_requests: Option<u64>,
+
+    /// prefork, with --max-requests: each worker's limit is --max-requests plus a random
+    /// 0..=J, so workers started together are not recycled together. Default 0.
+    #[arg(long, value_name = "J")]
+    pub(crate) max_requests_jitter: Option<u64>,
+
+    /// prefork, shared: recycle a worker whose resident memory (RSS, read from the OS every
+    /// --memory-check-interval) passes SIZE (bytes, or with K, M, G: powers of 1024). Its
+    /// replacement starts at once; it goes on serving until the replacement is ready, then
+    /// drains. Default: no limit.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub(crate) max_memory: Option<u64>,
+
+    /// How often --max-memory reads the workers' resident memory. Default 1s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) memory_check_interval: Option<std::time::Duration>,
+
+    /// prefork, spawn: a connection a worker has held (acknowledged) for longer is reset (the
+    /// client gets a connection reset, the worker's next read or write on it fails) and counted
+    /// as timed out; a worker that has not reported it finished 5s later is taken as hung,
+    /// killed and replaced (uWSGI's harakiri). spawn mode: the child is killed. Default: none.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) connection_timeout: Option<std::time::Duration>,
+
+    /// prefork, shared: start at most N workers at once: at start, when scaling up and when
+    /// replacing workers, the next starts once one of those starting is ready (staggered start).
+    /// A reload always replaces one worker at a time. Default 0: all at once.
+    #[arg(long, value_name = "N")]
+    pub(crate) max_starting: Option<usize>,
+
+    /// What becomes of the workers' standard output and error: `prefix` (each line goes to the
+    /// supervisor's stdout or stderr prefixed with `PROGRAM.SLOT[PID] | `, or as a JSON object
+    /// with --log-format json) or `inherit` (workers write to the supervisor's own stdout and
+    /// stderr, unprefixed). spawn mode prefixes standard error only (and standard output with
+    /// --socket fd3), with the program alone. Default prefix.
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub(crate) worker_output: Option<WorkerOutput>,
+
+    /// The supervisor's log lines (and, with --worker-output prefix, the workers' lines):
+    /// `text` or `json` (one object per line). Default text.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub(crate) log_format: Option<LogFormat>,
+
     /// Listen backlog of each socket. Default 1024.
     #[arg(long, value_name = "N")]
     pub(crate) backlog: Option<i32>,
@@ -164,6 +225,40 @@ pub(crate) struct StatusArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
+
+    /// Report again every --interval: in place on a terminal (Ctrl-C to quit), one report
+    /// after another otherwise.
+    #[arg(long)]
+    pub(crate) watch: bool,
+
+    /// With --watch: how often. Default 1s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "watch")]
+    pub(crate) interval: Option<std::time::Duration>,
+
+    /// With --watch: stop after N reports.
+    #[arg(long, value_name = "N", requires = "watch")]
+    pub(crate) count: Option<u64>,
+
+    #[command(flatten)]
+    pub(crate) control: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReloadArgs {
+    /// Start the reload and return at once, without waiting for it to finish.
+    #[arg(long)]
+    pub(crate) no_wait: bool,
+
+    #[command(flatten)]
+    pub(crate) control: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ScaleArgs {
+    /// The program (may be left out when the supervisor runs only one), then the number of
+    /// workers: N, +N or -N.
+    #[arg(value_name = "[PROGRAM] N", num_args = 1..=2, required = true, allow_negative_numbers = true)]
+    pub(crate) args: Vec<String>,
 
     #[command(flatten)]
     pub(crate) control: ControlArgs,
@@ -219,6 +314,32 @@ pub(crate) enum Compat {
     ServerStarter,
 }
 
+/// Where the workers' standard output and error go.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum WorkerOutput {
+    /// Through the supervisor, each line prefixed with the program and slot.
+    #[default]
+    Prefix,
+    /// Straight to the supervisor's own stdout and stderr.
+    Inherit,
+}
+
+/// How the supervisor writes log lines.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// spawn mode: where the child finds its connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -249,6 +370,30 @@ pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Parses a size: bytes, or with `K`, `M`, `G`, `T` (powers of 1024; `KB`, `KiB`, `MB`, ...
+/// mean the same).
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a size (try 512M, 2G)"))?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit.trim_end_matches('b').trim_end_matches('i');
+    let shift = match unit {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return Err(format!("unknown unit in {s:?} (use K, M, G or T)")),
+    };
+    let bytes = n * (1u64 << shift) as f64;
+    if !bytes.is_finite() || !(1.0..=u64::MAX as f64).contains(&bytes) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +407,35 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("300M"), Ok(300 << 20));
+        assert_eq!(parse_size("300MB"), Ok(300 << 20));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+        assert!(parse_size("99999999T").is_err());
+    }
+
+    #[test]
+    fn scale_takes_negative_counts_and_an_optional_program() {
+        for (argv, want) in [
+            (&["handover", "scale", "-1"][..], &["-1"][..]),
+            (&["handover", "scale", "web", "+2"], &["web", "+2"]),
+            (&["handover", "scale", "--control", "/x", "6"], &["6"]),
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let Command::Scale(a) = cli.command else { panic!("{argv:?}") };
+            assert_eq!(a.args, want);
+        }
+        assert!(Cli::try_parse_from(["handover", "scale"]).is_err());
+        assert!(Cli::try_parse_from(["handover", "scale", "a", "b", "c"]).is_err());
     }
 
     #[test]

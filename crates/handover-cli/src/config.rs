@@ -9,6 +9,7 @@
 //! ready_timeout = "30s"                       # upgrade: how long the new generation may take
 //! pid_file = "/run/handover.pid"              # optional
 //! metrics = "127.0.0.1:9100"                  # optional Prometheus endpoint
+//! log_format = "json"                         # optional: text (default) or json
 //!
 //! [[listener]]
 //! name = "http"
@@ -23,7 +24,17 @@
 //! listeners = ["http"]
 //! env = { GREETING = "hello" }
 //! # compat = ["einhorn", "server-starter"]  # shared mode only
+//! max_requests = 1000                         # optional controls, as the serve flags
+//! max_requests_jitter = 100
+//! max_memory = "512M"
+//! memory_check_interval = "1s"
+//! connection_timeout = "30s"
+//! max_starting = 1
+//! worker_output = "prefix"                    # or "inherit"
 //! ```
+//!
+//! The controls and timeouts given as flags with `--config` are defaults for every program
+//! of the file; a program's own keys win.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -34,7 +45,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
-use crate::cli::{Compat, Mode, Policy, ServeArgs, SpawnSocket};
+use crate::cli::{Compat, LogFormat, Mode, Policy, ServeArgs, SpawnSocket, WorkerOutput};
 
 /// The process environment, read once at start. Children's environments are built from this
 /// snapshot; the process environment itself is never changed.
@@ -113,6 +124,38 @@ pub(crate) struct ProgramConfig {
     pub(crate) timeouts: Timeouts,
     /// shared mode: extra variables for programs written for other supervisors.
     pub(crate) compat: Vec<Compat>,
+    pub(crate) controls: Controls,
+}
+
+/// The day-to-day controls of a program: recycling, deadlines, staggered starts, output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Controls {
+    /// prefork: recycle a worker after this many connections, plus its share of the jitter.
+    pub(crate) max_requests: Option<u64>,
+    pub(crate) max_requests_jitter: u64,
+    /// prefork, shared: recycle a worker whose resident memory passes this many bytes, read
+    /// every `memory_check_interval`.
+    pub(crate) max_memory: Option<u64>,
+    pub(crate) memory_check_interval: Duration,
+    /// prefork, spawn: reset a connection a worker has held for longer.
+    pub(crate) connection_timeout: Option<Duration>,
+    /// prefork, shared: at most this many workers starting at once (0: no limit).
+    pub(crate) max_starting: usize,
+    pub(crate) worker_output: WorkerOutput,
+}
+
+impl Default for Controls {
+    fn default() -> Controls {
+        Controls {
+            max_requests: None,
+            max_requests_jitter: 0,
+            max_memory: None,
+            memory_check_interval: Duration::from_secs(1),
+            connection_timeout: None,
+            max_starting: 0,
+            worker_output: WorkerOutput::Prefix,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -151,6 +194,7 @@ pub(crate) struct Config {
     pub(crate) pid_file: Option<PathBuf>,
     /// Where to serve Prometheus metrics.
     pub(crate) metrics: Option<SocketAddr>,
+    pub(crate) log_format: LogFormat,
 }
 
 /// The TOML file, as written.
@@ -162,6 +206,7 @@ struct FileConfig {
     ready_timeout: Option<String>,
     pid_file: Option<PathBuf>,
     metrics: Option<String>,
+    log_format: Option<LogFormat>,
     #[serde(default)]
     listener: Vec<FileListener>,
     #[serde(default)]
@@ -195,6 +240,21 @@ struct FileProgram {
     crash_limit: Option<u32>,
     #[serde(default)]
     compat: Vec<Compat>,
+    max_requests: Option<u64>,
+    max_requests_jitter: Option<u64>,
+    max_memory: Option<FileSize>,
+    memory_check_interval: Option<String>,
+    connection_timeout: Option<String>,
+    max_starting: Option<usize>,
+    worker_output: Option<WorkerOutput>,
+}
+
+/// A size in the file: bytes, or a string with a unit (`"512M"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FileSize {
+    Bytes(u64),
+    Text(String),
 }
 
 const DEFAULT_WORKERS: usize = 4;
@@ -231,6 +291,28 @@ impl Config {
         if let Some(n) = args.crash_limit {
             base.crash_limit = n;
         }
+        let mut controls = Controls::default();
+        if args.max_requests.is_some() {
+            controls.max_requests = args.max_requests;
+        }
+        if let Some(j) = args.max_requests_jitter {
+            controls.max_requests_jitter = j;
+        }
+        if args.max_memory.is_some() {
+            controls.max_memory = args.max_memory;
+        }
+        if let Some(d) = args.memory_check_interval {
+            controls.memory_check_interval = d;
+        }
+        if args.connection_timeout.is_some() {
+            controls.connection_timeout = args.connection_timeout;
+        }
+        if let Some(n) = args.max_starting {
+            controls.max_starting = n;
+        }
+        if let Some(o) = args.worker_output {
+            controls.worker_output = o;
+        }
         let control = match args.control.clone() {
             Some(p) => p,
             None => default_control_path(&env),
@@ -250,9 +332,9 @@ impl Config {
                          the command; give either the file or the flags"
                     );
                 }
-                from_file(path, &args, base, control, env)?
+                from_file(path, &args, base, controls, control, env)?
             }
-            None => from_flags(&args, base, control, env)?,
+            None => from_flags(&args, base, controls, control, env)?,
         };
         let mut config = config;
         if let Some(d) = args.ready_timeout {
@@ -263,6 +345,9 @@ impl Config {
         }
         if let Some(m) = &args.metrics {
             config.metrics = Some(parse_metrics(m)?);
+        }
+        if let Some(f) = args.log_format {
+            config.log_format = f;
         }
         config.validate()?;
         Ok(config)
@@ -308,6 +393,7 @@ impl Config {
                 bail!("program {:?}: too many listeners", p.name);
             }
             crate::sys::check_mode(p.mode)?;
+            p.controls.validate(&p.name, p.mode)?;
             if !p.compat.is_empty() && p.mode != Mode::Shared {
                 bail!(
                     "program {:?}: --compat describes listening sockets, which only shared mode \
@@ -340,7 +426,70 @@ fn parse_listen_flag(s: &str, i: usize) -> Result<(String, ListenAddr)> {
     Ok((format!("listen{i}"), ListenAddr::parse(s)?))
 }
 
-fn from_flags(args: &ServeArgs, timeouts: Timeouts, control: PathBuf, env: Env) -> Result<Config> {
+impl Controls {
+    /// Refuses controls the program's mode cannot honour, rather than ignoring them.
+    fn validate(&self, program: &str, mode: Mode) -> Result<()> {
+        let refuse = |what: &str, why: &str| -> Result<()> {
+            bail!("program {program:?}: {what} does not apply in {} mode: {why}", mode_name(mode))
+        };
+        if self.max_requests == Some(0) {
+            bail!("program {program:?}: --max-requests must be at least 1");
+        }
+        if self.max_requests_jitter > 0 && self.max_requests.is_none() {
+            bail!("program {program:?}: --max-requests-jitter needs --max-requests");
+        }
+        if self.connection_timeout.is_some_and(|d| d.is_zero()) {
+            bail!("program {program:?}: --connection-timeout must be more than 0");
+        }
+        if self.max_memory.is_some() {
+            if let Err(e) = crate::sys::resident_memory(std::process::id()) {
+                bail!("program {program:?}: --max-memory needs processes' resident memory, which this build cannot read ({e})");
+            }
+        }
+        if self.memory_check_interval < Duration::from_millis(10) {
+            bail!("program {program:?}: --memory-check-interval must be at least 10ms");
+        }
+        match mode {
+            Mode::Prefork => Ok(()),
+            Mode::Shared if self.max_requests.is_some() => refuse(
+                "--max-requests",
+                "its workers accept connections themselves, so the supervisor cannot count them",
+            ),
+            Mode::Shared if self.connection_timeout.is_some() => refuse(
+                "--connection-timeout",
+                "its workers accept connections themselves, so the supervisor never holds them",
+            ),
+            Mode::Shared => Ok(()),
+            Mode::Spawn if self.max_requests.is_some() => {
+                refuse("--max-requests", "every connection gets a process of its own")
+            }
+            Mode::Spawn if self.max_memory.is_some() => refuse(
+                "--max-memory",
+                "a per-connection child is not replaced (limit it with ulimit -v or a cgroup)",
+            ),
+            Mode::Spawn if self.max_starting > 0 => {
+                refuse("--max-starting", "children start one per connection, at most --workers")
+            }
+            Mode::Spawn => Ok(()),
+        }
+    }
+}
+
+fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Prefork => "prefork",
+        Mode::Spawn => "spawn",
+        Mode::Shared => "shared",
+    }
+}
+
+fn from_flags(
+    args: &ServeArgs,
+    timeouts: Timeouts,
+    controls: Controls,
+    control: PathBuf,
+    env: Env,
+) -> Result<Config> {
     let mut listeners = Vec::new();
     for (i, s) in args.listen.iter().enumerate() {
         let (name, addr) = parse_listen_flag(s, i)?;
@@ -364,6 +513,7 @@ fn from_flags(args: &ServeArgs, timeouts: Timeouts, control: PathBuf, env: Env) 
             socket: args.socket.unwrap_or(SpawnSocket::Stdio),
             timeouts,
             compat: args.compat.clone(),
+            controls,
         });
     }
     Ok(Config {
@@ -374,6 +524,7 @@ fn from_flags(args: &ServeArgs, timeouts: Timeouts, control: PathBuf, env: Env) 
         ready_timeout: DEFAULT_READY_TIMEOUT,
         pid_file: None,
         metrics: None,
+        log_format: LogFormat::Text,
     })
 }
 
@@ -381,6 +532,7 @@ fn from_file(
     path: &Path,
     args: &ServeArgs,
     base: Timeouts,
+    base_controls: Controls,
     control: PathBuf,
     env: Env,
 ) -> Result<Config> {
@@ -436,6 +588,25 @@ fn from_file(
         t.min_uptime = dur(&p.min_uptime, "min_uptime", t.min_uptime)?;
         t.heartbeat = dur(&p.heartbeat_timeout, "heartbeat_timeout", t.heartbeat)?;
         t.crash_limit = p.crash_limit.unwrap_or(t.crash_limit);
+        let mut c = base_controls;
+        c.max_requests = p.max_requests.or(c.max_requests);
+        c.max_requests_jitter = p.max_requests_jitter.unwrap_or(c.max_requests_jitter);
+        c.max_memory =
+            match &p.max_memory {
+                None => c.max_memory,
+                Some(FileSize::Bytes(n)) => Some(*n),
+                Some(FileSize::Text(s)) => Some(crate::cli::parse_size(s).map_err(|e| {
+                    anyhow!("{}: program {name:?}: max_memory: {e}", path.display())
+                })?),
+            };
+        c.memory_check_interval =
+            dur(&p.memory_check_interval, "memory_check_interval", c.memory_check_interval)?;
+        if p.connection_timeout.is_some() {
+            c.connection_timeout =
+                Some(dur(&p.connection_timeout, "connection_timeout", Duration::ZERO)?);
+        }
+        c.max_starting = p.max_starting.unwrap_or(c.max_starting);
+        c.worker_output = p.worker_output.unwrap_or(c.worker_output);
         programs.push(ProgramConfig {
             program: resolve_program(OsStr::new(cmd), &env)
                 .with_context(|| format!("program {name:?}"))?,
@@ -448,6 +619,7 @@ fn from_file(
             socket: p.socket.unwrap_or(SpawnSocket::Stdio),
             timeouts: t,
             compat: p.compat.clone(),
+            controls: c,
         });
     }
     Ok(Config {
@@ -458,6 +630,7 @@ fn from_file(
         ready_timeout: dur(&file.ready_timeout, "ready_timeout", DEFAULT_READY_TIMEOUT)?,
         pid_file: file.pid_file.clone(),
         metrics: file.metrics.as_deref().map(parse_metrics).transpose()?,
+        log_format: file.log_format.unwrap_or_default(),
     })
 }
 
@@ -542,6 +715,119 @@ mod tests {
     }
 
     #[test]
+    fn controls_from_flags_and_from_the_file_per_program() {
+        let c = serve(&[
+            "handover",
+            "serve",
+            "-l",
+            "tcp://127.0.0.1:0",
+            "--max-requests",
+            "50",
+            "--max-requests-jitter",
+            "20",
+            "--max-memory",
+            "64M",
+            "--connection-timeout",
+            "30s",
+            "--max-starting",
+            "1",
+            "--worker-output",
+            "inherit",
+            "--log-format",
+            "json",
+            "--",
+            "sh",
+        ])
+        .unwrap();
+        let want = Controls {
+            max_requests: Some(50),
+            max_requests_jitter: 20,
+            max_memory: Some(64 << 20),
+            memory_check_interval: Duration::from_secs(1),
+            connection_timeout: Some(Duration::from_secs(30)),
+            max_starting: 1,
+            worker_output: WorkerOutput::Inherit,
+        };
+        assert_eq!(c.programs[0].controls, want);
+        assert_eq!(c.log_format, LogFormat::Json);
+
+        let dir = std::env::temp_dir().join(format!("handover-controls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("h.toml");
+        std::fs::write(
+            &file,
+            r#"
+            log_format = "json"
+            [[listener]]
+            name = "a"
+            address = "tcp://127.0.0.1:0"
+            [[listener]]
+            name = "b"
+            address = "tcp://127.0.0.1:0"
+            [[program]]
+            name = "web"
+            command = ["sh"]
+            listeners = ["a"]
+            max_requests = 1000
+            max_requests_jitter = 100
+            max_memory = "512M"
+            memory_check_interval = "250ms"
+            worker_output = "inherit"
+            [[program]]
+            name = "other"
+            command = ["sh"]
+            mode = "shared"
+            listeners = ["b"]
+            max_memory = 1048576
+            max_starting = 2
+            "#,
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        // A flag is the default for every program; the file's keys win.
+        let c = serve(&["handover", "serve", "--config", path, "--max-starting", "3"]).unwrap();
+        let web = c.programs[0].controls;
+        assert_eq!((web.max_requests, web.max_requests_jitter), (Some(1000), 100));
+        assert_eq!(web.max_memory, Some(512 << 20));
+        assert_eq!(web.memory_check_interval, Duration::from_millis(250));
+        assert_eq!((web.max_starting, web.worker_output), (3, WorkerOutput::Inherit));
+        let other = c.programs[1].controls;
+        assert_eq!((other.max_memory, other.max_starting), (Some(1 << 20), 2));
+        assert_eq!(c.log_format, LogFormat::Json);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn controls_a_mode_cannot_honour_are_refused() {
+        let cases: [(&[&str], &str); 7] = [
+            (&["--mode", "shared", "--max-requests", "5"], "cannot count them"),
+            (&["--mode", "shared", "--connection-timeout", "1s"], "never holds them"),
+            (&["--mode", "spawn", "--max-requests", "5"], "process of its own"),
+            (&["--mode", "spawn", "--max-memory", "1G"], "not replaced"),
+            (&["--mode", "spawn", "--max-starting", "1"], "one per connection"),
+            (&["--max-requests-jitter", "5"], "needs --max-requests"),
+            (&["--max-requests", "0"], "at least 1"),
+        ];
+        for (flags, want) in cases {
+            let mut argv = vec!["handover", "serve", "-l", "tcp://127.0.0.1:0"];
+            argv.extend(flags);
+            argv.extend(["--", "sh"]);
+            let e = serve(&argv).unwrap_err().to_string();
+            assert!(e.contains(want), "{flags:?}: {e}");
+        }
+        // What each mode does honour.
+        for flags in [
+            &["--mode", "shared", "--max-memory", "1G", "--max-starting", "1"][..],
+            &["--mode", "spawn", "--connection-timeout", "1s"],
+        ] {
+            let mut argv = vec!["handover", "serve", "-l", "tcp://127.0.0.1:0"];
+            argv.extend(flags);
+            argv.extend(["--", "sh"]);
+            serve(&argv).unwrap();
+        }
+    }
+
+    #[test]
     fn toml_file_with_two_programs() {
         let dir = std::env::temp_dir().join(format!("handover-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -567,6 +853,7 @@ mod tests {
             socket = "fd3"
             listeners = ["b"]
             env = { K = "v" }
+            connection_timeout = "2s"
             "#,
         )
         .unwrap();
@@ -577,6 +864,9 @@ mod tests {
         assert_eq!(c.programs[1].socket, SpawnSocket::Fd3);
         assert_eq!(c.programs[1].listeners, [1]);
         assert_eq!(c.programs[0].timeouts.drain, Duration::from_secs(2));
+        assert_eq!(c.programs[0].controls, Controls::default(), "defaults users get");
+        assert_eq!(c.programs[0].controls.worker_output, WorkerOutput::Prefix);
+        assert_eq!(c.programs[1].controls.connection_timeout, Some(Duration::from_secs(2)));
         std::fs::write(
             &file,
             "[[listener]]\nname = \"a\"\naddress = \"tcp://127.0.0.1:0\"\nbogus = 1\n",

@@ -3,8 +3,9 @@
 //!
 //! A [`handover::ChannelListener`] at a path: the socket file is created `0600` and every
 //! peer is checked to run as the same user, so only the owner can query or steer the
-//! supervisor. One request per connection: the client sends `status`, `reload`, `upgrade` or
-//! `stop`; the supervisor answers with JSON ([`Status`], [`UpgradeReply`]) or `ok`.
+//! supervisor. One request per connection: the client sends `status`, `reload`, `reload wait`,
+//! `scale [PROGRAM] N|+N|-N`, `upgrade` or `stop`; the supervisor answers with JSON
+//! ([`Status`], [`Reply`]) or `ok` (`reload`, `stop`).
 //!
 //! In an upgrade the new generation binds its control socket at a temporary path and renames
 //! it over the old one once it has taken over, so a client always finds exactly one live
@@ -16,24 +17,38 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::engine::Scale;
 use crate::status::Status;
 
 /// What a client may ask.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Command {
     Status,
+    /// Start a reload; answered `ok` at once.
     Reload,
+    /// Reload, answered with a [`Reply`] once every worker has been replaced.
+    ReloadWait,
     Stop,
     Upgrade,
+    /// Change the number of workers of `program` (the only program if `None`).
+    Scale {
+        program: Option<String>,
+        how: Scale,
+    },
 }
 
 impl Command {
-    pub(crate) fn as_bytes(self) -> &'static [u8] {
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
         match self {
-            Command::Status => b"status",
-            Command::Reload => b"reload",
-            Command::Stop => b"stop",
-            Command::Upgrade => b"upgrade",
+            Command::Status => b"status".to_vec(),
+            Command::Reload => b"reload".to_vec(),
+            Command::ReloadWait => b"reload wait".to_vec(),
+            Command::Stop => b"stop".to_vec(),
+            Command::Upgrade => b"upgrade".to_vec(),
+            Command::Scale { program: Some(p), how } => {
+                format!("scale {p} {}", how.to_arg()).into()
+            }
+            Command::Scale { program: None, how } => format!("scale {}", how.to_arg()).into(),
         }
     }
 
@@ -41,16 +56,26 @@ impl Command {
         match b {
             b"status" => Some(Command::Status),
             b"reload" => Some(Command::Reload),
+            b"reload wait" => Some(Command::ReloadWait),
             b"stop" => Some(Command::Stop),
             b"upgrade" => Some(Command::Upgrade),
-            _ => None,
+            _ => {
+                let text = std::str::from_utf8(b).ok()?;
+                let words: Vec<&str> = text.strip_prefix("scale ")?.split(' ').collect();
+                let (program, n) = match words[..] {
+                    [n] => (None, n),
+                    [p, n] if !p.is_empty() => (Some(p.to_owned()), n),
+                    _ => return None,
+                };
+                Some(Command::Scale { program, how: Scale::parse(n).ok()? })
+            }
         }
     }
 }
 
-/// The answer to `upgrade`.
+/// The answer to `upgrade`, `reload wait` and `scale`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub(crate) struct UpgradeReply {
+pub(crate) struct Reply {
     pub(crate) ok: bool,
     pub(crate) message: String,
 }
@@ -151,7 +176,7 @@ pub(crate) fn request_within(path: &Path, cmd: Command, patience: Duration) -> R
             path.display()
         )
     })?;
-    channel.send(cmd.as_bytes(), &[])?;
+    channel.send(&cmd.to_bytes(), &[])?;
     let reply = channel
         .recv_timeout(patience)
         .with_context(|| format!("no answer from the supervisor at {}", path.display()))?;
@@ -168,11 +193,37 @@ pub(crate) fn status(path: &Path) -> Result<Status> {
     serde_json::from_slice(&bytes).context("the supervisor sent a status this build cannot read")
 }
 
-/// Asks for an upgrade and waits for its outcome (the new generation may take up to its
-/// `--ready-timeout`).
-pub(crate) fn upgrade(path: &Path) -> Result<UpgradeReply> {
-    let bytes = request_within(path, Command::Upgrade, Duration::from_secs(3600))?;
+/// Asks for an upgrade, a reload that is waited for, or a scale, and waits for its outcome
+/// (a new generation may take up to its `--ready-timeout`; a reload as long as its workers take
+/// to start).
+pub(crate) fn ask(path: &Path, cmd: Command) -> Result<Reply> {
+    let bytes = request_within(path, cmd, Duration::from_secs(3600))?;
     serde_json::from_slice(&bytes).map_err(|_| {
         anyhow!("unexpected answer from the supervisor: {}", String::from_utf8_lossy(&bytes))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_round_trip() {
+        let all = [
+            Command::Status,
+            Command::Reload,
+            Command::ReloadWait,
+            Command::Stop,
+            Command::Upgrade,
+            Command::Scale { program: None, how: Scale::To(6) },
+            Command::Scale { program: Some("web".into()), how: Scale::By(-1) },
+            Command::Scale { program: Some("web".into()), how: Scale::By(2) },
+        ];
+        for c in all {
+            assert_eq!(Command::parse(&c.to_bytes()), Some(c.clone()), "{c:?}");
+        }
+        for bad in [&b"scale"[..], b"scale ", b"scale a b c", b"scale web", b"scale  3", b"nope"] {
+            assert_eq!(Command::parse(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
 }

@@ -15,6 +15,7 @@ mod engine;
 mod exit_codes;
 mod listener;
 mod metrics;
+mod output;
 mod prefork;
 mod shared;
 mod spawn;
@@ -66,20 +67,25 @@ fn run() -> Result<ExitCode, (ExitCode, anyhow::Error)> {
             return Ok(code);
         }
     };
-    init_logging(cli.log.as_deref(), &env);
     let failure = |e: anyhow::Error| (ExitCode::Failure, e);
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_logging(cli.log.as_deref(), &env, cli::LogFormat::Text);
+    }
     match cli.command {
         Command::Serve(args) => {
             sys::close_inherited_on_exec().map_err(failure)?;
             // Sockets and channels this process was started with are taken first, once.
             let startup = upgrade::Startup::capture(&env).map_err(failure)?;
-            let config = match Config::from_args(*args, env) {
+            let log = cli.log.clone();
+            let config = match Config::from_args(*args, env.clone()) {
                 Ok(c) => c,
                 Err(e) => {
                     startup.fail(&format!("{e:#}"));
                     return Err((ExitCode::Usage, e));
                 }
             };
+            // After the configuration, which may ask for JSON.
+            init_logging(log.as_deref(), &env, config.log_format);
             let outcome = supervisor::serve(config, startup).map_err(failure)?;
             if let Some(msg) = &outcome.message {
                 if outcome.code != ExitCode::Success {
@@ -90,7 +96,10 @@ fn run() -> Result<ExitCode, (ExitCode, anyhow::Error)> {
         }
         Command::Status(args) => {
             let path = control_path(args.control.control, &env);
-            if args.json {
+            if args.watch {
+                let every = args.interval.unwrap_or(std::time::Duration::from_secs(1));
+                status::watch(&path, args.json, every, args.count).map_err(failure)?;
+            } else if args.json {
                 let bytes = control::request(&path, control::Command::Status).map_err(failure)?;
                 println!("{}", String::from_utf8_lossy(&bytes));
             } else {
@@ -100,19 +109,27 @@ fn run() -> Result<ExitCode, (ExitCode, anyhow::Error)> {
             Ok(ExitCode::Success)
         }
         Command::Reload(args) => {
-            let path = control_path(args.control, &env);
-            control::request(&path, control::Command::Reload).map_err(failure)?;
-            Ok(ExitCode::Success)
+            let path = control_path(args.control.control, &env);
+            if args.no_wait {
+                control::request(&path, control::Command::Reload).map_err(failure)?;
+                return Ok(ExitCode::Success);
+            }
+            reply(control::ask(&path, control::Command::ReloadWait).map_err(failure)?)
+        }
+        Command::Scale(args) => {
+            let path = control_path(args.control.control, &env);
+            let (program, n) = match &args.args[..] {
+                [n] => (None, n),
+                [p, n] => (Some(p.clone()), n),
+                _ => unreachable!("clap takes one or two values"),
+            };
+            let how = engine::Scale::parse(n)
+                .map_err(|e| (ExitCode::Usage, anyhow::anyhow!("scale: {e}")))?;
+            reply(control::ask(&path, control::Command::Scale { program, how }).map_err(failure)?)
         }
         Command::Upgrade(args) => {
             let path = control_path(args.control, &env);
-            let reply = control::upgrade(&path).map_err(failure)?;
-            if reply.ok {
-                println!("{}", reply.message);
-                Ok(ExitCode::Success)
-            } else {
-                Err((ExitCode::Failure, anyhow::anyhow!(reply.message)))
-            }
+            reply(control::ask(&path, control::Command::Upgrade).map_err(failure)?)
         }
         Command::Stop(args) => {
             let path = control_path(args.control, &env);
@@ -122,11 +139,21 @@ fn run() -> Result<ExitCode, (ExitCode, anyhow::Error)> {
     }
 }
 
+/// Prints a successful answer; a failed one is the command's error.
+fn reply(r: control::Reply) -> Result<ExitCode, (ExitCode, anyhow::Error)> {
+    if r.ok {
+        println!("{}", r.message);
+        Ok(ExitCode::Success)
+    } else {
+        Err((ExitCode::Failure, anyhow::anyhow!(r.message)))
+    }
+}
+
 fn control_path(given: Option<std::path::PathBuf>, env: &Env) -> std::path::PathBuf {
     given.unwrap_or_else(|| config::default_control_path(env))
 }
 
-fn init_logging(flag: Option<&str>, env: &Env) {
+fn init_logging(flag: Option<&str>, env: &Env, format: cli::LogFormat) {
     use tracing_subscriber::EnvFilter;
     let spec = flag
         .map(str::to_owned)
@@ -137,10 +164,11 @@ fn init_logging(flag: Option<&str>, env: &Env) {
         EnvFilter::new("info")
     });
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        cli::LogFormat::Text => {
+            fmt.with_ansi(std::io::stderr().is_terminal()).with_target(false).init()
+        }
+        cli::LogFormat::Json => fmt.json().flatten_event(true).with_target(false).init(),
+    }
 }

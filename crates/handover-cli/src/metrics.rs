@@ -2,7 +2,9 @@
 //! tiny HTTP/1.x listener that answers `GET /metrics`.
 //!
 //! Almost everything is read at scrape time from the same status the control socket reports,
-//! so the dispatch path pays nothing for it. The one exception is the hand-off latency
+//! so the dispatch path pays nothing for it. Per-worker series are labelled by program and
+//! slot (not pid, so restarts do not create series without end); a slot's per-worker counters
+//! start again from zero when its worker is replaced. The one exception is the hand-off latency
 //! histogram, observed by the prefork engine when a worker acknowledges a connection: a lock
 //! and a bucket scan, no allocation.
 
@@ -18,6 +20,7 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, warn};
 
+use crate::child::Cause;
 use crate::status::Status;
 
 type Labels = Vec<(String, String)>;
@@ -40,7 +43,15 @@ pub(crate) struct Metrics {
     upgrades_failed: Counter,
     generation: Gauge,
     live: Gauge,
+    timed_out: Counter,
     workers: Family<Labels, Gauge>,
+    workers_wanted: Family<Labels, Gauge>,
+    queue: Family<Labels, Gauge>,
+    restarts_by_cause: Family<Labels, Counter>,
+    worker_live: Family<Labels, Gauge>,
+    worker_busy: Family<Labels, Gauge>,
+    worker_handled: Family<Labels, Counter>,
+    worker_rss: Family<Labels, Gauge>,
     /// Seconds from sending a connection to a worker to its acknowledgement (prefork).
     pub(crate) handoff_latency: Histogram,
 }
@@ -60,7 +71,15 @@ impl Metrics {
             upgrades_failed: Counter::default(),
             generation: Gauge::default(),
             live: Gauge::default(),
+            timed_out: Counter::default(),
             workers: Family::default(),
+            workers_wanted: Family::default(),
+            queue: Family::default(),
+            restarts_by_cause: Family::default(),
+            worker_live: Family::default(),
+            worker_busy: Family::default(),
+            worker_handled: Family::default(),
+            worker_rss: Family::default(),
             // 10µs .. ~1.3s
             handoff_latency: Histogram::new(exponential_buckets(1e-5, 2.0, 18)),
         };
@@ -96,8 +115,52 @@ impl Metrics {
             "Connections held by workers or waiting for one",
             m.live.clone(),
         );
-        r.register("worker_restarts", "Workers started again after they died", m.restarts.clone());
+        r.register(
+            "connections_timed_out",
+            "Connections reset because a worker held them past --connection-timeout",
+            m.timed_out.clone(),
+        );
+        r.register(
+            "worker_restarts",
+            "Workers started again after they died, or replaced by recycling",
+            m.restarts.clone(),
+        );
+        r.register(
+            "worker_restarts_by_cause",
+            "Worker restarts by program and cause (exit, signal, hung, misbehaved, max_requests, max_memory, crash_loop); they add up to handover_worker_restarts_total",
+            m.restarts_by_cause.clone(),
+        );
         r.register("workers", "Workers by program and state", m.workers.clone());
+        r.register(
+            "workers_wanted",
+            "Workers a program runs (--workers, then handover scale); spawn: the most children at once",
+            m.workers_wanted.clone(),
+        );
+        r.register(
+            "queue_length",
+            "Connections accepted and waiting for a worker, by program (not the kernel's backlog)",
+            m.queue.clone(),
+        );
+        r.register(
+            "worker_connections",
+            "prefork: connections a worker holds, by program and slot",
+            m.worker_live.clone(),
+        );
+        r.register(
+            "worker_busy",
+            "prefork: 1 if a worker holds a connection, 0 if it is idle, by program and slot",
+            m.worker_busy.clone(),
+        );
+        r.register(
+            "worker_connections_handled",
+            "prefork: connections the slot's current worker finished (from zero for each new worker)",
+            m.worker_handled.clone(),
+        );
+        r.register(
+            "worker_resident_memory_bytes",
+            "Resident memory of each worker, by program and slot (read at scrape time)",
+            m.worker_rss.clone(),
+        );
         r.register(
             "upgrades",
             "Zero-downtime upgrades completed in this supervisor's lineage",
@@ -136,17 +199,51 @@ impl Metrics {
         advance(&self.restarts, t.restarts);
         advance(&self.upgrades, s.upgrades);
         advance(&self.upgrades_failed, s.upgrades_failed);
+        advance(&self.timed_out, t.timed_out);
         self.generation.set(s.generation as i64);
         self.live.set(t.live as i64);
         self.workers.clear();
+        self.restarts_by_cause.clear();
+        for f in [&self.worker_live, &self.worker_busy, &self.worker_rss] {
+            f.clear();
+        }
+        self.worker_handled.clear();
+        self.workers_wanted.clear();
+        self.queue.clear();
         for p in &s.programs {
+            let program = || ("program".to_owned(), p.name.clone());
             for state in STATES {
                 let n = p.workers.iter().filter(|w| w.state == state).count();
-                let labels = vec![
-                    ("program".to_owned(), p.name.clone()),
-                    ("state".to_owned(), state.to_owned()),
-                ];
+                let labels = vec![program(), ("state".to_owned(), state.to_owned())];
                 self.workers.get_or_create(&labels).set(n as i64);
+            }
+            self.workers_wanted.get_or_create(&vec![program()]).set(p.workers_wanted as i64);
+            self.queue.get_or_create(&vec![program()]).set(p.queue as i64);
+            for c in Cause::ALL {
+                let labels = vec![program(), ("cause".to_owned(), c.name().to_owned())];
+                let _ = self
+                    .restarts_by_cause
+                    .get_or_create(&labels)
+                    .inc_by(p.totals.restarts_by_cause.get(c));
+            }
+            // Per slot: a slot's two workers during a reload are added up. (Spawn mode's
+            // children are connections, not slots.)
+            let per_slot = p.mode != "spawn";
+            for w in p.workers.iter().filter(|w| w.pid.is_some() && per_slot) {
+                let labels = vec![program(), ("slot".to_owned(), w.slot.to_string())];
+                if let Some(live) = w.live.filter(|_| w.busy.is_some()) {
+                    self.worker_live.get_or_create(&labels).inc_by(live as i64);
+                }
+                if let Some(busy) = w.busy {
+                    let g = self.worker_busy.get_or_create(&labels);
+                    g.set(g.get().max(i64::from(busy)));
+                }
+                if let Some(handled) = w.handled {
+                    let _ = self.worker_handled.get_or_create(&labels).inc_by(handled);
+                }
+                if let Some(rss) = w.rss_bytes {
+                    self.worker_rss.get_or_create(&labels).inc_by(rss as i64);
+                }
             }
         }
     }

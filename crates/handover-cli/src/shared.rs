@@ -8,21 +8,23 @@
 //! A reload starts a worker's replacement, and terminates the old one once the new one has
 //! stayed up for `--min-uptime` (there is no readiness message in this mode).
 //!
-//! Workers are the engine's [`Pool`]: restarts, crash-loop detection and reloads work as in
-//! prefork.
+//! Workers are the engine's [`Pool`]: restarts, crash-loop detection, reloads, scaling and
+//! `--max-memory` work as in prefork (a recycled or scaled-away worker gets `SIGTERM`). The
+//! supervisor never sees a connection in this mode, so `--max-requests` and
+//! `--connection-timeout` are refused, and status reports no per-worker connection counts.
 
 use std::time::Duration;
 
 use handover::AsSocketRef;
 use tracing::info;
 
-use crate::child;
+use crate::child::{self, Cause};
 use crate::cli::Compat;
 use crate::engine::pool::{Member, Pool, Proc};
 use crate::engine::{Core, Drained, Mode, ModeStatus};
 use crate::listener::{Accepted, Bound};
 use crate::status::{Totals, WorkerStatus};
-use crate::sys::Stop;
+use crate::sys::{self, Stop};
 
 #[derive(Debug)]
 struct Worker(Proc);
@@ -158,10 +160,41 @@ impl Mode for Shared {
 
     fn on_tick(&mut self, core: &mut Core) {
         self.reap(core);
+        for (id, rss) in self.pool.over_memory(core) {
+            let limit = core.prog.controls.max_memory.unwrap_or_default();
+            let why = format!(
+                "resident memory {} MiB passed --max-memory {} MiB",
+                rss >> 20,
+                limit >> 20
+            );
+            // It serves on until its replacement has stayed up (then it gets SIGTERM).
+            self.pool.recycle(core, id, Cause::MaxMemory, &why);
+        }
     }
 
     fn reload(&mut self, _core: &mut Core) {
         self.pool.reload();
+    }
+
+    fn reloading(&self) -> bool {
+        self.pool.reloading()
+    }
+
+    fn reloaded(&self) -> usize {
+        self.pool.reloaded()
+    }
+
+    fn workers_wanted(&self) -> usize {
+        self.pool.slots()
+    }
+
+    fn scale(&mut self, _core: &mut Core, n: usize) {
+        for id in self.pool.resize(n) {
+            if let Some(w) = self.pool.get_mut(id) {
+                w.0.retiring = true;
+                w.0.tree.signal(Stop::Terminate);
+            }
+        }
     }
 
     /// With no readiness message in this mode, a worker is taken as ready once it has stayed
@@ -220,11 +253,12 @@ impl Mode for Shared {
                     pid: Some(p.pid),
                     state: state.to_owned(),
                     restarts: self.pool.restarts(p.slot),
+                    rss_bytes: sys::resident_memory(p.pid).ok(),
                     ..WorkerStatus::default()
                 }
             })
             .collect();
         workers.extend(self.pool.waiting_rows(core));
-        ModeStatus { workers, live: 0, reloading: self.pool.reloading() }
+        ModeStatus { workers, live: 0, reloading: self.pool.reloading(), queue: 0 }
     }
 }

@@ -4,6 +4,8 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::child::Cause;
+
 /// The whole supervisor.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub(crate) struct Status {
@@ -61,6 +63,14 @@ pub(crate) struct ProgramStatus {
     pub(crate) mode: String,
     pub(crate) command: String,
     pub(crate) state: String,
+    /// The number of workers it runs (`--workers`, then `handover scale`); spawn mode: the
+    /// most children at once.
+    #[serde(default)]
+    pub(crate) workers_wanted: usize,
+    /// Connections accepted and waiting for a worker (prefork: none had room; spawn: over the
+    /// cap during a drain). Not the kernel's backlog.
+    #[serde(default)]
+    pub(crate) queue: u64,
     pub(crate) workers: Vec<WorkerStatus>,
     pub(crate) totals: Totals,
 }
@@ -77,6 +87,59 @@ pub(crate) struct WorkerStatus {
     pub(crate) handled: Option<u64>,
     /// Times this slot's worker was restarted.
     pub(crate) restarts: u64,
+    /// prefork: it holds at least one connection (`live` > 0).
+    #[serde(default)]
+    pub(crate) busy: Option<bool>,
+    /// Resident memory, read from the OS when status is asked for.
+    #[serde(default)]
+    pub(crate) rss_bytes: Option<u64>,
+    /// prefork with `--max-requests`: the connections it serves before it is recycled (the
+    /// limit plus its share of the jitter).
+    #[serde(default)]
+    pub(crate) max_requests: Option<u64>,
+}
+
+/// Restarts counted by what ended the worker (see `child::Cause`); they add up to
+/// [`Totals::restarts`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub(crate) struct RestartCauses {
+    pub(crate) exit: u64,
+    pub(crate) signal: u64,
+    pub(crate) hung: u64,
+    pub(crate) misbehaved: u64,
+    pub(crate) max_requests: u64,
+    pub(crate) max_memory: u64,
+    pub(crate) crash_loop: u64,
+}
+
+impl RestartCauses {
+    fn slot(&mut self, cause: Cause) -> &mut u64 {
+        match cause {
+            Cause::Exit => &mut self.exit,
+            Cause::Signal => &mut self.signal,
+            Cause::Hung => &mut self.hung,
+            Cause::Misbehaved => &mut self.misbehaved,
+            Cause::MaxRequests => &mut self.max_requests,
+            Cause::MaxMemory => &mut self.max_memory,
+            Cause::CrashLoop => &mut self.crash_loop,
+        }
+    }
+
+    pub(crate) fn count(&mut self, cause: Cause) {
+        *self.slot(cause) += 1;
+    }
+
+    pub(crate) fn get(&self, cause: Cause) -> u64 {
+        let mut copy = *self;
+        *copy.slot(cause)
+    }
+
+    fn add(&mut self, o: &RestartCauses) {
+        for c in Cause::ALL {
+            *self.slot(c) += o.get(c);
+        }
+    }
 }
 
 /// Counters, per program and summed for the supervisor.
@@ -96,8 +159,14 @@ pub(crate) struct Totals {
     pub(crate) lost_mid_request: u64,
     /// Connections closed without being served (drain cut short, no worker left, spawn failed).
     pub(crate) dropped: u64,
-    /// Workers started again after they died.
+    /// Workers started again after they died, or replaced by recycling.
     pub(crate) restarts: u64,
+    /// The same restarts, by cause.
+    #[serde(default)]
+    pub(crate) restarts_by_cause: RestartCauses,
+    /// Connections a worker held past `--connection-timeout`: reset by the supervisor.
+    #[serde(default)]
+    pub(crate) timed_out: u64,
     /// Workers killed for breaking the protocol or a timeout.
     pub(crate) misbehaving_killed: u64,
     /// Connections currently held by workers or waiting for one.
@@ -113,6 +182,8 @@ impl Totals {
         self.lost_mid_request += o.lost_mid_request;
         self.dropped += o.dropped;
         self.restarts += o.restarts;
+        self.restarts_by_cause.add(&o.restarts_by_cause);
+        self.timed_out += o.timed_out;
         self.misbehaving_killed += o.misbehaving_killed;
         self.live += o.live;
     }
@@ -149,18 +220,36 @@ pub(crate) fn render(s: &Status) -> String {
         );
     }
     for p in &s.programs {
-        let _ = writeln!(out, "\nprogram {} ({}, {}): {}", p.name, p.mode, p.state, p.command);
-        let _ = writeln!(out, "  SLOT  PID       STATE      CAPACITY  LIVE    HANDLED   RESTARTS");
+        let _ = writeln!(
+            out,
+            "\nprogram {} ({}, {}): {} workers wanted, {} waiting for a worker: {}",
+            p.name, p.mode, p.state, p.workers_wanted, p.queue, p.command
+        );
+        let _ = writeln!(
+            out,
+            "  SLOT  PID       STATE          BUSY  CAPACITY  LIVE    HANDLED   RSS       RESTARTS"
+        );
         for w in &p.workers {
+            let busy = match w.busy {
+                Some(true) => "busy",
+                Some(false) => "idle",
+                None => "-",
+            };
+            let mut handled = opt(&w.handled);
+            if let Some(max) = w.max_requests {
+                let _ = write!(handled, "/{max}");
+            }
             let _ = writeln!(
                 out,
-                "  {:<5} {:<9} {:<10} {:<9} {:<7} {:<9} {}",
+                "  {:<5} {:<9} {:<14} {:<5} {:<9} {:<7} {:<9} {:<9} {}",
                 w.slot,
                 opt(&w.pid),
                 w.state,
+                busy,
                 opt(&w.capacity),
                 opt(&w.live),
-                opt(&w.handled),
+                handled,
+                w.rss_bytes.map_or_else(|| "-".to_owned(), size),
                 w.restarts
             );
         }
@@ -169,9 +258,127 @@ pub(crate) fn render(s: &Status) -> String {
     let _ = writeln!(
         out,
         "\ntotals: accepted {}, dispatched {}, handled {}, live {}, redispatched {}, lost mid-request {}, \
-         dropped {}, restarts {}, misbehaving workers killed {}",
-        t.accepted, t.dispatched, t.handled, t.live, t.redispatched, t.lost_mid_request, t.dropped,
-        t.restarts, t.misbehaving_killed
+         timed out {}, dropped {}, misbehaving workers killed {}",
+        t.accepted, t.dispatched, t.handled, t.live, t.redispatched, t.lost_mid_request, t.timed_out,
+        t.dropped, t.misbehaving_killed
+    );
+    let causes: Vec<String> = Cause::ALL
+        .iter()
+        .filter(|c| t.restarts_by_cause.get(**c) > 0)
+        .map(|c| format!("{} {}", c.name().replace('_', "-"), t.restarts_by_cause.get(*c)))
+        .collect();
+    let _ = writeln!(
+        out,
+        "restarts: {}{}",
+        t.restarts,
+        if causes.is_empty() { String::new() } else { format!(" ({})", causes.join(", ")) }
     );
     out
+}
+
+/// `1.5M`, `312K`: a resident size for the table.
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 10 << 30 => format!("{}G", b >> 30),
+        b if b >= 1 << 30 => format!("{:.1}G", b as f64 / (1u64 << 30) as f64),
+        b if b >= 10 << 20 => format!("{}M", b >> 20),
+        b if b >= 1 << 20 => format!("{:.1}M", b as f64 / (1u64 << 20) as f64),
+        b => format!("{}K", b >> 10),
+    }
+}
+
+/// `handover status --watch`: a report every `every` (`count` of them, or until interrupted);
+/// on a terminal each report replaces the last in place, elsewhere they follow each other.
+/// A supervisor that cannot be reached is said so, and asked again next time.
+pub(crate) fn watch(
+    path: &std::path::Path,
+    json: bool,
+    every: std::time::Duration,
+    count: Option<u64>,
+) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stdout().is_terminal() && !json;
+    let mut shown = 0u64;
+    loop {
+        let text = if json {
+            match crate::control::request(path, crate::control::Command::Status) {
+                Ok(bytes) => format!("{}\n", String::from_utf8_lossy(&bytes)),
+                Err(e) => format!("{{\"error\":{:?}}}\n", format!("{e:#}")),
+            }
+        } else {
+            let head = format!(
+                "every {:.1}s ({})\n",
+                every.as_secs_f64(),
+                if tty { "Ctrl-C to quit" } else { "--watch" }
+            );
+            match crate::control::status(path) {
+                Ok(s) => format!("{head}{}", render(&s)),
+                Err(e) => format!("{head}{e:#}\n"),
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        let written = if tty {
+            // Home, each line cleared to its end, then everything below: no flicker.
+            let body = text.replace('\n', "\x1b[K\n");
+            write!(out, "\x1b[H{body}\x1b[J")
+        } else if json {
+            write!(out, "{text}")
+        } else {
+            writeln!(out, "{text}")
+        };
+        // Whoever reads our output went away: stop quietly.
+        if written.and_then(|()| out.flush()).is_err() {
+            return Ok(());
+        }
+        drop(out);
+        shown += 1;
+        if count.is_some_and(|n| shown >= n) {
+            return Ok(());
+        }
+        std::thread::sleep(every);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_shows_per_worker_state_and_restarts_by_cause() {
+        let mut totals = Totals { restarts: 3, ..Totals::default() };
+        totals.restarts_by_cause.count(Cause::MaxRequests);
+        totals.restarts_by_cause.count(Cause::MaxRequests);
+        totals.restarts_by_cause.count(Cause::Hung);
+        let s = Status {
+            programs: vec![ProgramStatus {
+                name: "web".into(),
+                mode: "prefork".into(),
+                workers_wanted: 2,
+                queue: 7,
+                workers: vec![WorkerStatus {
+                    slot: 1,
+                    pid: Some(42),
+                    state: "ready".into(),
+                    busy: Some(true),
+                    live: Some(3),
+                    handled: Some(17),
+                    max_requests: Some(57),
+                    rss_bytes: Some(3 << 19),
+                    ..WorkerStatus::default()
+                }],
+                ..ProgramStatus::default()
+            }],
+            totals,
+            ..Status::default()
+        };
+        let text = render(&s);
+        assert!(text.contains("2 workers wanted, 7 waiting"), "{text}");
+        let row = text.lines().find(|l| l.trim_start().starts_with("1 ")).unwrap();
+        for cell in ["42", "ready", "busy", "17/57", "1.5M"] {
+            assert!(row.contains(cell), "{cell} in {row:?}");
+        }
+        assert!(text.contains("restarts: 3 (hung 1, max-requests 2)"), "{text}");
+        assert_eq!(size(512 << 10), "512K");
+        assert_eq!(size(25 << 20), "25M");
+    }
 }

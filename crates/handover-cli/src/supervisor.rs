@@ -16,13 +16,14 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{error, info, warn};
 
-use crate::cli::Mode;
+use crate::cli::{Mode, WorkerOutput};
 use crate::config::{Config, ListenerConfig};
-use crate::control::{Command, ControlSocket, UpgradeReply};
-use crate::engine::{self, Context as EngineContext, Core, Outcome, Request};
+use crate::control::{Command, ControlSocket, Reply};
+use crate::engine::{self, Context as EngineContext, Core, Outcome, Request, Scale};
 use crate::exit_codes::ExitCode;
 use crate::listener::{self, Bound, Listener};
 use crate::metrics::{self, Metrics};
+use crate::output::Output;
 use crate::status::{ListenerStatus, Status, Totals};
 use crate::sys::{self, Notify, Signal};
 use crate::upgrade::{self, Handed, HandedListener, NewGeneration, Report, Startup};
@@ -38,9 +39,12 @@ pub(crate) fn serve(config: Config, startup: Startup) -> Result<Outcome> {
     local.block_on(&runtime, supervise(config, startup))
 }
 
+/// A program's name and its engine's requests.
+type Engine = (String, mpsc::UnboundedSender<Request>);
+
 /// What the control socket and the metrics endpoint read.
 struct Shared {
-    senders: Vec<mpsc::UnboundedSender<Request>>,
+    senders: Vec<Engine>,
     started: Instant,
     state: Cell<&'static str>,
     generation: u64,
@@ -59,7 +63,7 @@ impl Shared {
             ..Status::default()
         };
         let mut totals = Totals::default();
-        for e in &self.senders {
+        for (_, e) in &self.senders {
             let (tx, rx) = oneshot::channel();
             if e.send(Request::Status(tx)).is_err() {
                 continue;
@@ -76,7 +80,7 @@ impl Shared {
 
     /// Whether every engine's workers are ready.
     async fn ready(&self) -> bool {
-        for e in &self.senders {
+        for (_, e) in &self.senders {
             let (tx, rx) = oneshot::channel();
             if e.send(Request::Ready(tx)).is_err() || !rx.await.unwrap_or(false) {
                 return false;
@@ -86,10 +90,77 @@ impl Shared {
     }
 
     fn broadcast(&self, req: fn() -> Request) {
-        for s in &self.senders {
+        for (_, s) in &self.senders {
             let _ = s.send(req());
         }
     }
+
+    /// Reloads every program and answers `reply` once all are done.
+    fn reload(&self, reply: oneshot::Sender<Reply>) {
+        let answers: Vec<_> = self
+            .senders
+            .iter()
+            .filter_map(|(_, s)| {
+                let (tx, rx) = oneshot::channel();
+                s.send(Request::Reload(Some(tx))).ok().map(|()| rx)
+            })
+            .collect();
+        tokio::task::spawn_local(gather(answers, reply));
+    }
+
+    /// Scales `program` (every program for `None` with `all`, the only one for `None`
+    /// otherwise) and answers `reply`, if any.
+    fn scale(
+        &self,
+        program: Option<&str>,
+        how: Scale,
+        all: bool,
+        reply: Option<oneshot::Sender<Reply>>,
+    ) {
+        let targets: Vec<_> = match program {
+            Some(p) => self.senders.iter().filter(|(n, _)| n == p).collect(),
+            None if all || self.senders.len() == 1 => self.senders.iter().collect(),
+            None => Vec::new(),
+        };
+        if targets.is_empty() {
+            let names: Vec<&str> = self.senders.iter().map(|(n, _)| n.as_str()).collect();
+            let message = match program {
+                Some(p) => format!("no program named {p:?} (programs: {})", names.join(", ")),
+                None => format!("several programs run: name one ({})", names.join(", ")),
+            };
+            if let Some(r) = reply {
+                let _ = r.send(Reply { ok: false, message });
+            }
+            return;
+        }
+        let answers: Vec<_> = targets
+            .iter()
+            .filter_map(|(_, s)| {
+                let (tx, rx) = oneshot::channel();
+                s.send(Request::Scale(how, Some(tx))).ok().map(|()| rx)
+            })
+            .collect();
+        if let Some(r) = reply {
+            tokio::task::spawn_local(gather(answers, r));
+        }
+    }
+}
+
+/// Answers `reply` with the engines' answers joined (ok if all are).
+async fn gather(answers: Vec<oneshot::Receiver<Reply>>, reply: oneshot::Sender<Reply>) {
+    let mut all = Reply { ok: true, message: String::new() };
+    for rx in answers {
+        let r = rx.await.unwrap_or_else(|_| Reply {
+            ok: false,
+            message: "a program stopped before it answered".to_owned(),
+        });
+        all.ok &= r.ok;
+        if !all.message.is_empty() {
+            all.message.push_str("; ");
+        }
+        all.message.push_str(&r.message);
+    }
+    let _ = reply.send(all);
 }
 
 impl metrics::StatusSource for Shared {
@@ -100,9 +171,15 @@ impl metrics::StatusSource for Shared {
 
 /// A control request the main loop acts on (status is answered by the connection's task).
 enum Control {
-    Reload,
+    /// A reload; the answer, if asked for, once it is done.
+    Reload(Option<oneshot::Sender<Reply>>),
     Stop,
-    Upgrade(oneshot::Sender<UpgradeReply>),
+    Upgrade(oneshot::Sender<Reply>),
+    Scale {
+        program: Option<String>,
+        how: Scale,
+        reply: oneshot::Sender<Reply>,
+    },
 }
 
 /// What the old generation says to a new one after the hand-off.
@@ -173,7 +250,7 @@ enum Generation {
     /// outcome.
     Upgrading {
         task: JoinHandle<Result<NewGeneration, String>>,
-        waiters: Vec<oneshot::Sender<UpgradeReply>>,
+        waiters: Vec<oneshot::Sender<Reply>>,
     },
     /// A newer generation took over; this one drains.
     Superseded(Box<NewGeneration>),
@@ -308,12 +385,12 @@ fn start_engines(
     mut bound: Vec<Option<Bound>>,
     ctx: &EngineContext,
     engines: &mut JoinSet<Outcome>,
-) -> Result<(Vec<mpsc::UnboundedSender<Request>>, Vec<Handed>)> {
+) -> Result<(Vec<Engine>, Vec<Handed>)> {
     let mut senders = Vec::new();
     let mut handoff = Vec::new();
     for prog in &config.programs {
         let (tx, rx) = mpsc::unbounded_channel();
-        senders.push(tx);
+        senders.push((prog.name.clone(), tx));
         let mine: Vec<Bound> = prog
             .listeners
             .iter()
@@ -423,10 +500,21 @@ impl Supervisor {
             }
         }
         let env = Rc::new(config.env.clone());
+        let prefixed =
+            config.programs.iter().any(|p| p.controls.worker_output == WorkerOutput::Prefix);
+        let output = match prefixed.then(|| Output::start(config.log_format)) {
+            Some(Ok(o)) => Some(o),
+            Some(Err(e)) => {
+                warn!("cannot start the thread that writes workers' output ({e}): they write to the supervisor's stdout and stderr");
+                None
+            }
+            None => None,
+        };
         let ctx = EngineContext {
             held: parent.is_some(),
             generation: generation_no,
             handoff_latency: metrics.as_ref().map(|(m, _, _)| m.handoff_latency.clone()),
+            output,
         };
         let mut engines = JoinSet::new();
         let (senders, handoff) = start_engines(&config, &env, bound, &ctx, &mut engines)?;
@@ -501,7 +589,16 @@ impl Supervisor {
         match sig {
             Signal::Reload => {
                 info!("SIGHUP: reloading workers");
-                self.shared.broadcast(|| Request::Reload);
+                self.shared.broadcast(|| Request::Reload(None));
+            }
+            Signal::AddWorker | Signal::RemoveWorker if self.draining => {}
+            Signal::AddWorker => {
+                info!("SIGTTIN: one more worker for every program");
+                self.shared.scale(None, Scale::By(1), true, None);
+            }
+            Signal::RemoveWorker => {
+                info!("SIGTTOU: one worker fewer for every program");
+                self.shared.scale(None, Scale::By(-1), true, None);
             }
             Signal::Upgrade => {
                 info!("SIGUSR2: upgrading");
@@ -524,9 +621,13 @@ impl Supervisor {
 
     fn on_control(&mut self, cmd: Control) -> Flow {
         match cmd {
-            Control::Reload => self.shared.broadcast(|| Request::Reload),
+            Control::Reload(None) => self.shared.broadcast(|| Request::Reload(None)),
+            Control::Reload(Some(reply)) => self.shared.reload(reply),
             Control::Stop => self.drain(),
             Control::Upgrade(reply) => self.upgrade(Some(reply)),
+            Control::Scale { program, how, reply } => {
+                self.shared.scale(program.as_deref(), how, false, Some(reply))
+            }
         }
         Flow::Continue
     }
@@ -591,7 +692,7 @@ impl Supervisor {
                     format!("handed over to generation {} (pid {})", new.generation, new.pid);
                 sys::notify(&[Notify::MainPid(new.pid), Notify::Ready, Notify::Status(&status)]);
                 for w in waiters {
-                    let _ = w.send(UpgradeReply { ok: true, message: msg.clone() });
+                    let _ = w.send(Reply { ok: true, message: msg.clone() });
                 }
                 self.generation = Generation::Superseded(Box::new(new));
                 self.shared.state.set("upgraded");
@@ -610,7 +711,7 @@ impl Supervisor {
                 error!("{msg}");
                 sys::notify(&[Notify::Ready, Notify::Status(&msg)]);
                 for w in waiters {
-                    let _ = w.send(UpgradeReply { ok: false, message: msg.clone() });
+                    let _ = w.send(Reply { ok: false, message: msg.clone() });
                 }
                 self.shared.state.set("running");
             }
@@ -688,7 +789,7 @@ impl Supervisor {
             };
             task.abort(); // the guard in the task stops the new generation
             for w in waiters {
-                let _ = w.send(UpgradeReply {
+                let _ = w.send(Reply {
                     ok: false,
                     message: "the supervisor began to drain; upgrade abandoned".into(),
                 });
@@ -707,7 +808,7 @@ impl Supervisor {
     }
 
     /// An upgrade was asked for (by `SIGUSR2`: no `reply`, or the control socket).
-    fn upgrade(&mut self, reply: Option<oneshot::Sender<UpgradeReply>>) {
+    fn upgrade(&mut self, reply: Option<oneshot::Sender<Reply>>) {
         let refused = if self.draining {
             Some("the supervisor is draining")
         } else {
@@ -735,7 +836,7 @@ impl Supervisor {
                 let msg = format!("upgrade refused: {why}");
                 warn!("{msg}");
                 if let Some(r) = reply {
-                    let _ = r.send(UpgradeReply { ok: false, message: msg });
+                    let _ = r.send(Reply { ok: false, message: msg });
                 }
             }
         }
@@ -861,21 +962,40 @@ async fn answer(
         Some(Command::Upgrade) => {
             let (tx, rx) = oneshot::channel();
             let _ = ctl.send(Control::Upgrade(tx));
-            let r = rx.await.unwrap_or(UpgradeReply {
+            let r = rx.await.unwrap_or(Reply {
                 ok: false,
                 message: "the supervisor stopped before the upgrade finished".into(),
             });
             serde_json::to_vec(&r).unwrap_or_default()
         }
         Some(Command::Reload) => {
-            let _ = ctl.send(Control::Reload);
+            let _ = ctl.send(Control::Reload(None));
             b"ok".to_vec()
+        }
+        Some(Command::ReloadWait) => {
+            let (tx, rx) = oneshot::channel();
+            let _ = ctl.send(Control::Reload(Some(tx)));
+            let r = rx.await.unwrap_or(Reply {
+                ok: false,
+                message: "the supervisor stopped before the reload finished".into(),
+            });
+            serde_json::to_vec(&r).unwrap_or_default()
+        }
+        Some(Command::Scale { program, how }) => {
+            let (tx, rx) = oneshot::channel();
+            let _ = ctl.send(Control::Scale { program, how, reply: tx });
+            let r = rx.await.unwrap_or(Reply {
+                ok: false,
+                message: "the supervisor stopped before it answered".into(),
+            });
+            serde_json::to_vec(&r).unwrap_or_default()
         }
         Some(Command::Stop) => {
             let _ = ctl.send(Control::Stop);
             b"ok".to_vec()
         }
-        None => b"unknown request (expected status, reload, upgrade or stop)".to_vec(),
+        None => b"unknown request (expected status, reload, reload wait, scale, upgrade or stop)"
+            .to_vec(),
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), ch.send(&reply, &[])).await;
 }

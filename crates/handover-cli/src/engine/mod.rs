@@ -19,9 +19,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
+use crate::cli::WorkerOutput;
 use crate::config::{Env, ProgramConfig};
 use crate::exit_codes::ExitCode;
 use crate::listener::{self, Accepted, Listener};
+use crate::output::{Label, Output, Pending};
 use crate::status::{ListenerStatus, ProgramStatus, Totals, WorkerStatus};
 use crate::sys;
 
@@ -30,8 +32,11 @@ use crate::sys;
 pub(crate) enum Request {
     /// Report status.
     Status(oneshot::Sender<(ProgramStatus, Vec<ListenerStatus>)>),
-    /// Restart the workers one at a time (`SIGHUP`).
-    Reload,
+    /// Restart the workers one at a time (`SIGHUP`, `handover reload`); the answer, if asked
+    /// for, comes once every worker has been replaced (or the reload was abandoned).
+    Reload(Option<oneshot::Sender<Reply>>),
+    /// Change the number of workers (`handover scale`, `SIGTTIN`/`SIGTTOU`).
+    Scale(Scale, Option<oneshot::Sender<Reply>>),
     /// Stop accepting, let workers finish, exit (`SIGTERM`).
     Drain,
     /// Kill everything now (a second `SIGTERM`).
@@ -52,9 +57,69 @@ pub(crate) struct Context {
     pub(crate) generation: u64,
     /// Hand-off latency (prefork: connection sent to acknowledgement), when metrics are on.
     pub(crate) handoff_latency: Option<prometheus_client::metrics::histogram::Histogram>,
+    /// Where workers' output goes with `--worker-output prefix`.
+    pub(crate) output: Option<Output>,
 }
 
 pub(crate) type Requests = mpsc::UnboundedReceiver<Request>;
+
+/// The answer to a request that changes something.
+pub(crate) use crate::control::Reply;
+
+/// The most workers `handover scale` sets.
+pub(crate) const MAX_WORKERS: usize = 4096;
+
+/// A change of the number of workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scale {
+    /// `N`: exactly this many.
+    To(usize),
+    /// `+N` / `-N`: this many more or fewer.
+    By(i64),
+}
+
+impl Scale {
+    /// Parses `N`, `+N` or `-N`.
+    pub(crate) fn parse(s: &str) -> Result<Scale, String> {
+        let bad = || format!("{s:?} is not a worker count (expected N, +N or -N)");
+        if let Some(n) = s.strip_prefix('+') {
+            return n.parse::<i64>().ok().filter(|n| *n >= 0).map(Scale::By).ok_or_else(bad);
+        }
+        if let Some(n) = s.strip_prefix('-') {
+            return n
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .map(|n| Scale::By(-n))
+                .ok_or_else(bad);
+        }
+        s.parse::<usize>().map(Scale::To).map_err(|_| bad())
+    }
+
+    /// The new count from `now`, if it is within 1..=[`MAX_WORKERS`].
+    pub(crate) fn apply(self, now: usize) -> Result<usize, String> {
+        let n = match self {
+            Scale::To(n) => n as i128,
+            Scale::By(d) => now as i128 + i128::from(d),
+        };
+        if n < 1 {
+            return Err(format!("cannot run fewer than 1 worker (now {now})"));
+        }
+        if n > MAX_WORKERS as i128 {
+            return Err(format!("cannot run more than {MAX_WORKERS} workers"));
+        }
+        Ok(n as usize)
+    }
+
+    /// As written on the command line and in the control request.
+    pub(crate) fn to_arg(self) -> String {
+        match self {
+            Scale::To(n) => n.to_string(),
+            Scale::By(d) if d >= 0 => format!("+{d}"),
+            Scale::By(d) => d.to_string(),
+        }
+    }
+}
 
 /// How an engine ended.
 #[derive(Debug)]
@@ -99,6 +164,8 @@ pub(crate) struct ModeStatus {
     pub(crate) live: u64,
     /// A reload is under way.
     pub(crate) reloading: bool,
+    /// Connections waiting for a worker.
+    pub(crate) queue: u64,
 }
 
 /// What makes prefork, spawn and shared differ. Every method is called from the engine's one
@@ -131,6 +198,19 @@ pub(crate) trait Mode {
     fn on_tick(&mut self, core: &mut Core);
     /// Restart the workers one at a time (only while running).
     fn reload(&mut self, core: &mut Core);
+    /// A reload is under way.
+    fn reloading(&self) -> bool {
+        false
+    }
+    /// Workers the reload under way (or the last one) replaced.
+    fn reloaded(&self) -> usize {
+        0
+    }
+    /// The number of workers it runs (spawn mode: the most children at once).
+    fn workers_wanted(&self) -> usize;
+    /// Runs `n` workers from now on (only while running; `n` is within 1..=[`MAX_WORKERS`]).
+    /// Workers removed finish what they hold; they are not killed.
+    fn scale(&mut self, core: &mut Core, n: usize);
     /// Every worker is ready.
     fn ready(&mut self, core: &mut Core) -> bool;
     /// The drain began: the listeners are closed, and `backlog` holds the connections the
@@ -161,8 +241,14 @@ pub(crate) struct Core {
     give_up: Option<String>,
     /// A drain was asked for from inside the engine (giving up); begun before the next wait.
     drain_wanted: bool,
+    /// Who waits for the reload under way to finish, and when it began.
+    reload_waiters: Vec<oneshot::Sender<Reply>>,
+    reload_began: Option<Instant>,
     pub(crate) generation: u64,
     pub(crate) handoff_latency: Option<prometheus_client::metrics::histogram::Histogram>,
+    output: Option<Output>,
+    /// Piping workers' output failed once (said so; they inherit it from then on).
+    output_failed: bool,
 }
 
 impl Core {
@@ -187,8 +273,50 @@ impl Core {
             totals: Totals::default(),
             give_up: None,
             drain_wanted: false,
+            reload_waiters: Vec::new(),
+            reload_began: None,
             generation: ctx.generation,
             handoff_latency: ctx.handoff_latency,
+            output: ctx.output,
+            output_failed: false,
+        }
+    }
+
+    /// With `--worker-output prefix`: pipes for the standard error of the worker `cmd` starts
+    /// (and its standard output, if `stdout`), to be read once it runs. `None` when its output
+    /// is inherited (as asked, or because pipes cannot be had: said once).
+    pub(crate) fn output_pipes(
+        &mut self,
+        cmd: &mut handover::Command<'_>,
+        stdout: bool,
+    ) -> Option<Pending> {
+        if self.prog.controls.worker_output != WorkerOutput::Prefix || self.output_failed {
+            return None;
+        }
+        match self.output.as_ref()?.pipes(cmd, stdout) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                warn!(program = %self.prog.name, "workers' output is not prefixed ({e}): they write to the supervisor's stdout and stderr");
+                self.output_failed = true;
+                None
+            }
+        }
+    }
+
+    /// With `--worker-output prefix`: a pipe shared by all the program's children (spawn mode)
+    /// for their standard error (or output), with lines labelled by the program alone.
+    pub(crate) fn shared_output(&mut self, stderr: bool) -> Option<crate::sys::PipeWriter> {
+        if self.prog.controls.worker_output != WorkerOutput::Prefix || self.output_failed {
+            return None;
+        }
+        let label = Label { program: std::rc::Rc::from(self.prog.name.as_str()), worker: None };
+        match self.output.as_ref()?.shared_pipe(label, stderr) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(program = %self.prog.name, "children's output is not prefixed ({e}): they write to the supervisor's stdout and stderr");
+                self.output_failed = true;
+                None
+            }
         }
     }
 
@@ -237,8 +365,18 @@ impl Core {
         }
     }
 
-    fn outcome(&self, code: ExitCode) -> Outcome {
+    fn outcome(&mut self, code: ExitCode) -> Outcome {
+        let why = self.give_up.clone().unwrap_or_else(|| "the program stopped".to_owned());
+        self.answer_reload(false, format!("program {}: reload abandoned: {why}", self.prog.name));
         Outcome { code, message: self.give_up.clone() }
+    }
+
+    /// Answers whoever waits for the reload.
+    fn answer_reload(&mut self, ok: bool, message: String) {
+        self.reload_began = None;
+        for w in self.reload_waiters.drain(..) {
+            let _ = w.send(Reply { ok, message: message.clone() });
+        }
     }
 
     fn code(&self) -> ExitCode {
@@ -270,6 +408,20 @@ pub(crate) async fn run<M: Mode>(mut core: Core, mut mode: M, mut requests: Requ
             core.drain_wanted = false;
             begin_drain(&mut core, &mut mode);
         }
+        if let Some(began) = core.reload_began {
+            if !mode.reloading() {
+                let (n, took) = (mode.reloaded(), began.elapsed());
+                let msg = match M::NAME {
+                    "spawn" => {
+                        "nothing to reload (spawn mode starts a fresh process per connection)"
+                            .to_owned()
+                    }
+                    _ => format!("{n} worker(s) replaced in {took:.1?}"),
+                };
+                info!(program = %core.prog.name, "reload done: {msg}");
+                core.answer_reload(true, format!("program {}: {msg}", core.prog.name));
+            }
+        }
         if let Some(outcome) = finished(&mut core, &mut mode) {
             return outcome;
         }
@@ -280,10 +432,21 @@ pub(crate) async fn run<M: Mode>(mut core: Core, mut mode: M, mut requests: Requ
                 Some(Request::Status(tx)) => {
                     let _ = tx.send(status(&mut core, &mut mode));
                 }
-                Some(Request::Reload) => {
+                Some(Request::Reload(reply)) => {
                     if core.running() {
                         info!(program = %core.prog.name, "reload: restarting workers one at a time");
                         mode.reload(&mut core);
+                        core.reload_began.get_or_insert_with(Instant::now);
+                        core.reload_waiters.extend(reply);
+                    } else if let Some(r) = reply {
+                        let message = format!("program {}: draining; not reloaded", core.prog.name);
+                        let _ = r.send(Reply { ok: false, message });
+                    }
+                }
+                Some(Request::Scale(how, reply)) => {
+                    let r = scale(&mut core, &mut mode, how);
+                    if let Some(tx) = reply {
+                        let _ = tx.send(r);
                     }
                 }
                 Some(Request::Drain) => begin_drain(&mut core, &mut mode),
@@ -312,9 +475,33 @@ pub(crate) async fn run<M: Mode>(mut core: Core, mut mode: M, mut requests: Requ
     }
 }
 
+/// Applies a scale request; the answer says what changed.
+fn scale<M: Mode>(core: &mut Core, mode: &mut M, how: Scale) -> Reply {
+    let name = core.prog.name.clone();
+    if !core.running() {
+        return Reply { ok: false, message: format!("program {name}: draining; not scaled") };
+    }
+    let now = mode.workers_wanted();
+    match how.apply(now) {
+        Ok(n) => {
+            if n != now {
+                info!(program = %name, "scaling from {now} to {n} worker(s)");
+                mode.scale(core, n);
+                core.prog.workers = n;
+            }
+            Reply { ok: true, message: format!("program {name}: {now} -> {n} worker(s)") }
+        }
+        Err(why) => Reply { ok: false, message: format!("program {name}: {why}") },
+    }
+}
+
 fn begin_drain<M: Mode>(core: &mut Core, mode: &mut M) {
     if core.phase != Phase::Running {
         return;
+    }
+    if !core.reload_waiters.is_empty() {
+        let message = format!("program {}: reload abandoned: draining", core.prog.name);
+        core.answer_reload(false, message);
     }
     core.phase = Phase::Draining { deadline: Instant::now() + core.prog.timeouts.drain };
     let backlog =
@@ -354,6 +541,8 @@ fn status<M: Mode>(core: &mut Core, mode: &mut M) -> (ProgramStatus, Vec<Listene
         mode: M::NAME.to_owned(),
         command: core.prog.program.display().to_string(),
         state: state.to_owned(),
+        workers_wanted: mode.workers_wanted(),
+        queue: m.queue,
         workers,
         totals,
     };
@@ -365,5 +554,31 @@ pub(crate) async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_parses_and_stays_in_range() {
+        assert_eq!(Scale::parse("6"), Ok(Scale::To(6)));
+        assert_eq!(Scale::parse("+2"), Ok(Scale::By(2)));
+        assert_eq!(Scale::parse("-1"), Ok(Scale::By(-1)));
+        for bad in ["", "x", "+", "-", "+-1", "--1", "1.5", "-x"] {
+            assert!(Scale::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(Scale::To(6).apply(2), Ok(6));
+        assert_eq!(Scale::By(2).apply(2), Ok(4));
+        assert_eq!(Scale::By(-1).apply(2), Ok(1));
+        assert!(Scale::By(-2).apply(2).is_err(), "never below one worker");
+        assert!(Scale::To(0).apply(2).is_err());
+        assert!(Scale::To(MAX_WORKERS + 1).apply(2).is_err());
+        assert!(Scale::By(i64::MAX).apply(2).is_err());
+        assert!(Scale::By(i64::MIN).apply(2).is_err());
+        for s in [Scale::To(3), Scale::By(2), Scale::By(-4), Scale::By(0)] {
+            assert_eq!(Scale::parse(&s.to_arg()), Ok(s));
+        }
     }
 }

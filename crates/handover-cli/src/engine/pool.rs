@@ -1,12 +1,22 @@
-//! A fixed number of worker slots (prefork and shared mode): starting workers, replacing the
-//! dead by the restart policy ([`crate::child::Restarts`]), reloading one slot at a time, and
-//! reaping without waiting.
+//! Worker slots (prefork and shared mode): starting workers, replacing the dead by the restart
+//! policy ([`crate::child::Restarts`]), reloading one slot at a time, recycling workers
+//! (`--max-requests`, `--max-memory`), changing the number of slots at run time (`handover
+//! scale`), and reaping without waiting.
 //!
 //! A slot has a *current* worker and, during a reload, an *incoming* one that takes over when
 //! it is ready (the mode says when: prefork at HELLO, shared once it has stayed up); the one it
 //! replaces *retires* (the mode tells it to finish) and stays a member until it exits. A member
 //! that is gone (its channel closed, it exited, or the supervisor killed it) is *departed*: its
-//! slot is refilled once its exit status is known, since how it ended decides how soon.
+//! slot is refilled once its exit status is known, since how it ended decides how soon, and
+//! the restart is counted under its [`Cause`].
+//!
+//! A *recycled* worker gets a replacement in its slot as a reload would, without counting as a
+//! death: the mode retires it at once (`--max-requests`: it has served its share) or when the
+//! replacement is ready (`--max-memory`: it keeps serving meanwhile). Scaling down removes the
+//! highest slots: their workers retire (they drain; they are not killed) and are not replaced.
+//! Scaling up adds slots whose workers start at once. `--max-starting` holds starts back while
+//! that many workers are starting and not ready yet, so workers come up in batches, each
+//! gated on the readiness of the one before.
 
 use std::collections::VecDeque;
 use std::process::ExitStatus;
@@ -15,7 +25,8 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
 use super::Core;
-use crate::child::{self, Death, Restart, Restarts};
+use crate::child::{self, Cause, Death, Restart, Restarts};
+use crate::output::Label;
 use crate::status::WorkerStatus;
 use crate::sys::{self, ProcessTree, Stop, TreeKind};
 
@@ -42,7 +53,21 @@ pub(crate) struct Proc {
     /// It was told to finish and exit (a reload replaced it, or the program drains).
     pub(crate) retiring: bool,
     /// Why and when the supervisor killed it.
-    pub(crate) killed: Option<(String, Instant)>,
+    pub(crate) killed: Option<Killed>,
+    /// Why it is being replaced while it lives (see [`Pool::recycle`]).
+    pub(crate) recycled: Option<Cause>,
+    /// `--max-requests` plus its share of the jitter: the connections it serves before it is
+    /// recycled.
+    pub(crate) max_requests: Option<u64>,
+}
+
+/// Why and when the supervisor killed a worker.
+#[derive(Debug, Clone)]
+pub(crate) struct Killed {
+    pub(crate) why: String,
+    pub(crate) at: Instant,
+    /// What its restart counts as.
+    pub(crate) cause: Cause,
 }
 
 /// A pool member: a [`Proc`] and what the mode keeps about it.
@@ -93,6 +118,12 @@ pub(crate) struct Pool<W> {
     zombies: Vec<handover::Child>,
     /// What counts as a crash at start in this mode (for the give-up message).
     at_start: &'static str,
+    /// Workers a reload replaced since it began (reported when it is done).
+    reloaded: usize,
+    /// State of the generator that draws each worker's `--max-requests` jitter.
+    jitter_state: u64,
+    /// When resident memory is read next (`--max-memory`).
+    memory_check_at: Instant,
 }
 
 impl<W: Member> Pool<W> {
@@ -109,6 +140,9 @@ impl<W: Member> Pool<W> {
             departed: Vec::new(),
             zombies: Vec::new(),
             at_start,
+            reloaded: 0,
+            jitter_state: seed(),
+            memory_check_at: now,
         }
     }
 
@@ -116,8 +150,14 @@ impl<W: Member> Pool<W> {
         &self.members
     }
 
+    /// The number of slots: the workers it runs (`--workers`, then `handover scale`).
     pub(crate) fn slots(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Workers a reload replaced since it began.
+    pub(crate) fn reloaded(&self) -> usize {
+        self.reloaded
     }
 
     pub(crate) fn get(&self, id: WorkerId) -> Option<&W> {
@@ -160,15 +200,23 @@ impl<W: Member> Pool<W> {
         self.reloading.is_some() || !self.reload.is_empty()
     }
 
-    /// The slots whose worker is due to start now: restarts whose backoff has passed, and the
-    /// next step of a reload. The mode starts each with [`Pool::start`].
+    /// The slots whose worker is due to start now: first starts, restarts whose backoff has
+    /// passed, replacements of recycled workers (at most `--max-starting` workers starting at
+    /// once, if set), and the next step of a reload. The mode starts each with [`Pool::start`].
     pub(crate) fn due(&mut self, core: &Core) -> Vec<usize> {
         let now = Instant::now();
         let mut due = Vec::new();
+        let max = core.prog.controls.max_starting;
+        let starting = self.members.iter().filter(|m| starting(m.proc())).count();
+        let mut budget = if max == 0 { usize::MAX } else { max.saturating_sub(starting) };
         for (i, s) in self.slots.iter_mut().enumerate() {
+            if budget == 0 {
+                break;
+            }
             if s.start_at.is_some_and(|t| t <= now) {
                 s.start_at = None;
                 due.push(i);
+                budget -= 1;
             }
         }
         if core.running() && self.reloading.is_none() {
@@ -194,6 +242,7 @@ impl<W: Member> Pool<W> {
         make: impl FnOnce(Proc) -> W,
     ) {
         cmd.env("HANDOVER_SLOT", slot.to_string());
+        let output = core.output_pipes(cmd, true);
         let (child, tree) = match sys::spawn(cmd, TreeKind::Worker) {
             Ok(x) => x,
             Err(err) => {
@@ -206,7 +255,7 @@ impl<W: Member> Pool<W> {
                     from_outside: false,
                     proven: self.proven,
                 };
-                self.schedule_restart(core, slot, death);
+                self.schedule_restart(core, slot, death, Cause::Exit);
                 return;
             }
         };
@@ -214,6 +263,10 @@ impl<W: Member> Pool<W> {
         self.next_id += 1;
         let pid = child.id();
         debug!(program = %core.prog.name, slot, pid, "worker started");
+        if let Some(o) = output {
+            let program = std::rc::Rc::from(core.prog.name.as_str());
+            o.start(Label { program, worker: Some((slot, pid)) });
+        }
         let proc = Proc {
             id,
             slot,
@@ -224,6 +277,8 @@ impl<W: Member> Pool<W> {
             ready: false,
             retiring: false,
             killed: None,
+            recycled: None,
+            max_requests: self.draw_max_requests(core),
         };
         self.members.push(make(proc));
         let s = &mut self.slots[slot];
@@ -236,13 +291,18 @@ impl<W: Member> Pool<W> {
 
     /// `id` is ready. If it replaces a worker (a reload), that worker's id is returned: the
     /// mode retires it.
+    ///
+    /// A worker retired before it was ready (its slot was scaled away) takes no slot.
     pub(crate) fn mark_ready(&mut self, id: WorkerId) -> Option<WorkerId> {
         let m = self.get_mut(id)?;
         let p = m.proc_mut();
         p.ready = true;
-        let slot = p.slot;
+        let (slot, retiring) = (p.slot, p.retiring);
         self.proven = true;
-        let s = &mut self.slots[slot];
+        if retiring {
+            return None;
+        }
+        let s = self.slots.get_mut(slot)?;
         let mut old = None;
         if s.incoming == Some(id) {
             s.incoming = None;
@@ -251,8 +311,9 @@ impl<W: Member> Pool<W> {
             s.current = Some(id);
         }
         // A reload's replacement may have died and been restarted as the slot's current one.
-        if self.reloading == Some(slot) && self.slots[slot].incoming.is_none() {
+        if self.reloading == Some(slot) && s.incoming.is_none() {
             self.reloading = None;
+            self.reloaded += 1;
         }
         old
     }
@@ -267,8 +328,94 @@ impl<W: Member> Pool<W> {
     /// Starts a reload: every slot in turn. The program on disk may have changed, so it has to
     /// prove itself again.
     pub(crate) fn reload(&mut self) {
+        if !self.reloading() {
+            self.reloaded = 0;
+        }
         self.reload = (0..self.slots.len()).collect();
         self.proven = false;
+    }
+
+    /// Sets the number of slots to `n` (at least 1). New slots start their worker now (or when
+    /// `--max-starting` lets them). The workers of the slots removed (the highest) are returned
+    /// for the mode to retire: they drain, they are not killed, and nobody replaces them.
+    pub(crate) fn resize(&mut self, n: usize) -> Vec<WorkerId> {
+        let n = n.max(1);
+        let now = Instant::now();
+        let mut retire = Vec::new();
+        while self.slots.len() > n {
+            let s = self.slots.pop().expect("more slots than n >= 1");
+            retire.extend(s.current);
+            retire.extend(s.incoming);
+        }
+        while self.slots.len() < n {
+            self.slots.push(Slot { start_at: Some(now), ..Slot::default() });
+        }
+        self.reload.retain(|&slot| slot < n);
+        if self.reloading.is_some_and(|slot| slot >= n) {
+            self.reloading = None;
+        }
+        retire
+    }
+
+    /// Replaces `id` because of `cause` (`why` says more, for the log): a replacement starts
+    /// in its slot now, and the restart is counted. The mode retires `id`: at once, or once the
+    /// replacement is ready ([`Pool::mark_ready`] returns it then). Only a ready worker that is
+    /// not retiring, being killed or recycled already is taken; returns whether it was.
+    pub(crate) fn recycle(
+        &mut self,
+        core: &mut Core,
+        id: WorkerId,
+        cause: Cause,
+        why: &str,
+    ) -> bool {
+        let Some(m) = self.get_mut(id) else { return false };
+        let p = m.proc_mut();
+        if !p.ready || p.retiring || p.killed.is_some() || p.recycled.is_some() {
+            return false;
+        }
+        p.recycled = Some(cause);
+        let (slot, pid) = (p.slot, p.pid);
+        info!(program = %core.prog.name, slot, pid, "recycling worker: {why}");
+        core.totals.restarts += 1;
+        core.totals.restarts_by_cause.count(cause);
+        if let Some(s) = self.slots.get_mut(slot) {
+            s.restarts.count += 1;
+            if s.current == Some(id) && s.incoming.is_none() && core.running() {
+                s.start_at = Some(Instant::now());
+            }
+        }
+        true
+    }
+
+    /// `--max-requests` plus a share of `--max-requests-jitter` drawn at random, for a new
+    /// worker (so workers that started together are not recycled together).
+    fn draw_max_requests(&mut self, core: &Core) -> Option<u64> {
+        let c = &core.prog.controls;
+        let max = c.max_requests?;
+        self.jitter_state = xorshift(self.jitter_state);
+        Some(jittered(max, c.max_requests_jitter, self.jitter_state))
+    }
+
+    /// With `--max-memory`, every `--memory-check-interval`: the ready workers whose
+    /// resident memory has passed the limit, with it (read from the OS; a worker whose memory
+    /// cannot be read is left alone). Workers retiring or being recycled are not counted.
+    pub(crate) fn over_memory(&mut self, core: &Core) -> Vec<(WorkerId, u64)> {
+        let c = &core.prog.controls;
+        let Some(limit) = c.max_memory else { return Vec::new() };
+        let now = Instant::now();
+        if now < self.memory_check_at || !core.running() {
+            return Vec::new();
+        }
+        self.memory_check_at = now + c.memory_check_interval;
+        self.members
+            .iter()
+            .map(Member::proc)
+            .filter(|p| p.ready && !p.retiring && p.killed.is_none() && p.recycled.is_none())
+            .filter_map(|p| match sys::resident_memory(p.pid) {
+                Ok(rss) if rss > limit => Some((p.id, rss)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The program drains: no more starts, no more reload steps.
@@ -279,9 +426,9 @@ impl<W: Member> Pool<W> {
         self.reload.clear();
     }
 
-    /// Kills `id`'s tree and remembers why; it departs when the mode notices (its channel
-    /// closes, it exits).
-    pub(crate) fn kill(&mut self, core: &Core, id: WorkerId, why: String) {
+    /// Kills `id`'s tree and remembers why (`cause`: what its restart counts as); it departs
+    /// when the mode notices (its channel closes, it exits).
+    pub(crate) fn kill(&mut self, core: &Core, id: WorkerId, why: String, cause: Cause) {
         let Some(m) = self.get_mut(id) else { return };
         let p = m.proc_mut();
         if p.killed.is_some() {
@@ -289,7 +436,7 @@ impl<W: Member> Pool<W> {
         }
         warn!(program = %core.prog.name, slot = p.slot, pid = p.pid, "killing worker: {why}");
         p.tree.signal(Stop::Kill);
-        p.killed = Some((why, Instant::now()));
+        p.killed = Some(Killed { why, at: Instant::now(), cause });
     }
 
     /// Kills every member's tree now (the supervisor exits next: nobody is reaped).
@@ -325,17 +472,21 @@ impl<W: Member> Pool<W> {
         if proc.killed.is_some() {
             proc.tree.signal(Stop::Kill);
         }
-        let s = &mut self.slots[proc.slot];
-        let restart = if s.current == Some(proc.id) {
-            s.current = None;
-            s.incoming.is_none()
-        } else if s.incoming == Some(proc.id) {
-            s.incoming = None;
-            true
-        } else {
-            false
+        let restart = match self.slots.get_mut(proc.slot) {
+            // Its slot was scaled away.
+            None => false,
+            Some(s) if s.current == Some(proc.id) => {
+                s.current = None;
+                // A recycled worker's replacement may not have started yet.
+                s.incoming.is_none() && s.start_at.is_none()
+            }
+            Some(s) if s.incoming == Some(proc.id) => {
+                s.incoming = None;
+                true
+            }
+            Some(_) => false,
         };
-        let expected = proc.retiring || !core.running();
+        let expected = proc.retiring || proc.recycled.is_some() || !core.running();
         let lived = proc.started.elapsed();
         let since = Instant::now();
         self.departed.push(Departed { proc, restart, lived, how, expected, detail, since });
@@ -362,7 +513,8 @@ impl<W: Member> Pool<W> {
                     // as killed for that (not as a kill from outside).
                     d.proc.tree.signal(Stop::Kill);
                     let why = "closed its control channel but did not exit".to_owned();
-                    d.proc.killed = Some((why, Instant::now()));
+                    let at = Instant::now();
+                    d.proc.killed = Some(Killed { why, at, cause: Cause::Misbehaved });
                     d.since = Instant::now();
                     i += 1;
                     continue;
@@ -385,7 +537,7 @@ impl<W: Member> Pool<W> {
     /// Logs how a departed worker ended and refills its slot by the restart policy.
     fn settle(&mut self, core: &mut Core, d: &Departed, status: Option<ExitStatus>) {
         let what = match &d.proc.killed {
-            Some((why, _)) => format!("killed ({why})"),
+            Some(k) => format!("killed ({})", k.why),
             None => format!("{} ({})", d.how, child::describe(status)),
         };
         let (slot, pid, lived, detail) = (d.proc.slot, d.proc.pid, d.lived, &d.detail);
@@ -394,20 +546,24 @@ impl<W: Member> Pool<W> {
         } else {
             warn!(program = %core.prog.name, slot, pid, "worker {what} after {lived:?}{detail}");
         }
-        self.slots[slot].last_exit = Some(what);
+        let Some(s) = self.slots.get_mut(slot) else { return };
+        s.last_exit = Some(what);
         // Both of a slot's workers (a reload's pair) may die before either is settled: the
         // slot needs one new worker, not two.
-        let s = &self.slots[slot];
         let refilled = s.current.is_some() || s.incoming.is_some() || s.start_at.is_some();
         if d.restart && !refilled {
             let from_outside =
                 d.proc.killed.is_none() && status.as_ref().is_some_and(sys::killed_from_outside);
             let death = Death { lived, ready: d.proc.ready, from_outside, proven: self.proven };
-            self.schedule_restart(core, slot, death);
+            let cause = match &d.proc.killed {
+                Some(k) => k.cause,
+                None => Cause::of_exit(status.as_ref()),
+            };
+            self.schedule_restart(core, slot, death, cause);
         }
     }
 
-    fn schedule_restart(&mut self, core: &mut Core, slot: usize, death: Death) {
+    fn schedule_restart(&mut self, core: &mut Core, slot: usize, death: Death, cause: Cause) {
         if !core.running() {
             return;
         }
@@ -415,6 +571,8 @@ impl<W: Member> Pool<W> {
         match self.slots[slot].restarts.on_death(death, &t) {
             Restart::After(delay) => {
                 core.totals.restarts += 1;
+                let looping = self.slots[slot].restarts.crash_looping(&t);
+                core.totals.restarts_by_cause.count(if looping { Cause::CrashLoop } else { cause });
                 self.slots[slot].start_at = Some(Instant::now() + delay);
                 let name = &core.prog.name;
                 if self.slots[slot].restarts.crash_looping(&t) {
@@ -432,9 +590,9 @@ impl<W: Member> Pool<W> {
         }
     }
 
-    /// Times `slot`'s worker was restarted.
+    /// Times `slot`'s worker was restarted (0 for a slot scaled away).
     pub(crate) fn restarts(&self, slot: usize) -> u64 {
-        self.slots[slot].restarts.count
+        self.slots.get(slot).map_or(0, |s| s.restarts.count)
     }
 
     /// Status rows for the slots waiting to start their next worker (backoff or
@@ -452,5 +610,51 @@ impl<W: Member> Pool<W> {
                 ..WorkerStatus::default()
             })
             .collect()
+    }
+}
+
+/// Started, not ready yet, and neither retiring nor killed: what `--max-starting` counts.
+fn starting(p: &Proc) -> bool {
+    !p.ready && !p.retiring && p.killed.is_none()
+}
+
+/// `max` plus `0..=jitter`, chosen by `random`.
+fn jittered(max: u64, jitter: u64, random: u64) -> u64 {
+    max.saturating_add(random % jitter.saturating_add(1))
+}
+
+/// A seed that differs between supervisors (std's per-process hash keys).
+fn seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(u64::from(std::process::id()));
+    h.finish() | 1
+}
+
+/// Marsaglia's xorshift64: plenty for spreading restarts.
+fn xorshift(mut x: u64) -> u64 {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_spreads_limits_over_the_whole_range_and_no_further() {
+        let mut x = seed();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..2000 {
+            x = xorshift(x);
+            let n = jittered(50, 20, x);
+            assert!((50..=70).contains(&n), "{n}");
+            seen.insert(n);
+        }
+        assert_eq!(seen.len(), 21, "every value of 50..=70 drawn: {seen:?}");
+        assert_eq!(jittered(50, 0, x), 50, "no jitter: exactly the limit");
+        assert_eq!(jittered(u64::MAX, 5, 3), u64::MAX);
     }
 }

@@ -8,6 +8,11 @@
 //! connection; a worker that goes away turns its offered connections back into waiting ones
 //! (re-dispatched) and its held ones into losses (reset by the engine).
 //!
+//! With `--connection-timeout`, a connection held longer than that since its ACK *expires*:
+//! the engine resets it (the client gets an error, the worker's next read or write on it
+//! fails) and it counts as timed out, once. The worker still owes its FINISHED; one that has
+//! not sent it a grace period after the reset is taken as hung.
+//!
 //! `S` is the supervisor's copy of the socket (a `socket2::Socket` in the engine; anything in
 //! the tests).
 
@@ -44,6 +49,10 @@ struct Entry<S> {
     socket: S,
     acked: bool,
     sent_at: Instant,
+    /// When it was acknowledged (its deadline counts from then).
+    acked_at: Option<Instant>,
+    /// When it was reset for holding past its deadline.
+    expired_at: Option<Instant>,
     listener: u16,
     peer: Option<SocketAddr>,
 }
@@ -59,6 +68,8 @@ pub(crate) struct Load {
     pub(crate) ack_wait_since: Option<Instant>,
     /// Connections it finished.
     pub(crate) handled: u64,
+    /// Connections offered to it in all (handed back or not): what `--max-requests` counts.
+    pub(crate) offered: u64,
 }
 
 impl Load {
@@ -86,6 +97,8 @@ pub(crate) struct Counts {
     pub(crate) handled: u64,
     pub(crate) redispatched: u64,
     pub(crate) lost_mid_request: u64,
+    /// Connections reset for being held past their deadline.
+    pub(crate) timed_out: u64,
 }
 
 /// A message that breaks the protocol; the worker that sent it is killed.
@@ -119,6 +132,9 @@ pub(crate) struct Gone<S> {
     pub(crate) lost: Vec<S>,
     /// Connections it had finished.
     pub(crate) handled: u64,
+    /// Connections it held that had been reset at their deadline already (closed now, counted
+    /// then).
+    pub(crate) timed_out: u64,
 }
 
 #[derive(Debug)]
@@ -206,6 +222,7 @@ impl<S> Ledger<S> {
         let load = self.loads.entry(worker).or_default();
         load.live += 1;
         load.unacked += 1;
+        load.offered += 1;
         if load.unacked == 1 {
             load.ack_wait_since = Some(now);
         }
@@ -215,6 +232,8 @@ impl<S> Ledger<S> {
             socket: c.socket,
             acked: false,
             sent_at: now,
+            acked_at: None,
+            expired_at: None,
             listener: c.listener,
             peer: c.peer,
         };
@@ -231,6 +250,7 @@ impl<S> Ledger<S> {
         match self.entries.get_mut(&id) {
             Some(e) if e.worker == worker && !e.acked => {
                 e.acked = true;
+                e.acked_at = Some(now);
                 self.last_ack = now;
                 self.loads.entry(worker).or_default().settled_one(now);
                 Ok(now.saturating_duration_since(e.sent_at))
@@ -283,10 +303,12 @@ impl<S> Ledger<S> {
         let mut ids: Vec<ConnId> =
             self.entries.iter().filter(|(_, e)| e.worker == worker).map(|(id, _)| *id).collect();
         ids.sort_unstable();
-        let mut gone = Gone { redispatched: 0, lost: Vec::new(), handled: 0 };
+        let mut gone = Gone { redispatched: 0, lost: Vec::new(), handled: 0, timed_out: 0 };
         for id in ids.into_iter().rev() {
             let e = self.entries.remove(&id).expect("present");
-            if e.acked {
+            if e.expired_at.is_some() {
+                gone.timed_out += 1;
+            } else if e.acked {
                 gone.lost.push(e.socket);
             } else {
                 gone.redispatched += 1;
@@ -298,6 +320,41 @@ impl<S> Ledger<S> {
         self.counts.redispatched += gone.redispatched;
         self.counts.lost_mid_request += gone.lost.len() as u64;
         gone
+    }
+
+    /// Expires the connections held for longer than `timeout` since their ACK at `now`:
+    /// `reset` is called with each (once per connection), and each counts as timed out.
+    /// Returns how many expired.
+    pub(crate) fn expire(
+        &mut self,
+        now: Instant,
+        timeout: Duration,
+        mut reset: impl FnMut(&S),
+    ) -> usize {
+        let mut n = 0;
+        for e in self.entries.values_mut() {
+            let due = e.acked_at.is_some_and(|t| now.saturating_duration_since(t) > timeout);
+            if due && e.expired_at.is_none() {
+                e.expired_at = Some(now);
+                reset(&e.socket);
+                n += 1;
+            }
+        }
+        self.counts.timed_out += n as u64;
+        n
+    }
+
+    /// Expired connections whose worker has not reported them finished `grace` after they were
+    /// reset, with the worker holding each.
+    pub(crate) fn unfinished(&self, now: Instant, grace: Duration) -> Vec<(WorkerId, ConnId)> {
+        let mut late: Vec<(WorkerId, ConnId)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.expired_at.is_some_and(|t| now.saturating_duration_since(t) > grace))
+            .map(|(id, e)| (e.worker, *id))
+            .collect();
+        late.sort_unstable();
+        late
     }
 
     /// Offered connections that have waited longer than `timeout` for their ACK, with the
@@ -397,7 +454,13 @@ mod tests {
         assert_eq!(l.next_waiting().map(|w| w.socket), Some("a3"));
         assert_eq!(
             l.counts(),
-            Counts { dispatched: 5, handled: 1, redispatched: 1, lost_mid_request: 2 }
+            Counts {
+                dispatched: 5,
+                handled: 1,
+                redispatched: 1,
+                lost_mid_request: 2,
+                timed_out: 0
+            }
         );
         // B is untouched.
         assert_eq!(l.load(B).live, 1);
@@ -431,6 +494,60 @@ mod tests {
         let later = t0 + Duration::from_secs(6);
         assert_eq!(l.overdue(later, Duration::from_secs(5)), [(A, id1)]);
         assert!(l.overdue(t0 + Duration::from_secs(1), Duration::from_secs(5)).is_empty());
+    }
+
+    #[test]
+    fn offered_counts_every_hand_off_to_a_worker_for_max_requests() {
+        let mut l = Ledger::default();
+        let ids = offer(&mut l, A, &["a1", "a2", "a3"]);
+        let now = Instant::now();
+        l.reject(A, ids[0], now).unwrap();
+        l.ack(A, ids[1], now).unwrap();
+        l.finish(A, ids[1]).unwrap();
+        let load = l.load(A);
+        assert_eq!((load.offered, load.live, load.handled), (3, 1, 1));
+        assert_eq!(l.load(B).offered, 0);
+    }
+
+    #[test]
+    fn connections_held_past_the_deadline_expire_once_from_their_ack() {
+        let mut l = Ledger::default();
+        let t0 = Instant::now();
+        let sec = Duration::from_secs(1);
+        let c = |l: &mut Ledger<&'static str>, w, name| {
+            let c = l.admit(name, 0, None);
+            let id = c.id;
+            l.offered(w, c, t0);
+            id
+        };
+        let slow = c(&mut l, A, "slow");
+        let quick = c(&mut l, A, "quick");
+        let unacked = c(&mut l, B, "unacked");
+        l.ack(A, slow, t0).unwrap();
+        l.ack(A, quick, t0 + 5 * sec).unwrap();
+        let mut reset = Vec::new();
+        // Not past the deadline yet (10 s from its ACK).
+        assert_eq!(l.expire(t0 + 10 * sec, 10 * sec, |s| reset.push(*s)), 0);
+        assert_eq!(l.expire(t0 + 11 * sec, 10 * sec, |s| reset.push(*s)), 1);
+        assert_eq!(reset, ["slow"]);
+        // Once only; the one acknowledged later and the unacknowledged one (the ack timeout's
+        // business) are not reset.
+        assert_eq!(l.expire(t0 + 12 * sec, 10 * sec, |s| reset.push(*s)), 0);
+        assert_eq!(l.counts().timed_out, 1);
+        // Not finished within the grace period: its worker is named.
+        assert!(l.unfinished(t0 + 12 * sec, 5 * sec).is_empty());
+        assert_eq!(l.unfinished(t0 + 17 * sec, 5 * sec), [(A, slow)]);
+        // A worker that finishes it late still may.
+        assert_eq!(l.finish(A, slow), Ok("slow"));
+        assert!(l.unfinished(t0 + 17 * sec, 5 * sec).is_empty());
+        // A worker gone with an expired connection: not lost again, and not reset twice.
+        assert_eq!(l.expire(t0 + 16 * sec, 10 * sec, |s| reset.push(*s)), 1);
+        let gone = l.worker_gone(A);
+        assert!(gone.lost.is_empty());
+        assert_eq!(gone.timed_out, 1);
+        assert_eq!(l.counts().lost_mid_request, 0);
+        assert_eq!(l.counts().timed_out, 2);
+        let _ = unacked;
     }
 
     #[test]

@@ -34,6 +34,13 @@
 //! [`STALL_AFTER`] with none acknowledged while other workers acknowledged theirs; it is
 //! replaced after `--ack-timeout`, or, idle, when it misses a heartbeat
 //! (`--heartbeat-timeout`, for workers that declared them).
+//!
+//! Controls (see [`Pool`] for what they share with shared mode): `--max-requests` counts the
+//! connections handed to each worker; at its limit a worker gets no more, is told to drain,
+//! and a replacement starts in its slot. `--max-memory` recycles a worker too, but it goes on
+//! serving until the replacement has said hello. `--connection-timeout` resets a connection
+//! held too long (the [`ledger`] says which) and kills a worker that has not reported it
+//! finished [`DEADLINE_GRACE`] later. Scaling down drains the workers of the slots removed.
 
 mod dispatch;
 pub(crate) mod ledger;
@@ -48,16 +55,17 @@ use handover_worker::protocol::{
     kind, ConnectionInfo, SupervisorMessage, WorkerMessage, CONNECTION_MAX_LEN,
 };
 use socket2::Socket;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use self::dispatch::{choose, Candidate};
 use self::ledger::{ConnId, Ledger, Load, Waiting};
-use crate::child;
+use crate::child::{self, Cause};
 use crate::cli::Policy;
-use crate::engine::pool::{Member, Pool, Proc, WorkerId, KILL_GRACE};
+use crate::engine::pool::{Killed, Member, Pool, Proc, WorkerId, KILL_GRACE};
 use crate::engine::{Core, Drained, Mode, ModeStatus};
 use crate::listener::{self, Accepted};
 use crate::status::{Totals, WorkerStatus};
+use crate::sys;
 
 /// A worker holding this many unacknowledged connections, none acknowledged while other
 /// workers went on acknowledging for [`STALL_AFTER`], gets no new connection until it
@@ -86,6 +94,9 @@ const FLUSH_MAX: Duration = Duration::from_millis(32);
 /// Every this many ticks, the channels of idle workers are read too (a worker that closed its
 /// channel without exiting, or sent something unasked).
 const SWEEP: u32 = 50;
+/// How long a worker has, after the supervisor reset a connection it held past
+/// `--connection-timeout`, to report that connection finished before it is taken as hung.
+pub(crate) const DEADLINE_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WState {
@@ -296,6 +307,7 @@ impl Prefork {
             ConnectionInfo { id: c.id.0, listener: c.listener, listener_name: name, peer: c.peer };
         let n = info.encode(&mut buf);
         let Some(w) = self.pool.get_mut(id) else { return self.ledger.wait_first(c) };
+        let limit = w.proc.max_requests;
         // Never waits: a worker whose channel is full gets the connection later, or never.
         match w.channel.try_send(&buf[..n], &[c.socket.as_socket_ref()]) {
             Ok(status @ (SendStatus::Written | SendStatus::Buffered)) => {
@@ -307,6 +319,13 @@ impl Prefork {
                 // An ACK and a FINISHED will follow: read soon again.
                 self.flush_every = FLUSH;
                 self.flush_at = self.flush_at.min(now + FLUSH);
+                let offered = self.ledger.load(id).offered;
+                if limit.is_some_and(|n| offered >= n) {
+                    let why = format!("it was handed {offered} connections (--max-requests)");
+                    if self.pool.recycle(core, id, Cause::MaxRequests, &why) {
+                        self.send_drain(core, id);
+                    }
+                }
             }
             Ok(_) => {
                 // Full: nothing of it went out. It waits for another worker, and this one
@@ -319,13 +338,18 @@ impl Prefork {
                 // The message was not delivered (a send fails whole): the connection waits for
                 // another worker, and this one's channel is broken.
                 self.ledger.wait_first(c);
-                self.pool.kill(core, id, format!("control channel send failed: {err}"));
+                let why = format!("control channel send failed: {err}");
+                self.pool.kill(core, id, why, Cause::Misbehaved);
             }
         }
     }
 
+    /// Tells a worker to finish what it holds and exit (once).
     fn send_drain(&mut self, core: &mut Core, id: WorkerId) {
         let Some(w) = self.pool.get_mut(id) else { return };
+        if w.proc.retiring {
+            return;
+        }
         w.proc.retiring = true;
         self.send_control(core, id, &SupervisorMessage::control(kind::DRAIN));
     }
@@ -345,7 +369,10 @@ impl Prefork {
                 w.blocked = true;
                 w.outbox.push_back(msg.to_vec());
             }
-            Err(err) => self.pool.kill(core, id, format!("control channel send failed: {err}")),
+            Err(err) => {
+                let why = format!("control channel send failed: {err}");
+                self.pool.kill(core, id, why, Cause::Misbehaved)
+            }
         }
     }
 
@@ -380,7 +407,10 @@ impl Prefork {
         })();
         match written {
             Ok(done) => w.blocked = !done,
-            Err(err) => self.pool.kill(core, id, format!("control channel send failed: {err}")),
+            Err(err) => {
+                let why = format!("control channel send failed: {err}");
+                self.pool.kill(core, id, why, Cause::Misbehaved)
+            }
         }
     }
 
@@ -513,7 +543,7 @@ impl Prefork {
         if w.state() != WState::Dying {
             core.totals.misbehaving_killed += 1;
         }
-        self.pool.kill(core, id, why);
+        self.pool.kill(core, id, why, Cause::Misbehaved);
         self.cleanup(core, id, "killed");
     }
 
@@ -526,10 +556,13 @@ impl Prefork {
         for socket in gone.lost {
             listener::reset(socket);
         }
-        let detail = format!(
+        let mut detail = format!(
             ": handled {}, re-dispatched {}, lost mid-request {lost}",
             gone.handled, gone.redispatched
         );
+        if gone.timed_out > 0 {
+            detail.push_str(&format!(", timed out {}", gone.timed_out));
+        }
         self.pool.depart(core, w.into_proc(), how, detail);
     }
 
@@ -584,7 +617,7 @@ impl Prefork {
         // A worker that has not said hello holds no connection: it is stopped at once rather
         // than waited for (it may never answer, e.g. in an abandoned upgrade).
         for id in self.pool.ids(|w| w.state() == WState::Starting) {
-            self.pool.kill(core, id, "draining before it said hello".to_owned());
+            self.pool.kill(core, id, "draining before it said hello".to_owned(), Cause::Hung);
         }
         for id in self.pool.ids(|w| w.state() == WState::Ready) {
             self.send_drain(core, id);
@@ -665,14 +698,38 @@ impl Mode for Prefork {
             }
         }
         self.heartbeats(core, now, &mut stuck);
+        if let Some(timeout) = core.prog.controls.connection_timeout {
+            let n = self.ledger.expire(now, timeout, |socket| {
+                let _ = sys::abort_connection(socket);
+            });
+            if n > 0 {
+                warn!(program = %core.prog.name, "reset {n} connection(s) held longer than --connection-timeout {timeout:?}");
+            }
+            for (id, c) in self.ledger.unfinished(now, DEADLINE_GRACE) {
+                let why = format!(
+                    "did not finish connection {c} within {DEADLINE_GRACE:?} of its reset at --connection-timeout"
+                );
+                stuck.push((id, why));
+            }
+        }
         for (id, why) in stuck {
             if self.worker(id).is_some_and(|w| w.state() != WState::Dying) {
                 core.totals.misbehaving_killed += 1;
-                self.pool.kill(core, id, why);
+                self.pool.kill(core, id, why, Cause::Hung);
             }
         }
+        for (id, rss) in self.pool.over_memory(core) {
+            let limit = core.prog.controls.max_memory.unwrap_or_default();
+            let why = format!(
+                "resident memory {} MiB passed --max-memory {} MiB",
+                rss >> 20,
+                limit >> 20
+            );
+            // It serves on until its replacement says hello (then it drains).
+            self.pool.recycle(core, id, Cause::MaxMemory, &why);
+        }
         let overdue = |w: &Worker| {
-            w.proc.killed.as_ref().is_some_and(|(_, t)| now.duration_since(*t) > KILL_GRACE)
+            w.proc.killed.as_ref().is_some_and(|k| now.duration_since(k.at) > KILL_GRACE)
         };
         for id in self.pool.ids(overdue) {
             self.cleanup(core, id, "killed");
@@ -682,6 +739,34 @@ impl Mode for Prefork {
 
     fn reload(&mut self, _core: &mut Core) {
         self.pool.reload();
+    }
+
+    fn reloading(&self) -> bool {
+        self.pool.reloading()
+    }
+
+    fn reloaded(&self) -> usize {
+        self.pool.reloaded()
+    }
+
+    fn workers_wanted(&self) -> usize {
+        self.pool.slots()
+    }
+
+    fn scale(&mut self, core: &mut Core, n: usize) {
+        for id in self.pool.resize(n) {
+            match self.worker(id).map(Worker::state) {
+                // It holds nothing yet: stopped now rather than waited for.
+                Some(WState::Starting) => self.pool.kill(
+                    core,
+                    id,
+                    "scaled down before it said hello".to_owned(),
+                    Cause::Hung,
+                ),
+                Some(_) => self.send_drain(core, id),
+                None => {}
+            }
+        }
     }
 
     fn ready(&mut self, core: &mut Core) -> bool {
@@ -716,7 +801,11 @@ impl Mode for Prefork {
         self.pool.kill_all();
         for id in self.pool.ids(|_| true) {
             if let Some(w) = self.pool.get_mut(id) {
-                w.proc.killed.get_or_insert_with(|| ("killed at exit".to_owned(), Instant::now()));
+                w.proc.killed.get_or_insert_with(|| Killed {
+                    why: "killed at exit".to_owned(),
+                    at: Instant::now(),
+                    cause: Cause::Exit,
+                });
             }
             self.cleanup(core, id, "killed at exit");
         }
@@ -742,6 +831,9 @@ impl Mode for Prefork {
                     live: Some(u64::from(load.live)),
                     handled: Some(load.handled),
                     restarts: self.pool.restarts(w.proc.slot),
+                    busy: Some(load.live > 0),
+                    rss_bytes: sys::resident_memory(w.proc.pid).ok(),
+                    max_requests: w.proc.max_requests,
                 }
             })
             .collect();
@@ -751,6 +843,12 @@ impl Mode for Prefork {
         totals.handled += c.handled;
         totals.redispatched += c.redispatched;
         totals.lost_mid_request += c.lost_mid_request;
-        ModeStatus { workers, live: self.ledger.live() as u64, reloading: self.pool.reloading() }
+        totals.timed_out += c.timed_out;
+        ModeStatus {
+            workers,
+            live: self.ledger.live() as u64,
+            reloading: self.pool.reloading(),
+            queue: self.ledger.waiting() as u64,
+        }
     }
 }

@@ -20,6 +20,14 @@
 //! - `socket_path(&SockAddr) -> Option<PathBuf>`: the path a Unix-domain address names;
 //! - `file_identity(&Path) -> Option<(u64, u64)>`: device and inode, to tell whether a path is
 //!   still the file this process created (the control socket after an upgrade renamed over it).
+//! - `resident_memory(pid) -> io::Result<u64>`: a process's resident memory in bytes
+//!   (`--max-memory`; `Unsupported` where it is not read yet);
+//! - `abort_connection(&Socket) -> io::Result<()>`: resets a connection that another process
+//!   holds too (`--connection-timeout`): the peer gets a reset where the OS can send one (the
+//!   end of the stream otherwise), and every holder's next read or write fails;
+//! - `pipe() -> io::Result<(PipeWriter, PipeReader)>`: a pipe for a child's standard output or
+//!   error: `PipeWriter::stdio()` gives the child a copy of the write end, `PipeReader` is
+//!   `tokio::io::AsyncRead` (`Unsupported` where workers' output is not piped yet).
 
 #[cfg(unix)]
 mod unix;
@@ -55,6 +63,10 @@ pub(crate) enum Signal {
     Reload,
     /// `SIGUSR2`: zero-downtime upgrade to the binary now on disk (as nginx does).
     Upgrade,
+    /// `SIGTTIN`: one more worker (as gunicorn does).
+    AddWorker,
+    /// `SIGTTOU`: one worker fewer (as gunicorn does).
+    RemoveWorker,
 }
 
 /// A state reported to the service manager (`sd_notify`).
@@ -80,6 +92,8 @@ impl Signal {
             Signal::Interrupt => 2,
             Signal::Reload => 1,
             Signal::Upgrade => 12,
+            Signal::AddWorker => 21,
+            Signal::RemoveWorker => 22,
         }
     }
 }

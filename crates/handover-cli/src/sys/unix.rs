@@ -154,6 +154,8 @@ pub(crate) struct Signals {
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
     usr2: tokio::signal::unix::Signal,
+    ttin: tokio::signal::unix::Signal,
+    ttou: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -163,6 +165,8 @@ impl Signals {
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
             usr2: signal(SignalKind::user_defined2())?,
+            ttin: signal(SignalKind::from_raw(NixSignal::SIGTTIN as i32))?,
+            ttou: signal(SignalKind::from_raw(NixSignal::SIGTTOU as i32))?,
         })
     }
 
@@ -172,6 +176,8 @@ impl Signals {
             _ = self.int.recv() => Signal::Interrupt,
             _ = self.hup.recv() => Signal::Reload,
             _ = self.usr2.recv() => Signal::Upgrade,
+            _ = self.ttin.recv() => Signal::AddWorker,
+            _ = self.ttou.recv() => Signal::RemoveWorker,
         }
     }
 }
@@ -233,4 +239,75 @@ pub(crate) fn is_socket_file(meta: &std::fs::Metadata) -> bool {
 /// The path a Unix-domain socket address names, if any.
 pub(crate) fn socket_path(addr: &SockAddr) -> Option<std::path::PathBuf> {
     addr.as_pathname().map(Path::to_path_buf)
+}
+
+/// Resident memory of process `pid`, in bytes: Linux's `VmRSS` (`/proc/PID/status`).
+pub(crate) fn resident_memory(pid: u32) -> io::Result<u64> {
+    if cfg!(target_os = "linux") {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        vm_rss(&status).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no VmRSS"))
+    } else {
+        Err(io::Error::new(io::ErrorKind::Unsupported, "resident memory is read on Linux only"))
+    }
+}
+
+/// `VmRSS:   1234 kB` in bytes.
+fn vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kb: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    kb.checked_mul(1024)
+}
+
+/// Linux disconnects a TCP socket on `connect(2)` to an `AF_UNSPEC` address, sending the peer
+/// a reset; other systems and Unix-domain sockets get `shutdown(2)` both ways.
+pub(crate) fn abort_connection(socket: &Socket) -> io::Result<()> {
+    let _ = socket.set_linger(Some(std::time::Duration::ZERO));
+    if cfg!(target_os = "linux") {
+        let len = std::mem::size_of::<nix::libc::sa_family_t>() as socket2::socklen_t;
+        // SAFETY: a zeroed storage has family 0, AF_UNSPEC, whose address is the family alone,
+        // and `len` covers exactly that.
+        let unspec = unsafe { SockAddr::new(socket2::SockAddrStorage::zeroed(), len) };
+        if socket.connect(&unspec).is_ok() {
+            return Ok(());
+        }
+    }
+    socket.shutdown(std::net::Shutdown::Both)
+}
+
+/// The write end of a pipe for children's output; each child gets a copy.
+#[derive(Debug)]
+pub(crate) struct PipeWriter(std::os::fd::OwnedFd);
+
+impl PipeWriter {
+    /// A copy of the write end for a child's standard output or error.
+    pub(crate) fn stdio(&self) -> io::Result<std::process::Stdio> {
+        Ok(std::process::Stdio::from(self.0.try_clone()?))
+    }
+}
+
+/// The read end, registered with the reactor.
+pub(crate) type PipeReader = tokio::net::unix::pipe::Receiver;
+
+/// A pipe whose write end (blocking, close-on-exec until a child gets it as 1 or 2) is for
+/// children and whose read end is the supervisor's. Needs the runtime.
+pub(crate) fn pipe() -> io::Result<(PipeWriter, PipeReader)> {
+    let (tx, rx) = tokio::net::unix::pipe::pipe()?;
+    Ok((PipeWriter(tx.into_blocking_fd()?), rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_rss_is_read_in_bytes() {
+        let status = "Name:\tx\nVmPeak:\t  9000 kB\nVmRSS:\t    1234 kB\nThreads:\t1\n";
+        assert_eq!(vm_rss(status), Some(1234 * 1024));
+        assert_eq!(vm_rss("VmRSS: lots\n"), None);
+        assert_eq!(vm_rss("Name: x\n"), None);
+        if cfg!(target_os = "linux") {
+            let me = resident_memory(std::process::id()).unwrap();
+            assert!(me > 100 << 10, "{me}");
+        }
+    }
 }

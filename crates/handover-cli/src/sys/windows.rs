@@ -130,3 +130,31 @@ pub(crate) fn socket_path(_addr: &socket2::SockAddr) -> Option<std::path::PathBu
 pub(crate) fn killed_from_outside(_status: &std::process::ExitStatus) -> bool {
     false
 }
+
+/// Not read on Windows yet.
+pub(crate) fn resident_memory(_pid: u32) -> io::Result<u64> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "resident memory is not read on Windows yet"))
+}
+
+/// The peer sees the end of the stream (no reset yet).
+pub(crate) fn abort_connection(socket: &socket2::Socket) -> io::Result<()> {
+    let _ = socket.set_linger(Some(std::time::Duration::ZERO));
+    socket.shutdown(std::net::Shutdown::Both)
+}
+
+/// Workers' output is not piped on Windows yet (the library cannot set a child's standard
+/// handles there): `--worker-output prefix` falls back to inheriting.
+#[derive(Debug)]
+pub(crate) struct PipeWriter;
+
+impl PipeWriter {
+    pub(crate) fn stdio(&self) -> io::Result<std::process::Stdio> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+}
+
+pub(crate) type PipeReader = tokio::io::Empty;
+
+pub(crate) fn pipe() -> io::Result<(PipeWriter, PipeReader)> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
