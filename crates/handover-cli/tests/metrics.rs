@@ -153,3 +153,126 @@ fn metrics_count_what_happened() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A sample's value from a scrape parsed by `prometheus-parse`, by name and labels; histogram
+/// samples are left out (their `_count` and `_sum` are plain samples).
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    use prometheus_parse::Value;
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .find_map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
+fn scrape_parsed(addr: SocketAddr) -> prometheus_parse::Scrape {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (_, body) = resp.split_once("\r\n\r\n").unwrap();
+    parse(body); // every line well formed, every sample typed
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap()
+}
+
+#[test]
+fn per_worker_metrics_and_restarts_by_cause_match_what_the_test_did() {
+    let mut env = TestEnv::new("metrics-controls");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let maddr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    env.serve(
+        &[
+            "-l",
+            "tcp://127.0.0.1:0",
+            "-w",
+            "2",
+            "--metrics",
+            &maddr.to_string(),
+            "--max-requests",
+            "20",
+            "--connection-timeout",
+            "300ms",
+        ],
+        &[DEMO_WORKER],
+    );
+    let addr = env.wait_ready(2);
+    let m = scrape_parsed(maddr);
+    let main = [("program", "main")];
+    assert_eq!(sample(&m, "handover_workers_wanted", &main), Some(2.0));
+    assert_eq!(sample(&m, "handover_queue_length", &main), Some(0.0));
+
+    // One request held past the deadline: reset, counted, and (the worker finishes it when
+    // its write fails) handled.
+    let mut slow = TcpStream::connect(addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    slow.write_all(b"GET /sleep/800 HTTP/1.0\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let e = slow.read_to_end(&mut buf).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset);
+    // 100 more, which recycle workers at 20 connections each.
+    let l = load(addr, 100, 4);
+    assert_eq!(l.failed, 0, "{:?}", l.errors);
+    let (ok, out) = env.handover("scale", &["3"]);
+    assert!(ok, "{out}");
+    let mut by_pid: HashMap<u64, u64> = HashMap::new();
+    for (body, n) in &l.bodies {
+        *by_pid.entry(u64::from(body_pid(body))).or_default() += *n as u64;
+    }
+    // Settled: three ready, every recycled worker gone, the slow connection finished.
+    let s = env.wait_for("settled", Duration::from_secs(10), |s| {
+        let ws = s["programs"][0]["workers"].as_array().unwrap();
+        let current: Vec<u64> = ws.iter().filter_map(|w| w["pid"].as_u64()).collect();
+        let gone = by_pid.keys().filter(|p| !current.contains(p)).count() as u64;
+        ws.len() == 3
+            && ws.iter().all(|w| w["state"] == "ready")
+            && s["totals"]["handled"] == 101
+            && s["totals"]["restarts_by_cause"]["max_requests"].as_u64() == Some(gone)
+            && by_pid.keys().filter(|p| !current.contains(p)).all(|p| !alive(*p as u32))
+    });
+    let ws = s["programs"][0]["workers"].as_array().unwrap().clone();
+    let current: Vec<u64> = ws.iter().filter_map(|w| w["pid"].as_u64()).collect();
+    let recycled = by_pid.keys().filter(|p| !current.contains(p)).count() as f64;
+    assert!(recycled >= 4.0, "101 connections over 2 workers recycle at least 4: {by_pid:?}");
+
+    let m = scrape_parsed(maddr);
+    let total = |n: &str| sample(&m, &format!("handover_{n}_total"), &[]).unwrap();
+    assert_eq!(total("connections_accepted"), 101.0);
+    assert_eq!(total("connections_handled"), 101.0);
+    assert_eq!(total("connections_timed_out"), 1.0);
+    assert_eq!(total("connections_lost_mid_request"), 0.0);
+    assert_eq!(sample(&m, "handover_handoff_latency_seconds_count", &[]), Some(101.0));
+    let cause = |c: &str| {
+        sample(&m, "handover_worker_restarts_by_cause_total", &[("program", "main"), ("cause", c)])
+            .unwrap()
+    };
+    assert_eq!(cause("max_requests"), recycled);
+    for c in ["exit", "signal", "hung", "misbehaved", "max_memory", "crash_loop"] {
+        assert_eq!(cause(c), 0.0, "{c}");
+    }
+    assert_eq!(total("worker_restarts"), recycled, "the causes add up to the total");
+    assert_eq!(sample(&m, "handover_workers_wanted", &main), Some(3.0));
+    assert_eq!(
+        sample(&m, "handover_workers", &[("program", "main"), ("state", "ready")]),
+        Some(3.0)
+    );
+    assert_eq!(sample(&m, "handover_queue_length", &main), Some(0.0));
+    for w in &ws {
+        let slot = w["slot"].as_u64().unwrap().to_string();
+        let labels = [("program", "main"), ("slot", slot.as_str())];
+        let pid = w["pid"].as_u64().unwrap();
+        let served = by_pid.get(&pid).copied().unwrap_or(0) as f64;
+        assert_eq!(
+            sample(&m, "handover_worker_connections_handled_total", &labels),
+            Some(served),
+            "slot {slot}: its worker answered {served} of the test's requests"
+        );
+        assert_eq!(sample(&m, "handover_worker_connections", &labels), Some(0.0));
+        assert_eq!(sample(&m, "handover_worker_busy", &labels), Some(0.0));
+        let rss = sample(&m, "handover_worker_resident_memory_bytes", &labels).unwrap();
+        assert!(rss > 100_000.0, "slot {slot}: {rss}");
+    }
+}

@@ -347,3 +347,114 @@ pub fn load(addr: SocketAddr, total: usize, threads: usize) -> Load {
     }
     all
 }
+
+impl TestEnv {
+    /// Like [`serve`](TestEnv::serve), but the supervisor's stdout is a pipe nobody reads
+    /// (kept open until the TestEnv drops), stderr the log file.
+    pub fn serve_stdout_unread(&mut self, args: &[&str], cmd: &[&str]) {
+        let log = std::fs::File::create(&self.log).unwrap();
+        let mut c = Command::new(HANDOVER);
+        c.arg("serve").args(args).arg("--control").arg(&self.control).arg("--").args(cmd);
+        c.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
+        self.child = Some(c.spawn().expect("start handover"));
+    }
+
+    /// Runs `handover SUBCOMMAND --control … ARGS` and returns its exit status and output.
+    pub fn handover(&self, sub: &str, args: &[&str]) -> (bool, String) {
+        let out = Command::new(HANDOVER)
+            .arg(sub)
+            .arg("--control")
+            .arg(&self.control)
+            .args(args)
+            .output()
+            .expect("run handover");
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
+    /// Polls `status --json` every 20 ms until `done` holds, for at most `within`.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        within: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.status() {
+                if done(&s) {
+                    return s;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: not within {within:?}: {s:#}\n{}",
+                    self.log_text()
+                );
+            } else {
+                assert!(Instant::now() < deadline, "{what}: no status\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Requests over `threads` client threads, each a new connection, until `stop` is set (or
+/// `max` requests, or 30 s, whichever comes first).
+pub fn load_until(
+    addr: SocketAddr,
+    threads: usize,
+    max: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Load> {
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let next = std::sync::Arc::new(AtomicU64::new(0));
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (next, stop) = (std::sync::Arc::clone(&next), std::sync::Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    let mut l = Load::default();
+                    while !stop.load(Ordering::SeqCst)
+                        && Instant::now() < deadline
+                        && (next.fetch_add(1, Ordering::SeqCst) as usize) < max
+                    {
+                        match get(addr) {
+                            Ok(body) => {
+                                l.ok += 1;
+                                *l.bodies.entry(body).or_default() += 1;
+                            }
+                            Err(e) => {
+                                l.failed += 1;
+                                if l.errors.len() < 5 {
+                                    l.errors.push(e);
+                                }
+                            }
+                        }
+                    }
+                    l
+                })
+            })
+            .collect();
+        let mut all = Load::default();
+        for h in handles {
+            let l = h.join().unwrap();
+            all.ok += l.ok;
+            all.failed += l.failed;
+            all.errors.extend(l.errors);
+            for (k, v) in l.bodies {
+                *all.bodies.entry(k).or_default() += v;
+            }
+        }
+        all
+    })
+}
+
+/// The pid in a demo worker's answer ("hello from the rust worker PID").
+pub fn body_pid(body: &str) -> u32 {
+    body.trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{body:?}"))
+}

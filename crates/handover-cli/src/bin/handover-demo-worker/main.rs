@@ -16,8 +16,13 @@
 //! `exit` (exit 1 at once), `garbage` (garbage instead of an ACK), `wrong-ack`, `never-ack`,
 //! `die-before-ack` (take connections, never acknowledge, exit after `--count` of them).
 //! With `--once FILE` only the first worker to create FILE misbehaves.
+//!
+//! Also for the tests: `--leak-kb N` keeps N KiB (touched) per request served, `--log-requests`
+//! writes a line to stdout per request (and one to stderr at start), `--flood-stdout` writes to
+//! stdout without end, `--start-delay-ms N` waits before its hello (or before accepting).
+//! A request for `/sleep/MS` is answered after MS milliseconds (instead of `--delay-ms`).
 #![forbid(unsafe_code)]
-#![allow(clippy::print_stderr, clippy::exit)] // a program, not a library
+#![allow(clippy::print_stdout, clippy::print_stderr, clippy::exit)] // a program, not a library
 
 #[cfg(unix)]
 mod unix;

@@ -1,6 +1,8 @@
 //! Unix implementation of the demo worker (see `main.rs`).
 
 use std::io::{Read, Write};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -17,7 +19,16 @@ struct Opts {
     count: usize,
     tokio: bool,
     once: Option<std::path::PathBuf>,
+    /// How long it takes to start (before its hello, or before it accepts).
+    start_delay: Duration,
 }
+
+/// `--leak-kb`: memory kept (and touched) per request served, to test `--max-memory`.
+static LEAK_KB: AtomicUsize = AtomicUsize::new(0);
+static LEAKED: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+/// `--log-requests`: a line on stdout per request served.
+static LOG_REQUESTS: AtomicBool = AtomicBool::new(false);
+static SERVED: AtomicU64 = AtomicU64::new(0);
 
 fn parse_opts() -> Result<Opts, String> {
     let mut o = Opts { capacity: 16, count: 1, ..Opts::default() };
@@ -31,8 +42,25 @@ fn parse_opts() -> Result<Opts, String> {
                     Duration::from_millis(val()?.parse().map_err(|e| format!("--delay-ms: {e}"))?)
             }
             "--misbehave" => o.misbehave = Some(val()?),
+            "--start-delay-ms" => {
+                o.start_delay = Duration::from_millis(
+                    val()?.parse().map_err(|e| format!("--start-delay-ms: {e}"))?,
+                )
+            }
             "--count" => o.count = val()?.parse().map_err(|e| format!("--count: {e}"))?,
             "--once" => o.once = Some(val()?.into()),
+            "--leak-kb" => {
+                LEAK_KB.store(val()?.parse().map_err(|e| format!("--leak-kb: {e}"))?, Relaxed)
+            }
+            "--log-requests" => LOG_REQUESTS.store(true, Relaxed),
+            // Writes lines to stdout without end (blocking when nobody reads them).
+            "--flood-stdout" => {
+                thread::spawn(|| {
+                    let line = format!("flood from {} {}\n", std::process::id(), "x".repeat(64));
+                    let mut out = std::io::stdout();
+                    while out.write_all(line.as_bytes()).is_ok() {}
+                });
+            }
             "--tokio" => o.tokio = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -63,6 +91,12 @@ fn run(mut opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
     }
     if opts.misbehave.as_deref() == Some("exit") {
         std::process::exit(1);
+    }
+    if LOG_REQUESTS.load(Relaxed) {
+        eprintln!("demo worker {} starting", std::process::id());
+    }
+    if !opts.start_delay.is_zero() {
+        thread::sleep(opts.start_delay);
     }
     let mut inherited = handover::inherited()?;
     if let Some(channel) = inherited.channel.take() {
@@ -106,6 +140,13 @@ fn serve(
         }
         len += n;
     }
+    // `GET /sleep/MS`: this request takes that long instead.
+    let first = buf[..len].split(|&b| b == b'\n').next().unwrap_or_default();
+    let asked = std::str::from_utf8(first).ok().and_then(|l| {
+        let ms = l.split(' ').nth(1)?.strip_prefix("/sleep/")?;
+        ms.parse().ok().map(Duration::from_millis)
+    });
+    let delay = asked.unwrap_or(delay);
     if !delay.is_zero() {
         thread::sleep(delay);
     }
@@ -116,7 +157,24 @@ fn serve(
     );
     output.write_all(response.as_bytes())?;
     output.flush()?;
+    served();
     Ok(())
+}
+
+/// What `--leak-kb` and `--log-requests` do after each request.
+fn served() {
+    let n = SERVED.fetch_add(1, Relaxed) + 1;
+    let kb = LEAK_KB.load(Relaxed);
+    if kb > 0 {
+        // Non-zero bytes: the pages are touched, so they count as resident.
+        let block = vec![1u8; kb * 1024];
+        if let Ok(mut l) = LEAKED.lock() {
+            l.push(block);
+        }
+    }
+    if LOG_REQUESTS.load(Relaxed) {
+        println!("served request {n}");
+    }
 }
 
 fn prefork(mut worker: Worker, opts: &Opts) -> Result<(), Box<dyn std::error::Error>> {
@@ -187,6 +245,7 @@ fn prefork_tokio(channel: Channel, opts: &Opts) -> Result<(), Box<dyn std::error
                             body.len()
                         );
                         stream.write_all(response.as_bytes()).await?;
+                        served();
                         finisher.finish().await?;
                         stream.shutdown().await?; // the client sees the end now
                         Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
