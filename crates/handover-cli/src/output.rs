@@ -11,12 +11,15 @@
 //! waits in its own `write`, as it would writing to a slow terminal). One thread writes to the
 //! supervisor's stdout and stderr, through a bounded queue, so a stdout nobody reads stalls
 //! only the workers that write, never the supervisor. Lines longer than [`MAX_LINE`] are cut
-//! into several; a last line without its newline is written when the pipe closes.
+//! into several; a last line without its newline is written when the pipe closes. At exit the
+//! supervisor gives the pipes of its (exited) workers a second to be read to the end, and the
+//! thread another to write what it has ([`Output::settle`], [`Writer::finish`]).
 
+use std::cell::Cell;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::rc::Rc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
@@ -64,6 +67,22 @@ pub(crate) struct Label {
 pub(crate) struct Output {
     tx: mpsc::Sender<Chunk>,
     format: LogFormat,
+    /// Pipes being read.
+    live: Rc<Cell<usize>>,
+}
+
+/// The writer thread, to be let finish at exit.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl Writer {
+    /// Once every [`Output`] is dropped: waits up to `within` for the thread to write what is
+    /// queued (it may be stuck on a stdout nobody reads).
+    pub(crate) fn finish(self, within: Duration) {
+        let _ = self.done.recv_timeout(within);
+    }
 }
 
 /// The read ends of a worker's pipes, until its pid is known.
@@ -75,8 +94,9 @@ pub(crate) struct Pending {
 
 impl Output {
     /// Starts the writer thread.
-    pub(crate) fn start(format: LogFormat) -> std::io::Result<Output> {
+    pub(crate) fn start(format: LogFormat) -> std::io::Result<(Output, Writer)> {
         let (tx, mut rx) = mpsc::channel::<Chunk>(QUEUE);
+        let (done_tx, done) = std::sync::mpsc::channel();
         std::thread::Builder::new().name("worker-output".into()).spawn(move || {
             // Write errors (a closed stdout) drop the lines: nobody is there to read them.
             while let Some(c) = rx.blocking_recv() {
@@ -88,8 +108,17 @@ impl Output {
                     Stream::Stderr => std::io::stderr().lock().write_all(&c.bytes),
                 };
             }
+            let _ = done_tx.send(());
         })?;
-        Ok(Output { tx, format })
+        Ok((Output { tx, format, live: Rc::default() }, Writer { done }))
+    }
+
+    /// Waits (at most `within`) until every pipe has been read to its end.
+    pub(crate) async fn settle(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.live.get() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Pipes `cmd`'s standard error, and its standard output if `stdout`, for a worker whose
@@ -136,8 +165,25 @@ impl Pending {
     }
 }
 
+/// Counts a pipe being read while it lives.
+struct Reading(Rc<Cell<usize>>);
+
+impl Reading {
+    fn new(live: &Rc<Cell<usize>>) -> Reading {
+        live.set(live.get() + 1);
+        Reading(Rc::clone(live))
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
 /// Reads `r` until it closes, handing its lines on, formatted.
 async fn pump(mut r: sys::PipeReader, stream: Stream, label: Label, out: Output) {
+    let _reading = Reading::new(&out.live);
     let mut buf = vec![0u8; READ];
     let mut partial: Vec<u8> = Vec::new();
     loop {
@@ -270,7 +316,7 @@ mod tests {
         local
             .run_until(async {
                 let (tx, mut rx) = mpsc::channel(QUEUE);
-                let out = Output { tx, format: LogFormat::Text };
+                let out = Output { tx, format: LogFormat::Text, live: Rc::default() };
                 let script = format!(
                     "head -c {} /dev/zero | tr '\\0' x; printf '\\nshort\\nno newline'",
                     MAX_LINE + 10

@@ -36,7 +36,22 @@ pub(crate) fn serve(config: Config, startup: Startup) -> Result<Outcome> {
         .build()
         .context("cannot start the runtime")?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, supervise(config, startup))
+    let prefixed = config.programs.iter().any(|p| p.controls.worker_output == WorkerOutput::Prefix);
+    let (output, writer) = match prefixed.then(|| Output::start(config.log_format)) {
+        Some(Ok((o, w))) => (Some(o), Some(w)),
+        Some(Err(e)) => {
+            warn!("cannot start the thread that writes workers' output ({e}): they write to the supervisor's stdout and stderr");
+            (None, None)
+        }
+        None => (None, None),
+    };
+    let outcome = local.block_on(&runtime, supervise(config, startup, output));
+    // The workers' last lines: every reader is gone with the tasks, the queue is written out.
+    drop(local);
+    if let Some(w) = writer {
+        w.finish(Duration::from_secs(1));
+    }
+    outcome
 }
 
 /// A program's name and its engine's requests.
@@ -188,14 +203,22 @@ enum FromParent {
     Closed,
 }
 
-async fn supervise(config: Config, mut startup: Startup) -> Result<Outcome> {
+async fn supervise(
+    config: Config,
+    mut startup: Startup,
+    output: Option<Output>,
+) -> Result<Outcome> {
     let parent = match startup.parent.take() {
         Some(c) => Some(Rc::new(
             handover::tokio::Channel::try_from(c).context("cannot use the upgrade channel")?,
         )),
         None => None,
     };
-    let result = run(config, startup, parent.clone()).await;
+    let result = run(config, startup, parent.clone(), output.clone()).await;
+    if let Some(o) = &output {
+        // The workers have exited: what they wrote last is read to the end.
+        o.settle(Duration::from_secs(1)).await;
+    }
     if let (Err(e), Some(p)) = (&result, &parent) {
         let report = Report::Failed(format!("{e:#}")).encode();
         let _ = tokio::time::timeout(Duration::from_secs(2), p.send(&report, &[])).await;
@@ -446,10 +469,11 @@ async fn run(
     config: Config,
     startup: Startup,
     parent: Option<Rc<handover::tokio::Channel>>,
+    output: Option<Output>,
 ) -> Result<Outcome> {
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel::<Control>();
     let (parent_tx, parent_rx) = mpsc::unbounded_channel::<FromParent>();
-    let sup = Supervisor::start(config, startup, parent, ctl_tx, parent_tx).await?;
+    let sup = Supervisor::start(config, startup, parent, output, ctl_tx, parent_tx).await?;
     sup.run(ctl_rx, parent_rx).await
 }
 
@@ -460,6 +484,7 @@ impl Supervisor {
         config: Config,
         startup: Startup,
         parent: Option<Rc<handover::tokio::Channel>>,
+        output: Option<Output>,
         ctl_tx: mpsc::UnboundedSender<Control>,
         parent_tx: mpsc::UnboundedSender<FromParent>,
     ) -> Result<Supervisor> {
@@ -500,16 +525,6 @@ impl Supervisor {
             }
         }
         let env = Rc::new(config.env.clone());
-        let prefixed =
-            config.programs.iter().any(|p| p.controls.worker_output == WorkerOutput::Prefix);
-        let output = match prefixed.then(|| Output::start(config.log_format)) {
-            Some(Ok(o)) => Some(o),
-            Some(Err(e)) => {
-                warn!("cannot start the thread that writes workers' output ({e}): they write to the supervisor's stdout and stderr");
-                None
-            }
-            None => None,
-        };
         let ctx = EngineContext {
             held: parent.is_some(),
             generation: generation_no,

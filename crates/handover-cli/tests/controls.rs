@@ -348,6 +348,8 @@ fn worker_output_is_prefixed_by_default_and_json_on_request() {
         let line = slot_line.unwrap_or_else(|| panic!("no prefixed stdout line of {pid}:\n{log}"));
         assert!(line.starts_with("main.0[") || line.starts_with("main.1["), "{line}");
         assert!(log.contains(&format!("[{pid}] | demo worker {pid} starting")), "stderr:\n{log}");
+        // Its last line, written as it exited in the drain, is not lost with the supervisor.
+        assert!(log.contains(&format!("[{pid}] | demo worker {pid} exiting")), "at exit:\n{log}");
     }
 
     let mut env = TestEnv::new("output-json");
@@ -387,6 +389,28 @@ fn worker_output_is_prefixed_by_default_and_json_on_request() {
     env.signal("TERM");
     assert!(env.wait_exit(Duration::from_secs(10)).success());
     assert!(env.log_text().lines().any(|l| l == "served request 1"), "{}", env.log_text());
+}
+
+#[test]
+fn what_workers_write_as_they_exit_is_not_lost_when_the_supervisor_exits() {
+    // shared mode (the workers need not accept): on SIGTERM the worker writes 20,000 lines,
+    // more than a pipe holds, and exits; the supervisor exits right after reaping it.
+    let mut env = TestEnv::new("output-last");
+    let script = "trap 'seq 1 20000; echo last line; exit 0' TERM; while :; do sleep 0.05; done";
+    env.serve(&["-l", "tcp://127.0.0.1:0", "--mode", "shared", "-w", "1"], &["sh", "-c", script]);
+    env.wait_ready(1);
+    env.signal("TERM");
+    assert!(env.wait_exit(Duration::from_secs(10)).success(), "{}", env.log_text());
+    let log = env.log_text();
+    // (sh also says "Terminated" for its sleep, which got the SIGTERM too.)
+    let numbers: Vec<u32> = log
+        .lines()
+        .filter(|l| l.starts_with("main.0["))
+        .filter_map(|l| l.rsplit_once(" | ")?.1.parse().ok())
+        .collect();
+    assert_eq!(numbers.len(), 20_000, "every line");
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "in order");
+    assert!(log.lines().any(|l| l.starts_with("main.0[") && l.ends_with("| last line")));
 }
 
 #[test]

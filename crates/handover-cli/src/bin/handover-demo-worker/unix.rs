@@ -207,6 +207,9 @@ fn prefork(mut worker: Worker, opts: &Opts) -> Result<(), Box<dyn std::error::Er
     for t in pool {
         let _ = t.join();
     }
+    if LOG_REQUESTS.load(Relaxed) {
+        eprintln!("demo worker {} exiting", std::process::id());
+    }
     Ok(())
 }
 
