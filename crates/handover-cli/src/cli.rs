@@ -44,9 +44,16 @@ pub(crate) enum Command {
     ///              handover serve --mode shared --listen tcp://127.0.0.1:8080 --workers 4 -- ./server
     ///
     /// Signals: SIGTERM/SIGINT drain (stop accepting, let workers finish, kill after
-    /// --drain-timeout); SIGHUP restarts the workers one at a time; SIGUSR2 (or `handover
-    /// upgrade`) starts a new generation from the binary on disk, hands it the listening sockets
-    /// and drains this one once the new one is ready (docs/upgrade.md). `handover status` reports.
+    /// --drain-timeout); SIGHUP restarts the workers one at a time; SIGTTIN/SIGTTOU add or remove
+    /// one worker (`handover scale` sets any number); SIGUSR2 (or `handover upgrade`) starts a new
+    /// generation from the binary on disk, hands it the listening sockets and drains this one
+    /// once the new one is ready (docs/upgrade.md). `handover status` reports (--watch: live).
+    ///
+    /// Day-to-day controls (the README compares them with gunicorn, uWSGI, Puma and PM2):
+    /// --max-requests/--max-requests-jitter and --max-memory recycle workers, --connection-timeout
+    /// resets connections held too long, --max-starting staggers starts, and each worker's
+    /// output is prefixed with PROGRAM.SLOT[PID] (--worker-output, --log-format json). Each is
+    /// also a key of a [[program]] in the --config file.
     ///
     /// Started by systemd socket activation (LISTEN_FDS), the listeners are taken from systemd
     /// by name (FileDescriptorName= matching the --listen name) instead of being bound, and
