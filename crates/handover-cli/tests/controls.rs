@@ -87,6 +87,42 @@ fn scale_2_to_6_to_1_under_load_fails_nothing_and_drains_the_removed() {
 }
 
 #[test]
+fn shared_mode_scales_up_and_down() {
+    let mut env = TestEnv::new("scale-shared");
+    env.serve(&["-l", "tcp://127.0.0.1:0", "--mode", "shared", "-w", "1"], &[DEMO_WORKER]);
+    let addr = env.wait_ready(1);
+    let (ok, out) = env.handover("scale", &["main", "3"]);
+    assert!(ok && out.contains("1 -> 3"), "{out}");
+    env.wait_for("three running", Duration::from_secs(10), |s| ready_count(s) == 3);
+    let (ok, out) = env.handover("scale", &["-2"]);
+    assert!(ok && out.contains("3 -> 1"), "{out}");
+    env.wait_for("one left", Duration::from_secs(10), |s| workers(s).len() == 1);
+    assert_eq!(load(addr, 50, 2).ok, 50);
+    assert_eq!(env.totals()["restarts"], 0);
+}
+
+#[test]
+fn spawn_mode_children_s_stderr_is_prefixed_with_the_program() {
+    let mut env = TestEnv::new("output-spawn");
+    let script = "echo \"child $$ says hi\" >&2; read -r line; echo \"got $line\"";
+    env.serve(&["-l", "tcp://127.0.0.1:0", "--mode", "spawn"], &["sh", "-c", script]);
+    let addr = env.wait_ready(0);
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"ping\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert_eq!(out, "got ping\n", "standard output is still the connection");
+    env.signal("TERM");
+    assert!(env.wait_exit(Duration::from_secs(10)).success());
+    let log = env.log_text();
+    assert!(
+        log.lines().any(|l| l.starts_with("main | child ") && l.ends_with(" says hi")),
+        "{log}"
+    );
+}
+
+#[test]
 fn spawn_mode_scale_changes_the_cap() {
     let mut env = TestEnv::new("scale-spawn");
     env.serve(&["-l", "tcp://127.0.0.1:0", "--mode", "spawn", "-w", "2"], &[DEMO_WORKER]);
@@ -150,11 +186,22 @@ fn max_requests_with_jitter_recycles_workers_at_staggered_points_and_fails_nothi
 
 #[test]
 fn a_worker_that_allocates_past_max_memory_is_replaced() {
+    max_memory_in("prefork");
+}
+
+#[test]
+fn a_shared_mode_worker_that_allocates_past_max_memory_is_replaced() {
+    max_memory_in("shared");
+}
+
+fn max_memory_in(mode: &str) {
     let mut env = TestEnv::new("max-memory");
     env.serve(
         &[
             "-l",
             "tcp://127.0.0.1:0",
+            "--mode",
+            mode,
             "-w",
             "2",
             "--max-memory",
