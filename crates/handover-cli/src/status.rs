@@ -71,6 +71,9 @@ pub(crate) struct ProgramStatus {
     /// cap during a drain). Not the kernel's backlog.
     #[serde(default)]
     pub(crate) queue: u64,
+    /// The controls it runs with (`--max-requests` and the like), as configured.
+    #[serde(default)]
+    pub(crate) controls: ControlsStatus,
     pub(crate) workers: Vec<WorkerStatus>,
     pub(crate) totals: Totals,
 }
@@ -97,6 +100,37 @@ pub(crate) struct WorkerStatus {
     /// limit plus its share of the jitter).
     #[serde(default)]
     pub(crate) max_requests: Option<u64>,
+}
+
+/// A program's controls as configured (`null`: not set).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub(crate) struct ControlsStatus {
+    pub(crate) max_requests: Option<u64>,
+    pub(crate) max_requests_jitter: u64,
+    pub(crate) max_memory_bytes: Option<u64>,
+    pub(crate) memory_check_interval_ms: u64,
+    pub(crate) connection_timeout_ms: Option<u64>,
+    pub(crate) max_starting: usize,
+    pub(crate) worker_output: String,
+}
+
+impl From<&crate::config::Controls> for ControlsStatus {
+    fn from(c: &crate::config::Controls) -> ControlsStatus {
+        ControlsStatus {
+            max_requests: c.max_requests,
+            max_requests_jitter: c.max_requests_jitter,
+            max_memory_bytes: c.max_memory,
+            memory_check_interval_ms: c.memory_check_interval.as_millis() as u64,
+            connection_timeout_ms: c.connection_timeout.map(|d| d.as_millis() as u64),
+            max_starting: c.max_starting,
+            worker_output: match c.worker_output {
+                crate::cli::WorkerOutput::Prefix => "prefix",
+                crate::cli::WorkerOutput::Inherit => "inherit",
+            }
+            .to_owned(),
+        }
+    }
 }
 
 /// Restarts counted by what ended the worker (see `child::Cause`); they add up to

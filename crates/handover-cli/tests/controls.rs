@@ -172,6 +172,12 @@ fn max_requests_with_jitter_recycles_workers_at_staggered_points_and_fails_nothi
     }
     let distinct: BTreeSet<_> = recycled.iter().collect();
     assert!(distinct.len() >= 3, "limits are staggered: {recycled:?}");
+    let c = &s["programs"][0]["controls"];
+    assert_eq!(
+        (c["max_requests"].as_u64(), c["max_requests_jitter"].as_u64()),
+        (Some(50), Some(20))
+    );
+    assert_eq!(c["worker_output"], "prefix", "the default");
     let t = &s["totals"];
     assert_eq!(t["restarts"], t["restarts_by_cause"]["max_requests"], "{t}");
     for zero in ["lost_mid_request", "dropped", "redispatched", "misbehaving_killed"] {

@@ -543,6 +543,7 @@ fn status<M: Mode>(core: &mut Core, mode: &mut M) -> (ProgramStatus, Vec<Listene
         state: state.to_owned(),
         workers_wanted: mode.workers_wanted(),
         queue: m.queue,
+        controls: (&core.prog.controls).into(),
         workers,
         totals,
     };
