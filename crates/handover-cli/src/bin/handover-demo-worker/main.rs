@@ -94,6 +94,15 @@ fn run(mut opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
         std::process::exit(1);
     }
     let mut inherited = handover::inherited()?;
+    let listening = match inherited.sockets.first() {
+        Some((_, s)) => matches!(s.kind()?, SocketKind::TcpListener | SocketKind::UnixListener),
+        None => false,
+    };
+    if listening {
+        // shared mode (with a channel too on Windows, whose end asks us to stop).
+        let sockets = inherited.sockets.into_iter().map(|(_, s)| s).collect();
+        return shared(sockets, inherited.channel.take(), &opts);
+    }
     if let Some(channel) = inherited.channel.take() {
         return match opts.misbehave.clone() {
             Some(mode) => misbehave(channel, &mode, &opts),
@@ -105,10 +114,7 @@ fn run(mut opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
             ),
         };
     }
-    if let Some((_, first)) = inherited.sockets.first() {
-        if first.kind()? == SocketKind::TcpListener || first.kind()? == SocketKind::UnixListener {
-            return shared(inherited.sockets.into_iter().map(|(_, s)| s).collect(), &opts);
-        }
+    if !inherited.sockets.is_empty() {
         let (_, socket) = inherited.sockets.remove(0);
         let s = socket.into_socket2();
         return serve(&mut &s, &mut &s, opts.delay);
@@ -236,11 +242,29 @@ fn prefork_tokio(channel: Channel, opts: &Opts) -> Result<(), Box<dyn std::error
 /// [`sys::stop_requested`]), then stops accepting and finishes the connections it has (what a
 /// socket-activated program should do, so that a drain or an upgrade loses nothing). Accepting
 /// is non-blocking (tokio), so no connection is taken off the queue after the stop request.
-fn shared(listeners: Vec<handover::Socket>, opts: &Opts) -> Result<(), Box<dyn std::error::Error>> {
+fn shared(
+    listeners: Vec<handover::Socket>,
+    channel: Option<Channel>,
+    opts: &Opts,
+) -> Result<(), Box<dyn std::error::Error>> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let delay = opts.delay;
     rt.block_on(async move {
-        let stop = sys::stop_requested()?;
+        let signalled = sys::stop_requested()?;
+        // The supervisor ends the channel it started us with to ask us to stop (Windows).
+        let channel = channel.map(handover::tokio::Channel::try_from).transpose()?;
+        let stop = async move {
+            let ended = async {
+                match &channel {
+                    Some(ch) => while ch.recv().await.is_ok() {},
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = signalled => {}
+                () = ended => {}
+            }
+        };
         tokio::pin!(stop);
         let mut all = Vec::new();
         for l in listeners {

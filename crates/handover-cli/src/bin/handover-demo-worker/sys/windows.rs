@@ -1,6 +1,7 @@
-//! Windows: TCP listeners only (the library hands over no `AF_UNIX` sockets there); a stop is
-//! asked for with a console control event, since Windows has no `SIGTERM`: Ctrl-Break (what
-//! `GenerateConsoleCtrlEvent` can send to one process group), Ctrl-C, or the console closing.
+//! Windows: TCP listeners only (the library hands over no `AF_UNIX` sockets there). Windows has
+//! no `SIGTERM`: `handover serve` asks a shared-mode worker to stop by ending the channel it
+//! started it with (see `shared` in main.rs); run by hand, Ctrl-Break, Ctrl-C or the console
+//! closing stop it too.
 
 use std::future::Future;
 use std::io;
