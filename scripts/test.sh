@@ -21,9 +21,12 @@ if [ -z "${HANDOVER_NO_WINE:-}" ]; then
     trap 'wineserver -k >/dev/null 2>&1 || true' EXIT
     cargo test -p handover -p integration-tests -p handover-worker --all-features \
         --target x86_64-pc-windows-gnu
-    # The demo worker played against a test supervisor. Only this test file of handover-cli: the
-    # supervisor's own tests assume Unix until its Windows port lands.
+    # The demo worker played against a test supervisor. (The supervisor's other test files
+    # drive a Linux supervisor; the Windows one is driven from Linux below.)
     echo "== Windows under Wine: the demo worker (prefork, spawn, shared)"
     cargo test -p handover-cli --all-features --target x86_64-pc-windows-gnu \
         --test windows_demo_worker
+    echo "== Windows under Wine: handover.exe serve (prefork, spawn, shared, upgrade, stop) driven from Linux clients"
+    cargo build -p handover-cli -p integration-tests --bins --target x86_64-pc-windows-gnu
+    cargo test -p handover-cli --test wine -- --ignored
 fi

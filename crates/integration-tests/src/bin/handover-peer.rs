@@ -376,6 +376,8 @@ fn inetd_handles() -> Res {
     use windows_sys::Win32::Networking::WinSock::{getsockname, SOCKADDR_STORAGE};
     use windows_sys::Win32::System::Console::{GetStdHandle, STD_INPUT_HANDLE, STD_OUTPUT_HANDLE};
 
+    // Pids are reused quickly on Windows: the start time tells processes apart.
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
     let sock = handover::stdin_socket()?.ok_or("standard input is not a socket")?.into_socket2();
     // SAFETY: GetStdHandle has no preconditions.
     let std_in = unsafe { GetStdHandle(STD_INPUT_HANDLE) } as usize;
@@ -397,7 +399,8 @@ fn inetd_handles() -> Res {
     let mut req = [0u8; 1024];
     let _ = (&sock).read(&mut req)?;
     let body = format!(
-        "hello from the peer {}: stdin socket seen {stdin_seen}, other sockets {others:?}\n",
+        "hello from the peer {} started {started}: stdin socket seen {stdin_seen}, other sockets \
+         {others:?}\n",
         std::process::id()
     );
     let resp = format!(

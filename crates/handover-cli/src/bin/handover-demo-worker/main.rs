@@ -85,9 +85,10 @@ fn main() {
 
 fn run(mut opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(file) = &opts.once {
-        // Only the first worker to claim the file misbehaves.
-        if std::fs::OpenOptions::new().write(true).create_new(true).open(file).is_err() {
-            opts.misbehave = None;
+        // Only the first worker to claim the file misbehaves; it writes its pid there.
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(file) {
+            Ok(mut f) => write!(f, "{}", std::process::id())?,
+            Err(_) => opts.misbehave = None,
         }
     }
     if opts.misbehave.as_deref() == Some("exit") {
