@@ -13,11 +13,20 @@ echo "== Linux: cargo test --workspace --all-features"
 cargo test --workspace --all-features
 
 if [ -z "${HANDOVER_NO_WINE:-}" ]; then
-    echo "== Windows (x86_64-pc-windows-gnu) under Wine: the library and the shared cross-process tests"
+    echo "== Windows (x86_64-pc-windows-gnu) under Wine: the library, the worker helper, the shared cross-process tests"
     # shellcheck source=/dev/null
     . .ci/wine-env.sh
     # Wine's helper processes inherit stdout and linger; start them quietly, stop them after.
     wineserver -p </dev/null >/dev/null 2>&1 || true
     trap 'wineserver -k >/dev/null 2>&1 || true' EXIT
-    cargo test -p handover -p integration-tests --all-features --target x86_64-pc-windows-gnu
+    cargo test -p handover -p integration-tests -p handover-worker --all-features \
+        --target x86_64-pc-windows-gnu
+    # The demo worker played against a test supervisor. (The supervisor's other test files
+    # drive a Linux supervisor; the Windows one is driven from Linux below.)
+    echo "== Windows under Wine: the demo worker (prefork, spawn, shared)"
+    cargo test -p handover-cli --all-features --target x86_64-pc-windows-gnu \
+        --test windows_demo_worker
+    echo "== Windows under Wine: handover.exe serve (prefork, spawn, shared, upgrade, stop) driven from Linux clients"
+    cargo build -p handover-cli -p integration-tests --bins --target x86_64-pc-windows-gnu
+    cargo test -p handover-cli --test wine -- --ignored
 fi

@@ -371,6 +371,8 @@ impl Config {
             if l.backlog < 1 {
                 bail!("listener {:?}: backlog must be at least 1", l.name);
             }
+            crate::sys::check_listen_addr(&l.addr)
+                .map_err(|why| anyhow!("listener {:?}: {why}", l.name))?;
         }
         let mut owner = vec![None; self.listeners.len()];
         for p in &self.programs {
@@ -392,7 +394,6 @@ impl Config {
             if p.listeners.len() > u16::MAX as usize {
                 bail!("program {:?}: too many listeners", p.name);
             }
-            crate::sys::check_mode(p.mode)?;
             p.controls.validate(&p.name, p.mode)?;
             if !p.compat.is_empty() && p.mode != Mode::Shared {
                 bail!(
@@ -409,11 +410,9 @@ impl Config {
     }
 }
 
+/// Where the control socket is when `--control` is not given (see `sys`).
 pub(crate) fn default_control_path(env: &Env) -> PathBuf {
-    match env.get("XDG_RUNTIME_DIR") {
-        Some(dir) if !dir.is_empty() => Path::new(dir).join("handover.sock"),
-        _ => PathBuf::from(format!("/tmp/handover-{}.sock", crate::sys::current_uid())),
-    }
+    crate::sys::default_control_path(env)
 }
 
 fn parse_listen_flag(s: &str, i: usize) -> Result<(String, ListenAddr)> {
@@ -640,12 +639,7 @@ fn resolve_program(cmd: &OsStr, env: &Env) -> Result<PathBuf> {
     if cmd.is_empty() {
         bail!("empty worker command");
     }
-    let candidates: Vec<PathBuf> = if Path::new(cmd).components().count() > 1 {
-        vec![PathBuf::from(cmd)]
-    } else {
-        let path = env.get("PATH").unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
-        std::env::split_paths(path).map(|d| d.join(cmd)).collect()
-    };
+    let candidates = crate::sys::program_candidates(cmd, env);
     for c in &candidates {
         match crate::sys::check_executable(c) {
             Ok(()) => return Ok(c.clone()),

@@ -81,7 +81,7 @@ pub(crate) fn bind(l: &ListenerConfig) -> Result<Bound> {
         ListenAddr::Tcp(addr) => {
             let socket =
                 Socket::new(Domain::for_address(*addr), Type::STREAM, None).with_context(what)?;
-            socket.set_reuse_address(true).with_context(what)?;
+            crate::sys::prepare_tcp_listener(&socket).with_context(what)?;
             socket.bind(&SockAddr::from(*addr)).map_err(explain).with_context(what)?;
             (socket, None)
         }

@@ -5,6 +5,9 @@
 //!
 //! Draining sends `SIGTERM` to each worker's process group and waits (a socket-activated
 //! program handles `SIGTERM` by finishing what it has); `--drain-timeout` later, `SIGKILL`.
+//! Windows has no `SIGTERM`: there each worker is started with a handover channel too (the
+//! listeners arrive over it anyway), and the supervisor ends that channel instead; the worker
+//! sees it end (`recv` returns `PeerClosed`) and finishes.
 //! A reload starts a worker's replacement, and terminates the old one once the new one has
 //! stayed up for `--min-uptime` (there is no readiness message in this mode).
 //!
@@ -27,17 +30,31 @@ use crate::status::{Totals, WorkerStatus};
 use crate::sys::{self, Stop};
 
 #[derive(Debug)]
-struct Worker(Proc);
+struct Worker {
+    proc: Proc,
+    /// Where workers are asked to finish by the end of their channel (Windows), our end.
+    channel: Option<handover::Channel>,
+}
 
 impl Member for Worker {
     fn proc(&self) -> &Proc {
-        &self.0
+        &self.proc
     }
     fn proc_mut(&mut self) -> &mut Proc {
-        &mut self.0
+        &mut self.proc
     }
     fn into_proc(self) -> Proc {
-        self.0
+        self.proc
+    }
+}
+
+impl Worker {
+    /// Asks it to finish what it has and exit: `SIGTERM` to its process group, or (Windows) the
+    /// end of its channel.
+    fn retire(&mut self) {
+        self.proc.retiring = true;
+        self.channel = None;
+        self.proc.tree.signal(Stop::Terminate);
     }
 }
 
@@ -106,10 +123,14 @@ impl Shared {
         for (k, v) in compat_env(&core.prog.compat, &self.listeners, core.generation) {
             cmd.env(k, v);
         }
+        if sys::STOP_OVER_CHANNEL {
+            cmd.channel();
+        }
         let name = core.prog.name.clone();
-        self.pool.start(core, slot, &mut cmd, |proc| {
+        self.pool.start(core, slot, &mut cmd, |mut proc| {
             info!(program = %name, slot, pid = proc.pid, "worker started");
-            Worker(proc)
+            let channel = proc.child.channel.take();
+            Worker { proc, channel }
         });
     }
 
@@ -118,7 +139,7 @@ impl Shared {
         let settle = Self::settle(core);
         let exited = self.pool.exited();
         for id in exited {
-            let Some(Worker(mut proc)) = self.pool.take(id) else { continue };
+            let Some(Worker { mut proc, .. }) = self.pool.take(id) else { continue };
             // It may have died before the tick that would have found it ready.
             proc.ready |= proc.started.elapsed() >= settle;
             self.pool.depart(core, proc, "exited", String::new());
@@ -143,12 +164,11 @@ impl Mode for Shared {
         // A worker that has stayed up is ready; a reload's replacement then takes over and
         // the worker it replaces is asked to finish.
         let settle = Self::settle(core);
-        let ready = self.pool.ids(|w| !w.0.ready && w.0.started.elapsed() >= settle);
+        let ready = self.pool.ids(|w| !w.proc.ready && w.proc.started.elapsed() >= settle);
         for id in ready {
             if let Some(old) = self.pool.mark_ready(id) {
                 if let Some(w) = self.pool.get_mut(old) {
-                    w.0.retiring = true;
-                    w.0.tree.signal(Stop::Terminate);
+                    w.retire();
                 }
             }
         }
@@ -191,8 +211,7 @@ impl Mode for Shared {
     fn scale(&mut self, _core: &mut Core, n: usize) {
         for id in self.pool.resize(n) {
             if let Some(w) = self.pool.get_mut(id) {
-                w.0.retiring = true;
-                w.0.tree.signal(Stop::Terminate);
+                w.retire();
             }
         }
     }
@@ -205,10 +224,9 @@ impl Mode for Shared {
 
     fn drain(&mut self, core: &mut Core, _backlog: Vec<Accepted>) {
         self.pool.drain();
-        for id in self.pool.ids(|w| !w.0.retiring) {
+        for id in self.pool.ids(|w| !w.proc.retiring) {
             if let Some(w) = self.pool.get_mut(id) {
-                w.0.retiring = true;
-                w.0.tree.signal(Stop::Terminate);
+                w.retire();
             }
         }
         // The workers hold their own copies; ours close now, so the sockets close when the
@@ -240,7 +258,7 @@ impl Mode for Shared {
             .members()
             .iter()
             .map(|w| {
-                let p = &w.0;
+                let p = &w.proc;
                 let state = if p.retiring {
                     "stopping"
                 } else if p.ready {

@@ -1,5 +1,5 @@
 //! The command line: bad input gives one clear line and a non-zero exit; help explains modes.
-#![cfg(unix)] // the library's Windows backend is not built yet
+#![cfg(unix)] // drives a Unix supervisor (tests/wine.rs drives the Windows one)
 
 mod testenv;
 

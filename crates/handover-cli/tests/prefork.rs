@@ -1,5 +1,5 @@
 //! prefork mode with real workers on loopback.
-#![cfg(unix)] // the library's Windows backend is not built yet
+#![cfg(unix)] // drives a Unix supervisor (tests/wine.rs drives the Windows one)
 
 mod testenv;
 

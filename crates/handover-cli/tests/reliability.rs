@@ -1,5 +1,5 @@
 //! prefork under failure: workers that die, misbehave or get killed; drain; descriptor leaks.
-#![cfg(target_os = "linux")] // reads /proc; the library's Windows backend is not built yet
+#![cfg(target_os = "linux")] // reads /proc (tests/wine.rs drives the Windows supervisor)
 #![allow(clippy::print_stderr)] // the kill -9 test reports its figures
 
 mod testenv;

@@ -1,5 +1,5 @@
 //! Zero-downtime upgrades with real processes on loopback: under load, and to a broken config.
-#![cfg(target_os = "linux")] // reads /proc; the library's Windows backend is not built yet
+#![cfg(target_os = "linux")] // reads /proc (tests/wine.rs drives the Windows supervisor)
 #![allow(clippy::print_stderr)] // the tests report their figures
 
 mod testenv;

@@ -1,7 +1,7 @@
 //! The classic multi-process server: the parent accepts, a child process serves each client.
 //!
 //! ```text
-//! cargo run -p handover --example classic_server -- 127.0.0.1:7000 [--mode inherit|channel|alternate] [--max-conns N]
+//! cargo run -p handover --example classic_server -- 127.0.0.1:7000 [--mode inherit|channel|alternate] [--max-conns N] [--http]
 //! ```
 //!
 //! For every connection the parent spawns this same program as a child and hands it the
@@ -14,7 +14,8 @@
 //!
 //! Either way the child gets only that socket — not the listener, not the parent's other
 //! descriptors — and the parent drops its copy and goes back to `accept`. The child speaks a
-//! tiny line protocol: it greets, then echoes each line upper-cased until `quit` or EOF.
+//! tiny line protocol: it greets, then echoes each line upper-cased until `quit` or EOF. With
+//! `--http` it answers one HTTP request instead (what `bench/wine.sh` measures it with).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -26,12 +27,14 @@ use handover::{AsSocketRef, Command};
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let res = match args.first().map(String::as_str) {
-        Some("--child") => child(args.get(1).map(String::as_str).unwrap_or("")),
+        Some("--child") => child(
+            args.get(1).map(String::as_str).unwrap_or(""),
+            args.get(2).is_some_and(|a| a == "--http"),
+        ),
         Some(addr) if !addr.starts_with('-') => parent(addr, &args[1..]),
-        _ => {
-            Err("usage: classic_server ADDR [--mode inherit|channel|alternate] [--max-conns N]"
-                .into())
-        }
+        _ => Err("usage: classic_server ADDR [--mode inherit|channel|alternate] [--max-conns N] \
+                 [--http]"
+            .into()),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -47,9 +50,11 @@ type Res<T = ()> = Result<T, Box<dyn std::error::Error>>;
 fn parent(addr: &str, opts: &[String]) -> Res {
     let mut mode = "alternate".to_owned();
     let mut max_conns = usize::MAX;
+    let mut http = false;
     let mut it = opts.iter();
     while let Some(opt) = it.next() {
         match opt.as_str() {
+            "--http" => http = true,
             "--mode" => mode = it.next().ok_or("--mode needs a value")?.clone(),
             "--max-conns" => max_conns = it.next().ok_or("--max-conns needs a value")?.parse()?,
             other => return Err(format!("unknown option {other}").into()),
@@ -69,14 +74,19 @@ fn parent(addr: &str, opts: &[String]) -> Res {
             "alternate" => "channel",
             m => m,
         };
+        let flags: &[&str] = if http { &["--http"] } else { &[] };
         let child = match via {
             "inherit" => Command::new(&exe)
                 .args(["--child", "inherit"])
+                .args(flags)
                 .listen_socket("connection", stream.as_socket_ref())
                 .spawn()?,
             _ => {
-                let mut child =
-                    Command::new(&exe).args(["--child", "channel"]).channel().spawn()?;
+                let mut child = Command::new(&exe)
+                    .args(["--child", "channel"])
+                    .args(flags)
+                    .channel()
+                    .spawn()?;
                 let channel = child.channel.take().expect("spawned with a channel");
                 channel.send(peer.to_string().as_bytes(), &[stream.as_socket_ref()])?;
                 child
@@ -84,7 +94,9 @@ fn parent(addr: &str, opts: &[String]) -> Res {
         };
         // The child holds its own copy; ours closes here so only the child serves the client.
         drop(stream);
-        println!("parent: connection {n} from {peer} -> child {} ({via})", child.id());
+        if !http {
+            println!("parent: connection {n} from {peer} -> child {} ({via})", child.id());
+        }
         children.push(child);
         // Reap the children that are done, keep the rest.
         children.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
@@ -95,7 +107,7 @@ fn parent(addr: &str, opts: &[String]) -> Res {
     Ok(())
 }
 
-fn child(via: &str) -> Res {
+fn child(via: &str, http: bool) -> Res {
     let mut inherited = handover::inherited()?;
     let socket = match via {
         "inherit" => inherited.take("connection").ok_or("no inherited connection")?,
@@ -107,7 +119,31 @@ fn child(via: &str) -> Res {
         _ => return Err(format!("unknown child mode {via:?}").into()),
     };
     let stream = TcpStream::try_from(socket)?;
+    if http {
+        return serve_http(&stream);
+    }
     serve(&stream, via)
+}
+
+/// Reads one HTTP request (up to the blank line) and answers it.
+fn serve_http(stream: &TcpStream) -> Res {
+    use std::io::Read;
+    let (mut buf, mut len) = ([0u8; 4096], 0);
+    while len < buf.len() && !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+        match (&mut &*stream).read(&mut buf[len..])? {
+            0 => break,
+            n => len += n,
+        }
+    }
+    let body = format!("hello from the classic child {}\n", std::process::id());
+    let mut out = stream;
+    write!(
+        out,
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    Ok(())
 }
 
 fn serve(stream: &TcpStream, via: &str) -> Res {

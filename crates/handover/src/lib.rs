@@ -62,7 +62,7 @@ pub use crate::channel::{
 };
 pub use crate::error::{Error, Result};
 pub use crate::socket::{AsSocketRef, Socket, SocketKind, SocketRef};
-pub use crate::spawn::{inherited, Child, Command, Inherited};
+pub use crate::spawn::{inherited, stdin_socket, Child, Command, Inherited};
 
 /// Entry points for the fuzz targets; not part of the API.
 #[doc(hidden)]

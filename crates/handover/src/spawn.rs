@@ -445,3 +445,33 @@ pub fn inherited() -> Result<Inherited> {
         .collect();
     Ok(Inherited { channel, sockets })
 }
+
+/// The socket on standard input, for programs started inetd style
+/// ([`Command::stdio_socket`], inetd, systemd `Accept=yes`): a duplicate of it, or `None` if
+/// standard input is not a socket.
+///
+/// Standard output is the same connection: write the response to either.
+///
+/// ```no_run
+/// # fn main() -> handover::Result<()> {
+/// use std::io::{Read, Write};
+/// let Some(socket) = handover::stdin_socket()? else {
+///     return Err(handover::Error::Inherit("standard input is not a socket".into()));
+/// };
+/// let mut stream = std::net::TcpStream::try_from(socket)?;
+/// let mut request = [0u8; 1024];
+/// let n = stream.read(&mut request)?;
+/// stream.write_all(&request[..n])?;
+/// # Ok(()) }
+/// ```
+///
+/// # Platform-specific behavior
+///
+/// Unix: a duplicate of descriptor 0 (close-on-exec). Windows: standard input counts as a
+/// socket when `getsockopt(SO_TYPE)` accepts its handle; the duplicate is made for this
+/// process with `WSADuplicateSocketW`, so unlike the standard handle (which
+/// [`Command::stdio_socket`] makes synchronous, for `ReadFile`/`WriteFile`) it is
+/// overlapped: usable for blocking calls and with tokio. It is not inheritable.
+pub fn stdin_socket() -> Result<Option<Socket>> {
+    Ok(sys::stdin_socket()?.map(Socket::from_sys))
+}

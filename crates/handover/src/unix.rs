@@ -132,15 +132,10 @@ unix_conversions! {
 
 /// The socket on standard input, for programs started inetd style
 /// ([`Command::stdio_socket`], inetd, `systemd Accept=yes`): a duplicate of descriptor 0, or
-/// `None` if standard input is not a socket.
+/// `None` if standard input is not a socket. The same as the portable
+/// [`crate::stdin_socket`].
 pub fn stdin_socket() -> Result<Option<Socket>> {
-    use std::os::fd::AsFd;
-    let stdin = std::io::stdin();
-    let fd = stdin.as_fd();
-    if !sys::fd_is_socket(fd) {
-        return Ok(None);
-    }
-    Ok(Some(Socket::from(fd.try_clone_to_owned()?)))
+    crate::stdin_socket()
 }
 
 crate::macros::cfg_tokio! {

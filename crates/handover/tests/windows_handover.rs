@@ -100,6 +100,20 @@ fn child_entry() {
             print!("echo: {line}");
             std::io::stdout().flush().unwrap();
         }
+        // inetd style through `stdin_socket`: says which peer the duplicate is connected to.
+        "stdin-socket" => {
+            let socket = handover::stdin_socket().unwrap().expect("standard input is a socket");
+            let mut stream = TcpStream::try_from(socket).unwrap();
+            let mut buf = [0u8; 4];
+            stream.read_exact(&mut buf).unwrap();
+            stream.write_all(stream.peer_addr().unwrap().to_string().as_bytes()).unwrap();
+        }
+        // Standard input inherited from the test harness, which is no socket.
+        "stdin-not-socket" => {
+            let ch = handover::inherited().unwrap().channel.expect("channel");
+            let found = handover::stdin_socket().unwrap();
+            ch.send(if found.is_some() { b"socket" } else { b"none" }, &[]).unwrap();
+        }
         // tokio: converts a received listener into a tokio listener and accepts on it.
         "tokio-listener" => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -400,6 +414,27 @@ fn inetd_style_stdio_socket() {
     let got = read_all(client);
     assert!(got.contains("echo: ping"), "{got:?}");
     assert_exits_ok(&mut child);
+}
+
+#[test]
+fn stdin_socket_is_the_connection_given_as_standard_input() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    let mut inetd =
+        child("stdin-socket", "").stdio_socket(accepted.as_socket_ref()).spawn().unwrap();
+    drop(accepted);
+    client.write_all(b"ping").unwrap();
+    let local = client.local_addr().unwrap().to_string();
+    // The child is this test binary: its harness writes to stdout (the socket) too.
+    let got = read_all(client);
+    assert!(got.contains(&local), "wanted {local} in {got:?}");
+    assert_exits_ok(&mut inetd);
+
+    let mut plain = child("stdin-not-socket", "").channel().spawn().unwrap();
+    let ch = plain.channel.take().unwrap();
+    assert_eq!(ch.recv_timeout(Duration::from_secs(20)).unwrap().bytes, b"none");
+    assert_exits_ok(&mut plain);
 }
 
 #[test]

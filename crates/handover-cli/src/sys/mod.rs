@@ -2,19 +2,30 @@
 //!
 //! Both backends provide:
 //!
-//! - `current_uid() -> u32` (for the default control socket path);
-//! - `check_executable(&Path) -> Result<(), String>`;
-//! - `check_mode(Mode) -> anyhow::Result<()>`: refuses a mode this platform cannot run yet;
+//! - `default_control_path(&Env) -> PathBuf`: where the control socket is by default;
+//! - `program_candidates(&OsStr, &Env) -> Vec<PathBuf>`: where to look for a worker command
+//!   (`PATH`; on Windows with each `PATHEXT` extension too), and
+//!   `check_executable(&Path) -> Result<(), String>` for each;
+//! - `check_listen_addr(&ListenAddr) -> Result<(), String>`: refuses an address kind this
+//!   platform cannot serve (Unix-domain listeners on Windows);
+//! - `prepare_tcp_listener(&Socket)`: options set before `bind` (`SO_REUSEADDR` on Unix,
+//!   `SO_EXCLUSIVEADDRUSE` on Windows);
 //! - `spawn(&mut handover::Command, TreeKind) -> handover::Result<(handover::Child,
 //!   ProcessTree)>`: starts a worker, a spawn-mode child or the next generation of an upgrade
-//!   (`TreeKind`), with a handle on everything it will start: its process group on Unix;
-//!   `ProcessTree::signal(Stop)` stops the lot (`Successor`: the process alone);
+//!   (`TreeKind`), with a handle on everything it will start: its process group on Unix, a
+//!   job object (kill on close, assigned at creation) on Windows; `ProcessTree::signal(Stop)`
+//!   stops the lot (`Successor`: the process alone; `Terminate` is a no-op for a Windows job);
+//! - `STOP_OVER_CHANNEL`: shared mode asks a worker to finish by ending its channel (Windows)
+//!   rather than with `SIGTERM` (Unix);
 //! - `close_inherited_on_exec() -> anyhow::Result<()>`: at start-up, so no child inherits what
 //!   the supervisor was started with;
 //! - `killed_from_outside(&ExitStatus) -> bool`: a death by a signal someone else sent to stop
 //!   the process (restarted at once), not the program's own crash;
 //! - `Signals::new()?` and `Signals::recv().await -> Signal`: terminate, interrupt, reload,
-//!   upgrade, child-exited notifications;
+//!   upgrade (Windows: Ctrl-C, Ctrl-Break, console close, shutdown); `ChildExits::recv()`: a
+//!   child may have exited (`SIGCHLD`; Windows: a 50 ms timer);
+//! - `AsyncListener`: a listening socket accepted on through the reactor, handing out blocking
+//!   sockets never registered with it;
 //! - `notify(&[Notify])`: the service manager's readiness protocol (systemd `sd_notify` through
 //!   the `sd-notify` crate; a no-op where there is no `NOTIFY_SOCKET` or no systemd);
 //! - `socket_path(&SockAddr) -> Option<PathBuf>`: the path a Unix-domain address names;
@@ -53,7 +64,7 @@ pub(crate) enum Stop {
 
 /// A signal (or console event) the supervisor acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(windows, allow(dead_code))] // Windows only has Ctrl-C so far
+#[cfg_attr(windows, allow(dead_code))] // Windows has no reload or upgrade signal
 pub(crate) enum Signal {
     /// `SIGTERM`: drain and exit.
     Terminate,

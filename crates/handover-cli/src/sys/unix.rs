@@ -1,7 +1,8 @@
 //! Unix: signals through tokio, process groups and `kill(2)` through nix.
 
+use std::ffi::OsStr;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use std::task::{Context, Poll};
 
@@ -14,10 +15,35 @@ use nix::unistd::{access, AccessFlags, Pid};
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::{Notify, Signal, Stop};
-use crate::cli::Mode;
+use crate::config::{Env, ListenAddr};
 
-pub(crate) fn current_uid() -> u32 {
-    nix::unistd::geteuid().as_raw()
+/// `$XDG_RUNTIME_DIR/handover.sock`, else `/tmp/handover-UID.sock`.
+pub(crate) fn default_control_path(env: &Env) -> PathBuf {
+    match env.get("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => Path::new(dir).join("handover.sock"),
+        _ => PathBuf::from(format!("/tmp/handover-{}.sock", nix::unistd::geteuid().as_raw())),
+    }
+}
+
+/// Where to look for a worker command: the path itself if it names a directory, else each
+/// directory of `PATH` in turn.
+pub(crate) fn program_candidates(cmd: &OsStr, env: &Env) -> Vec<PathBuf> {
+    if Path::new(cmd).components().count() > 1 {
+        return vec![PathBuf::from(cmd)];
+    }
+    let path = env.get("PATH").unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
+    std::env::split_paths(path).map(|d| d.join(cmd)).collect()
+}
+
+/// Every listen address works on Unix.
+pub(crate) fn check_listen_addr(_addr: &ListenAddr) -> Result<(), String> {
+    Ok(())
+}
+
+/// `SO_REUSEADDR`, so a restarted supervisor can bind while old connections linger in
+/// `TIME_WAIT` (it does not let two processes listen on one port).
+pub(crate) fn prepare_tcp_listener(socket: &Socket) -> io::Result<()> {
+    socket.set_reuse_address(true)
 }
 
 pub(crate) fn check_executable(path: &Path) -> Result<(), String> {
@@ -35,10 +61,6 @@ pub(crate) fn check_executable(path: &Path) -> Result<(), String> {
         return Err(not_executable());
     }
     access(path, AccessFlags::X_OK).map_err(|_| not_executable())
-}
-
-pub(crate) fn check_mode(_mode: Mode) -> Result<()> {
-    Ok(())
 }
 
 /// How a child is started, and what its [`ProcessTree`] covers.
@@ -229,6 +251,9 @@ impl AsyncListener {
         }
     }
 }
+
+/// Shared mode asks a worker to finish with `SIGTERM`, as systemd does.
+pub(crate) const STOP_OVER_CHANNEL: bool = false;
 
 /// Whether `path` is a Unix-domain socket file.
 pub(crate) fn is_socket_file(meta: &std::fs::Metadata) -> bool {

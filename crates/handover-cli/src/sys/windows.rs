@@ -1,56 +1,189 @@
-//! Windows: not supported yet. The library's Windows backend is being built; until it lands,
-//! every mode is refused with a clear error, and the rest compiles to stubs.
+//! Windows: console control events through tokio, job objects through the handover library,
+//! and the few Win32 calls the library does not wrap.
 
+use std::ffi::{OsStr, OsString};
 use std::io;
-use std::path::Path;
+use std::os::windows::io::{AsRawSocket, FromRawHandle, OwnedHandle};
+use std::path::{Path, PathBuf};
+use std::task::{Context, Poll};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
+use handover::windows::{CommandExt, JobObject};
+use socket2::{SockAddr, Socket};
+use windows_sys::Win32::Foundation::HANDLE;
+use windows_sys::Win32::Networking::WinSock::{
+    setsockopt, SOCKET_ERROR, SOL_SOCKET, SO_EXCLUSIVEADDRUSE,
+};
+use windows_sys::Win32::System::Threading::{OpenProcess, TerminateProcess, PROCESS_TERMINATE};
 
 use super::{Notify, Signal, Stop};
-use crate::cli::Mode;
+use crate::config::{Env, ListenAddr};
 
-pub(crate) fn current_uid() -> u32 {
-    0
+/// `%LOCALAPPDATA%\handover\handover.ctl` (the directory is created on bind), else the same
+/// name in the temporary directory. The file names a named pipe, owner-only (the handover
+/// library's rendezvous).
+pub(crate) fn default_control_path(env: &Env) -> PathBuf {
+    match env.get("LOCALAPPDATA") {
+        Some(dir) if !dir.is_empty() => Path::new(dir).join("handover").join("handover.ctl"),
+        _ => std::env::temp_dir().join("handover.ctl"),
+    }
+}
+
+/// Where to look for a worker command, as `cmd.exe` does: the name as given if it has a
+/// directory part, else each directory of `PATH`; and for a name without an extension, the
+/// name with each extension of `PATHEXT` first.
+pub(crate) fn program_candidates(cmd: &OsStr, env: &Env) -> Vec<PathBuf> {
+    let exts: Vec<OsString> = if Path::new(cmd).extension().is_some() {
+        vec![OsString::new()]
+    } else {
+        let pathext = env.get("PATHEXT").unwrap_or(OsStr::new(".COM;.EXE;.BAT;.CMD"));
+        let mut v: Vec<OsString> = pathext
+            .to_string_lossy()
+            .split(';')
+            .filter(|e| !e.is_empty())
+            .map(|e| OsString::from(e.to_ascii_lowercase()))
+            .collect();
+        v.push(OsString::new());
+        v
+    };
+    let with_ext = |base: PathBuf| -> Vec<PathBuf> {
+        exts.iter()
+            .map(|e| {
+                let mut p = base.clone().into_os_string();
+                p.push(e);
+                PathBuf::from(p)
+            })
+            .collect()
+    };
+    if Path::new(cmd).components().count() > 1 {
+        return with_ext(PathBuf::from(cmd));
+    }
+    let dirs: Vec<PathBuf> =
+        env.get("PATH").map(|p| std::env::split_paths(p).collect()).unwrap_or_default();
+    dirs.into_iter().flat_map(|d| with_ext(d.join(cmd))).collect()
 }
 
 pub(crate) fn check_executable(path: &Path) -> Result<(), String> {
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => "no such file".to_owned(),
+        _ => e.to_string(),
+    })?;
     if meta.is_dir() {
         return Err("is a directory".to_owned());
     }
     Ok(())
 }
 
-pub(crate) fn check_mode(mode: Mode) -> Result<()> {
-    match mode {
-        Mode::Prefork | Mode::Shared | Mode::Spawn => bail!(
-            "--mode {mode:?} is not supported on Windows yet (the handover library's Windows \
-             backend is not built)"
-        ),
+/// Unix-domain listeners are not served on Windows.
+pub(crate) fn check_listen_addr(addr: &ListenAddr) -> Result<(), String> {
+    match addr {
+        ListenAddr::Tcp(_) => Ok(()),
+        ListenAddr::Unix(_) => Err(format!(
+            "{addr}: Unix-domain listeners are not supported on Windows (use tcp://HOST:PORT)"
+        )),
     }
 }
 
-/// How a child is started (see the Unix backend); Windows: not built yet.
+/// `SO_EXCLUSIVEADDRUSE`: no other socket may bind the port, not even with `SO_REUSEADDR`
+/// (which on Windows would let another process take connections meant for us).
+pub(crate) fn prepare_tcp_listener(socket: &Socket) -> io::Result<()> {
+    let on: i32 = 1;
+    // SAFETY: the socket is open (borrowed for the call); the option value is a live i32 whose
+    // size is passed alongside.
+    let r = unsafe {
+        setsockopt(
+            socket.as_raw_socket() as usize,
+            SOL_SOCKET,
+            SO_EXCLUSIVEADDRUSE,
+            (&on as *const i32).cast(),
+            std::mem::size_of::<i32>() as i32,
+        )
+    };
+    if r == SOCKET_ERROR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// How a child is started, and what its [`ProcessTree`] covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TreeKind {
+    /// A worker: created inside a job object of its own (kill on close), so stopping the job
+    /// stops everything it started, and it dies with the supervisor (the system closes the
+    /// supervisor's handles).
     Worker,
+    /// A spawn-mode child: a job of its own as well. Unlike on Unix it does not outlive the
+    /// supervisor (a job that did would need a handle nobody closes).
     Connection,
+    /// The next generation of an upgrade: no job (it outlives this process); stopped by
+    /// `TerminateProcess`.
     Successor,
 }
 
-/// A child and what it started.
+/// A child and what it started, stopped as one: its job object (the process alone for
+/// [`TreeKind::Successor`]).
 #[derive(Debug)]
-pub(crate) struct ProcessTree;
-
-impl ProcessTree {
-    pub(crate) fn signal(&self, _how: Stop) {}
+pub(crate) enum ProcessTree {
+    Job(JobObject),
+    Process(OwnedHandle),
 }
 
+impl ProcessTree {
+    /// Stops the tree. Windows has no polite stop for a process that has no window or console
+    /// of its own: [`Stop::Terminate`] does nothing to a job (the modes ask workers to finish
+    /// over their channel instead), and ends a successor like [`Stop::Kill`].
+    pub(crate) fn signal(&self, how: Stop) {
+        match (self, how) {
+            (ProcessTree::Job(_), Stop::Terminate) => {}
+            (ProcessTree::Job(job), Stop::Kill) => {
+                let _ = job.terminate(1);
+            }
+            (ProcessTree::Process(h), _) => {
+                // SAFETY: the handle is open (owned here) and was opened with PROCESS_TERMINATE;
+                // a process that has exited already makes the call fail, which is ignored.
+                let _ = unsafe { TerminateProcess(h.as_raw_handle_value(), 1) };
+            }
+        }
+    }
+}
+
+/// The raw value of an owned handle, for a Win32 call.
+trait RawValue {
+    fn as_raw_handle_value(&self) -> HANDLE;
+}
+
+impl RawValue for OwnedHandle {
+    fn as_raw_handle_value(&self) -> HANDLE {
+        use std::os::windows::io::AsRawHandle;
+        self.as_raw_handle() as HANDLE
+    }
+}
+
+/// Starts `cmd` as `kind` says.
 pub(crate) fn spawn(
     cmd: &mut handover::Command<'_>,
-    _kind: TreeKind,
+    kind: TreeKind,
 ) -> handover::Result<(handover::Child, ProcessTree)> {
-    Ok((cmd.spawn()?, ProcessTree))
+    match kind {
+        TreeKind::Worker | TreeKind::Connection => {
+            let job = JobObject::new()?;
+            cmd.job(&job);
+            let child = cmd.spawn()?;
+            Ok((child, ProcessTree::Job(job)))
+        }
+        TreeKind::Successor => {
+            let child = cmd.spawn()?;
+            // The child is not waited for yet, so its pid cannot have been reused.
+            // SAFETY: OpenProcess takes any pid; a failure is a null handle, checked below.
+            let h = unsafe { OpenProcess(PROCESS_TERMINATE, 0, child.id()) };
+            if h.is_null() {
+                return Err(io::Error::last_os_error().into());
+            }
+            // SAFETY: `h` is a handle OpenProcess just returned; nothing else owns it.
+            let h = unsafe { OwnedHandle::from_raw_handle(h as _) };
+            Ok((child, ProcessTree::Process(h)))
+        }
+    }
 }
 
 /// Children inherit only the handles named for them (`PROC_THREAD_ATTRIBUTE_HANDLE_LIST`).
@@ -68,51 +201,93 @@ pub(crate) fn file_identity(path: &Path) -> Option<(u64, u64)> {
     Some((m.len(), t.as_nanos() as u64))
 }
 
+/// The console control events the supervisor handles: Ctrl-C (interrupt), and Ctrl-Break, the
+/// console window closing and system shutdown (terminate). Reload and upgrade come over the
+/// control pipe (`handover reload`, `handover upgrade`).
 #[derive(Debug)]
-pub(crate) struct Signals;
+pub(crate) struct Signals {
+    c: tokio::signal::windows::CtrlC,
+    brk: tokio::signal::windows::CtrlBreak,
+    close: tokio::signal::windows::CtrlClose,
+    shutdown: tokio::signal::windows::CtrlShutdown,
+}
 
 impl Signals {
     pub(crate) fn new() -> io::Result<Signals> {
-        Ok(Signals)
+        use tokio::signal::windows::{ctrl_break, ctrl_c, ctrl_close, ctrl_shutdown};
+        Ok(Signals {
+            c: ctrl_c()?,
+            brk: ctrl_break()?,
+            close: ctrl_close()?,
+            shutdown: ctrl_shutdown()?,
+        })
     }
 
     pub(crate) async fn recv(&mut self) -> Signal {
-        let _ = tokio::signal::ctrl_c().await;
-        Signal::Interrupt
+        tokio::select! {
+            _ = self.c.recv() => Signal::Interrupt,
+            _ = self.brk.recv() => Signal::Terminate,
+            _ = self.close.recv() => Signal::Terminate,
+            _ = self.shutdown.recv() => Signal::Terminate,
+        }
     }
 }
 
+/// Windows has no `SIGCHLD`: the engines look at their children this often instead (a
+/// prefork worker's death is also seen at once from its channel, which breaks).
 #[derive(Debug)]
-pub(crate) struct ChildExits;
+pub(crate) struct ChildExits(tokio::time::Interval);
 
 impl ChildExits {
     pub(crate) fn new() -> io::Result<ChildExits> {
-        Ok(ChildExits)
+        let mut every = tokio::time::interval(std::time::Duration::from_millis(50));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(ChildExits(every))
     }
 
     pub(crate) async fn recv(&mut self) {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        self.0.tick().await;
     }
 }
 
-/// Stub: every mode is refused on Windows before a listener is registered (see `check_mode`).
+/// A listening socket accepted on through tokio. An accepted connection leaves the reactor at
+/// once (mio polls sockets through an AFD handle, so the socket itself was never tied to the
+/// completion port) and is made blocking, as workers expect.
 #[derive(Debug)]
-pub(crate) struct AsyncListener(#[allow(dead_code)] socket2::Socket);
+pub(crate) struct AsyncListener(tokio::net::TcpListener);
 
 impl AsyncListener {
-    pub(crate) fn new(socket: socket2::Socket) -> io::Result<AsyncListener> {
-        Ok(AsyncListener(socket))
+    pub(crate) fn new(socket: Socket) -> io::Result<AsyncListener> {
+        socket.set_nonblocking(true)?;
+        let std_listener: std::net::TcpListener = socket.into();
+        Ok(AsyncListener(tokio::net::TcpListener::from_std(std_listener)?))
     }
 
-    pub(crate) fn try_accept(&self) -> io::Result<(socket2::Socket, socket2::SockAddr)> {
-        Err(io::Error::from(io::ErrorKind::Unsupported))
+    fn detach(stream: tokio::net::TcpStream) -> io::Result<Socket> {
+        let s = Socket::from(stream.into_std()?);
+        s.set_nonblocking(false)?;
+        Ok(s)
     }
 
-    pub(crate) fn poll_accept(
-        &self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<(socket2::Socket, socket2::SockAddr)>> {
-        std::task::Poll::Ready(Err(io::Error::from(io::ErrorKind::Unsupported)))
+    /// `accept` now; `WouldBlock` when the backlog is empty.
+    pub(crate) fn try_accept(&self) -> io::Result<(Socket, SockAddr)> {
+        struct Noop;
+        impl std::task::Wake for Noop {
+            fn wake(self: std::sync::Arc<Self>) {}
+        }
+        let waker = std::task::Waker::from(std::sync::Arc::new(Noop));
+        let mut cx = Context::from_waker(&waker);
+        match self.poll_accept(&mut cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    pub(crate) fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Socket, SockAddr)>> {
+        self.0.poll_accept(cx).map(|r| {
+            let (stream, peer) = r?;
+            Ok((Self::detach(stream)?, SockAddr::from(peer)))
+        })
     }
 }
 
@@ -120,8 +295,8 @@ pub(crate) fn is_socket_file(_meta: &std::fs::Metadata) -> bool {
     false
 }
 
-/// Unix-domain listeners are not supported on Windows yet.
-pub(crate) fn socket_path(_addr: &socket2::SockAddr) -> Option<std::path::PathBuf> {
+/// Unix-domain listeners are refused on Windows (see [`check_listen_addr`]).
+pub(crate) fn socket_path(_addr: &SockAddr) -> Option<PathBuf> {
     None
 }
 
@@ -158,3 +333,7 @@ pub(crate) type PipeReader = tokio::io::Empty;
 pub(crate) fn pipe() -> io::Result<(PipeWriter, PipeReader)> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
 }
+
+/// Shared mode asks a worker to finish by ending the channel it was started with
+/// (`handover::inherited().channel` in the worker): there is no `SIGTERM` to send.
+pub(crate) const STOP_OVER_CHANNEL: bool = true;

@@ -35,6 +35,8 @@
 //!   on its channel (Windows) rather than as inherited descriptors (Unix).
 //! - `inherited() -> io::Result<Option<InheritedParts>>`: what this process was started with;
 //!   environment problems are `InvalidInput`.
+//! - `stdin_socket() -> io::Result<Option<OwnedSocket>>`: a duplicate of standard input if it
+//!   is a socket (the inetd-style child's side of `Command::stdio_socket`).
 //! - `async_io` (feature `tokio`): `AsyncChannel` wrapping `RawChannel` with
 //!   `readable(|raw| ...)` / `writable(|raw| ...)`, and `wait_child(&mut Child)`: wait for
 //!   an exit without blocking the thread.

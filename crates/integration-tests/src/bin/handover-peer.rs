@@ -41,6 +41,8 @@ fn main() {
         "tokio-serve-stream" => tokio_serve_stream(),
         "exit-after" => exit_after(rest),
         "process-tree" => process_tree(rest),
+        #[cfg(windows)]
+        "inetd-handles" => inetd_handles(),
         "tree-leaf" => tree_leaf(rest),
         _ => {
             eprintln!("usage: handover-peer ROLE [ARGS] (unknown role {role:?})");
@@ -359,5 +361,53 @@ fn tree_leaf(args: &[String]) -> Res {
 fn hold(stream: TcpStream) -> Res {
     let mut sink = Vec::new();
     std::io::Read::read_to_end(&mut &stream, &mut sink)?;
+    Ok(())
+}
+
+/// inetd style on Windows: answers the HTTP client on its standard input with the socket
+/// handles it holds. Every handle value up to 0x4000 is probed with `getsockname` (Wine's
+/// `getsockopt` does not know inherited sockets); the body says whether the standard-input
+/// socket itself was seen (so the probe finds inherited sockets at all) and lists every other
+/// socket handle (none expected: a child gets only its own connection).
+#[cfg(windows)]
+fn inetd_handles() -> Res {
+    use std::io::Read;
+    use std::os::windows::io::AsRawSocket;
+    use windows_sys::Win32::Networking::WinSock::{getsockname, SOCKADDR_STORAGE};
+    use windows_sys::Win32::System::Console::{GetStdHandle, STD_INPUT_HANDLE, STD_OUTPUT_HANDLE};
+
+    // Pids are reused quickly on Windows: the start time tells processes apart.
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+    let sock = handover::stdin_socket()?.ok_or("standard input is not a socket")?.into_socket2();
+    // SAFETY: GetStdHandle has no preconditions.
+    let std_in = unsafe { GetStdHandle(STD_INPUT_HANDLE) } as usize;
+    // SAFETY: as above.
+    let std_out = unsafe { GetStdHandle(STD_OUTPUT_HANDLE) } as usize;
+    let own = sock.as_raw_socket() as usize;
+    let is_socket = |h: usize| {
+        // SAFETY: zeroed bytes are a valid SOCKADDR_STORAGE.
+        let mut addr: SOCKADDR_STORAGE = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<SOCKADDR_STORAGE>() as i32;
+        // SAFETY: getsockname takes any handle value and fails on one that is not a socket;
+        // the address buffer and its length are live locals.
+        unsafe { getsockname(h, (&mut addr as *mut SOCKADDR_STORAGE).cast(), &mut len) == 0 }
+    };
+    let found: Vec<usize> = (1..0x1000).map(|i| i * 4).filter(|&h| is_socket(h)).collect();
+    let others: Vec<usize> =
+        found.iter().copied().filter(|h| ![std_in, std_out, own].contains(h)).collect();
+    let stdin_seen = found.contains(&std_in);
+    let mut req = [0u8; 1024];
+    let _ = (&sock).read(&mut req)?;
+    let body = format!(
+        "hello from the peer {} started {started}: stdin socket seen {stdin_seen}, other sockets \
+         {others:?}\n",
+        std::process::id()
+    );
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    (&sock).write_all(resp.as_bytes())?;
+    sock.shutdown(std::net::Shutdown::Write)?;
     Ok(())
 }

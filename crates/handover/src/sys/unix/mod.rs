@@ -25,7 +25,7 @@ crate::macros::cfg_tokio! {
 }
 
 pub(crate) use self::scm_rights::{recv, send, HANDLES_PER_FRAME};
-pub(crate) use self::socket::{fd_is_socket, socket_kind};
+pub(crate) use self::socket::{socket_kind, stdin_socket};
 pub(crate) use self::spawn::{inherited, mark_cloexec_from, spawn, Child};
 pub(crate) use self::uds::{
     accept, bind, bind_abstract, connect, connect_abstract, current_uid, pair, peer_credentials,

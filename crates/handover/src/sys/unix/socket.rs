@@ -1,7 +1,7 @@
 //! Socket introspection.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use crate::SocketKind;
 
@@ -19,6 +19,16 @@ pub(crate) fn fd_is_socket(fd: BorrowedFd<'_>) -> bool {
     // SAFETY: fd is open for the borrow's lifetime and st is valid for writes.
     let ok = syscall!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }).is_ok();
     ok && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
+}
+
+/// A duplicate of descriptor 0 if it is a socket.
+pub(crate) fn stdin_socket() -> io::Result<Option<OwnedFd>> {
+    let stdin = io::stdin();
+    let fd = stdin.as_fd();
+    if !fd_is_socket(fd) {
+        return Ok(None);
+    }
+    Ok(Some(fd.try_clone_to_owned()?))
 }
 
 /// Classifies a socket by family, type and whether it is listening.

@@ -31,6 +31,7 @@ mod job;
 mod named_pipe;
 mod overlapped;
 mod spawn;
+mod stdio;
 mod wsa_duplicate;
 
 crate::macros::cfg_tokio! {
@@ -43,6 +44,7 @@ pub(crate) use self::named_pipe::{
 };
 pub(crate) use self::overlapped::{flush, recv, send, wait, Interest};
 pub(crate) use self::spawn::{inherited, spawn, Child};
+pub(crate) use self::stdio::stdin_socket;
 pub(crate) use self::wsa_duplicate::{
     encode_inline, socket_kind, sockets_from_inline, INLINE_HANDLE_BYTES,
 };

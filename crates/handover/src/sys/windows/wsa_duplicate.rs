@@ -31,7 +31,7 @@ pub(crate) const INLINE_HANDLE_BYTES: usize = size_of::<WSAPROTOCOL_INFOW>();
 const _: () = assert!(INLINE_HANDLE_BYTES == 628);
 
 /// Winsock must be initialised before `WSASocketW`; a receiver may not have made a socket yet.
-fn init() {
+pub(super) fn init() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         // SAFETY: WSADATA is plain old data, for which all-zero is a valid value.
