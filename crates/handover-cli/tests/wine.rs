@@ -144,18 +144,7 @@ impl WineEnv {
     }
 
     fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        let child = self.child.as_mut().unwrap();
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                return st;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("supervisor did not exit in {within:?}:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        testenv::wait_exit(self.child.as_mut().unwrap(), within, &self.log)
     }
 
     /// Linux pids of the processes whose command line names this test's directory (Wine
@@ -178,16 +167,8 @@ impl WineEnv {
 
 impl Drop for WineEnv {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            if c.try_wait().ok().flatten().is_none() {
-                // Its workers are in kill-on-close job objects: they go with it.
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        // Its workers are in kill-on-close job objects: they go with it.
+        testenv::clean_up(self.child.take(), &self.dir);
     }
 }
 
