@@ -167,8 +167,13 @@ impl WineEnv {
 
 impl Drop for WineEnv {
     fn drop(&mut self) {
-        // Its workers are in kill-on-close job objects: they go with it.
+        // Its workers are in kill-on-close job objects: they go with it. A later generation
+        // (after an upgrade) is not our child: whatever still runs from this test's directory
+        // is killed too.
         testenv::clean_up(self.child.take(), &self.dir);
+        for pid in self.processes() {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
     }
 }
 
@@ -338,6 +343,13 @@ fn five_upgrades_under_load_lose_nothing() {
     assert!(ok > 50, "too little load to mean anything: {ok}");
     let s = env.status().expect("status");
     assert_eq!(s["generation"], 6, "{s}");
+    // The last generation drains and exits on stop, and takes its workers with it.
+    assert!(env.handover(&["stop"]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !env.processes().is_empty() {
+        assert!(Instant::now() < deadline, "left running: {:?}", env.processes());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
