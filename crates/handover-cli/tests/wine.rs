@@ -300,6 +300,34 @@ fn spawn_mode_gives_each_connection_a_process_holding_only_its_socket() {
 
 #[test]
 #[ignore = "needs Wine and the Windows build: scripts/test.sh runs it"]
+fn spawn_mode_over_a_channel_is_the_classic_windows_flow() {
+    // `--socket channel`: the connection is duplicated for each child's pid and sent over its
+    // named pipe (CONNECTION, then DRAIN); the demo worker serves it and exits.
+    let mut env = WineEnv::new("spawn-channel");
+    let worker = env.program("handover-demo-worker");
+    let args = ["-m", "spawn", "--socket", "channel", "-l", "tcp://127.0.0.1:0", "-w", "8"];
+    env.serve(&args, &[&worker]);
+    let addr = env.wait_ready(0);
+    let l = load(addr, 100, 8);
+    assert_eq!(l.ok, 100, "{:?}\n{}", l.errors, env.log_text());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let t = env.totals();
+        if t["handled"] == 100 {
+            assert_eq!(
+                (t["dispatched"].as_u64(), t["dropped"].as_u64()),
+                (Some(100), Some(0)),
+                "{t}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "children did not all exit: {t}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+#[ignore = "needs Wine and the Windows build: scripts/test.sh runs it"]
 fn five_upgrades_under_load_lose_nothing() {
     let mut env = WineEnv::new("upgrade");
     let worker = env.program("handover-demo-worker");
