@@ -186,7 +186,7 @@ fn pids(s: &serde_json::Value) -> Vec<u64> {
 
 #[test]
 #[ignore = "needs Wine and the Windows build: scripts/test.sh runs it"]
-fn prefork_answers_1000_requests() {
+fn prefork_answers_1000_requests_and_reloads() {
     let mut env = WineEnv::new("prefork");
     let worker = env.program("handover-demo-worker");
     env.serve(&["-l", "tcp://127.0.0.1:0", "-w", "2"], &[&worker]);
@@ -201,6 +201,25 @@ fn prefork_answers_1000_requests() {
     assert_eq!(t["lost_mid_request"], 0, "{t}");
     // Both workers served (round-robin).
     assert_eq!(l.bodies.len(), 2, "{:?}", l.bodies);
+    // `handover reload` replaces both, one at a time, while clients go on being served.
+    let readied = |env: &WineEnv| env.log_text().matches("worker ready").count();
+    assert_eq!(readied(&env), 2);
+    assert!(env.handover(&["reload"]).status.success());
+    let l = load(addr, 200, 4);
+    assert_eq!(l.ok, 200, "during the reload: {:?}\n{}", l.errors, env.log_text());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = env.status().expect("status");
+        let now = pids(&s);
+        if s["programs"][0]["state"] == "running"
+            && now.len() == 2
+            && now.iter().all(|p| !before.contains(p))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not reloaded: {before:?} -> {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
