@@ -34,8 +34,9 @@ pub(crate) enum Command {
     ///              handover serve --listen tcp://127.0.0.1:8080 --workers 4 -- ./worker
     ///
     ///   spawn    One process per connection, the socket on its stdin/stdout (inetd, systemd
-    ///            Accept=yes) or as descriptor 3 (--socket fd3); at most --workers at once, further
-    ///            connections wait in the kernel backlog.
+    ///            Accept=yes), as descriptor 3 (--socket fd3), or over an inherited handover
+    ///            channel (--socket channel: one CONNECTION, then DRAIN); at most --workers at
+    ///            once, further connections wait in the kernel backlog.
     ///              handover serve --mode spawn --listen tcp://127.0.0.1:8080 --workers 16 -- ./serve-one
     ///
     ///   shared   Every worker gets the listening sockets as LISTEN_FDS/LISTEN_FDNAMES/LISTEN_PID
@@ -105,7 +106,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_enum)]
     pub(crate) policy: Option<Policy>,
 
-    /// spawn: how the child gets its connection. Default stdio.
+    /// spawn: how the child gets its connection (stdio, fd3, channel). Default stdio.
     #[arg(long, value_enum)]
     pub(crate) socket: Option<SpawnSocket>,
 
@@ -184,7 +185,7 @@ pub(crate) struct ServeArgs {
     /// supervisor's stdout or stderr prefixed with `PROGRAM.SLOT[PID] | `, or as a JSON object
     /// with --log-format json) or `inherit` (workers write to the supervisor's own stdout and
     /// stderr, unprefixed). spawn mode prefixes standard error only (and standard output with
-    /// --socket fd3), with the program alone. Default prefix.
+    /// --socket fd3 or channel), with the program alone. Default prefix.
     #[arg(long, value_enum, value_name = "HOW")]
     pub(crate) worker_output: Option<WorkerOutput>,
 
@@ -355,6 +356,11 @@ pub(crate) enum SpawnSocket {
     Stdio,
     /// Descriptor 3, with LISTEN_FDS=1 (systemd Accept=yes style).
     Fd3,
+    /// Over a handover channel the child inherits, as one CONNECTION message followed by
+    /// DRAIN (docs/protocol.md): a prefork worker serves one connection and exits. On Windows
+    /// this is the classic flow: the socket is duplicated for the child's pid and sent over a
+    /// named pipe.
+    Channel,
 }
 
 /// Parses `250ms`, `5s`, `2m`, `1h` or a bare number of seconds.

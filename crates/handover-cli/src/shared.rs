@@ -23,7 +23,7 @@ use tracing::info;
 
 use crate::child::{self, Cause};
 use crate::cli::Compat;
-use crate::engine::pool::{Member, Pool, Proc};
+use crate::engine::pool::{impl_member, Pool, Proc};
 use crate::engine::{Core, Drained, Mode, ModeStatus};
 use crate::listener::{Accepted, Bound};
 use crate::status::{Totals, WorkerStatus};
@@ -36,17 +36,7 @@ struct Worker {
     channel: Option<handover::Channel>,
 }
 
-impl Member for Worker {
-    fn proc(&self) -> &Proc {
-        &self.proc
-    }
-    fn proc_mut(&mut self) -> &mut Proc {
-        &mut self.proc
-    }
-    fn into_proc(self) -> Proc {
-        self.proc
-    }
-}
+impl_member!(Worker);
 
 impl Worker {
     /// Asks it to finish what it has and exit: `SIGTERM` to its process group, or (Windows) the

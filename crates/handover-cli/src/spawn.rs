@@ -1,10 +1,12 @@
 //! spawn: one child process per connection (inetd, `systemd Accept=yes`).
 //!
-//! The child gets the connection as standard input and output (`--socket stdio`) or as
-//! descriptor 3 with `LISTEN_FDS=1` (`--socket fd3`), plus `REMOTE_ADDR`/`REMOTE_PORT` and
-//! `HANDOVER_LISTENER`. At most `workers` children run at once; over the cap the supervisor
-//! stops accepting and new clients wait in the kernel backlog (none is dropped). `handover
-//! scale` changes the cap (children over a lowered cap finish; none is killed).
+//! The child gets the connection as standard input and output (`--socket stdio`), as
+//! descriptor 3 with `LISTEN_FDS=1` (`--socket fd3`), or over a handover channel it inherits
+//! as one CONNECTION message followed by DRAIN (`--socket channel`: what a prefork worker
+//! understands; on Windows the classic `WSADuplicateSocketW` flow), plus
+//! `REMOTE_ADDR`/`REMOTE_PORT` and `HANDOVER_LISTENER`. At most `workers` children run at once; over the cap the supervisor
+//! stops accepting and new clients wait in the kernel backlog (none is dropped).
+//! `handover scale` changes the cap (children over a lowered cap finish; none is killed).
 //!
 //! With `--connection-timeout` the supervisor keeps a copy of each connection: a child that
 //! runs longer is killed, and its connection reset and counted as timed out.
@@ -12,7 +14,8 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use handover::AsSocketRef;
+use handover::{AsSocketRef, SendStatus};
+use handover_worker::protocol::{kind, ConnectionInfo, SupervisorMessage, CONNECTION_MAX_LEN};
 use tracing::{debug, error, info, warn};
 
 use crate::cli::SpawnSocket;
@@ -32,6 +35,21 @@ struct Running {
     socket: Option<socket2::Socket>,
     /// It outlived `--connection-timeout`: killed, its connection reset.
     timed_out: bool,
+    /// `--socket channel`: our end. It stays open while the child runs (a worker writes HELLO,
+    /// ACK and FINISHED, which nobody reads; a closed channel would fail those writes).
+    channel: Option<handover::Channel>,
+    /// `--socket channel`: what is still to be written.
+    owed: Owed,
+}
+
+/// What a `--socket channel` child has not been sent in full yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owed {
+    Nothing,
+    /// The rest of what was sent (Windows: a write still in progress).
+    Flush,
+    /// The rest of the CONNECTION message, then DRAIN.
+    Drain,
 }
 
 /// The spawn mode (see the module docs).
@@ -42,9 +60,11 @@ pub(crate) struct Spawn {
     children: Vec<Running>,
     /// Accepted during the drain (the kernel's backlog), waiting for room under the cap.
     pending: VecDeque<Accepted>,
-    /// The pipes every child's standard error (and, with `--socket fd3`, output) is given,
+    /// The pipes every child's standard error (and, unless `--socket stdio`, output) is given,
     /// with `--worker-output prefix`; made at the first child.
     output: Option<(Option<sys::PipeWriter>, Option<sys::PipeWriter>)>,
+    /// Ids for `--socket channel`'s CONNECTION messages.
+    next_id: u64,
 }
 
 impl Spawn {
@@ -54,6 +74,7 @@ impl Spawn {
             children: Vec::new(),
             pending: VecDeque::new(),
             output: None,
+            next_id: 1,
         }
     }
 
@@ -63,12 +84,13 @@ impl Spawn {
         match core.prog.socket {
             SpawnSocket::Stdio => cmd.stdio_socket(a.socket.as_socket_ref()),
             SpawnSocket::Fd3 => cmd.listen_socket(name.as_str(), a.socket.as_socket_ref()),
+            SpawnSocket::Channel => cmd.channel(),
         };
         cmd.env("HANDOVER_LISTENER", &name);
         // stdio mode: standard output is the connection itself.
-        let fd3 = core.prog.socket == SpawnSocket::Fd3;
+        let stdout = core.prog.socket != SpawnSocket::Stdio;
         let (err, out) = self.output.get_or_insert_with(|| {
-            (core.shared_output(true), fd3.then(|| core.shared_output(false)).flatten())
+            (core.shared_output(true), stdout.then(|| core.shared_output(false)).flatten())
         });
         if let Some(s) = err.as_ref().and_then(|w| w.stdio().ok()) {
             cmd.stderr(s);
@@ -81,13 +103,35 @@ impl Spawn {
                 .env("REMOTE_PORT", peer.port().to_string());
         }
         match sys::spawn(&mut cmd, TreeKind::Connection) {
-            Ok((child, tree)) => {
-                core.totals.dispatched += 1;
+            Ok((mut child, tree)) => {
                 let pid = child.id();
-                debug!(program = %core.prog.name, pid, "child started");
+                let channel = child.channel.take();
+                // With --connection-timeout, our copy of its connection stays to reset it.
                 let socket = core.prog.controls.connection_timeout.and(a.socket.try_clone().ok());
-                let started = Instant::now();
-                self.children.push(Running { child, tree, pid, started, socket, timed_out: false });
+                let mut running = Running {
+                    channel,
+                    owed: Owed::Nothing,
+                    child,
+                    tree,
+                    pid,
+                    started: Instant::now(),
+                    socket,
+                    timed_out: false,
+                };
+                if running.channel.is_some() {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    if let Err(err) = hand_over(&mut running, id, &a, &name) {
+                        error!(program = %core.prog.name, pid, "cannot hand the connection to the child: {err}");
+                        running.tree.signal(Stop::Kill);
+                        core.totals.dropped += 1;
+                        self.children.push(running);
+                        return;
+                    }
+                }
+                core.totals.dispatched += 1;
+                debug!(program = %core.prog.name, pid, "child started");
+                self.children.push(running);
             }
             Err(err) => {
                 core.totals.dropped += 1;
@@ -100,6 +144,14 @@ impl Spawn {
     }
 
     fn reap(&mut self, core: &mut Core) {
+        // `--socket channel`: finish writing what a full channel did not take at once.
+        for r in &mut self.children {
+            if let Err(err) = write_rest(r) {
+                debug!(pid = r.pid, "cannot finish handing the connection over: {err}");
+                r.tree.signal(Stop::Kill);
+                r.owed = Owed::Nothing;
+            }
+        }
         let before = self.children.len();
         self.children.retain_mut(|r| match r.child.try_wait() {
             Ok(Some(status)) => {
@@ -113,6 +165,38 @@ impl Spawn {
         });
         core.totals.handled += (before - self.children.len()) as u64;
     }
+}
+
+/// `--socket channel`: sends the child its connection (a CONNECTION message with the socket)
+/// and then DRAIN, without waiting. A fresh channel takes both at once; what it could not is
+/// written on later ticks ([`write_rest`]).
+fn hand_over(r: &mut Running, id: u64, a: &Accepted, name: &str) -> handover::Result<()> {
+    let Some(ch) = &r.channel else { return Ok(()) };
+    let mut buf = [0u8; CONNECTION_MAX_LEN];
+    let info = ConnectionInfo { id, listener: a.listener, listener_name: name, peer: a.peer };
+    let n = info.encode(&mut buf);
+    match ch.try_send(&buf[..n], &[a.socket.as_socket_ref()])? {
+        SendStatus::Written | SendStatus::Buffered => r.owed = Owed::Drain,
+        _ => return Err(std::io::Error::other("the child's new channel is full").into()),
+    }
+    write_rest(r)
+}
+
+/// Writes what [`hand_over`] left: the rest of a message, then DRAIN if it is still owed.
+fn write_rest(r: &mut Running) -> handover::Result<()> {
+    let Some(ch) = &r.channel else { return Ok(()) };
+    if r.owed == Owed::Nothing || !ch.try_flush()? {
+        return Ok(());
+    }
+    r.owed = match r.owed {
+        Owed::Drain => match ch.try_send(&SupervisorMessage::control(kind::DRAIN), &[])? {
+            SendStatus::Written => Owed::Nothing,
+            SendStatus::Buffered => Owed::Flush,
+            _ => Owed::Drain,
+        },
+        _ => Owed::Nothing,
+    };
+    Ok(())
 }
 
 impl Mode for Spawn {

@@ -48,6 +48,22 @@ fn spawn_mode_fd3_serves_requests() {
 }
 
 #[test]
+fn spawn_mode_channel_hands_each_connection_to_a_one_shot_worker() {
+    // `--socket channel`: each child is a prefork worker that gets one CONNECTION and then
+    // DRAIN over its channel; it serves the connection and exits (the supervisor's clean exit
+    // within 10 s of SIGTERM shows none was left waiting for more).
+    let mut env = TestEnv::new("spawn-channel");
+    let l = serve_and_check(
+        &mut env,
+        &["--mode", "spawn", "--socket", "channel", "-w", "4"],
+        &[DEMO_WORKER],
+        300,
+        0,
+    );
+    assert_eq!(l.bodies.len(), 300);
+}
+
+#[test]
 fn spawn_mode_children_get_no_descriptor_the_supervisor_inherited() {
     // Spawn-mode children start with posix_spawn, which sweeps nothing: the supervisor marked
     // what it inherited close-on-exec at start-up instead.

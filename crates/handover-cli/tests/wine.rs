@@ -144,18 +144,7 @@ impl WineEnv {
     }
 
     fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        let child = self.child.as_mut().unwrap();
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                return st;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("supervisor did not exit in {within:?}:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        testenv::wait_exit(self.child.as_mut().unwrap(), within, &self.log)
     }
 
     /// Linux pids of the processes whose command line names this test's directory (Wine
@@ -178,15 +167,12 @@ impl WineEnv {
 
 impl Drop for WineEnv {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            if c.try_wait().ok().flatten().is_none() {
-                // Its workers are in kill-on-close job objects: they go with it.
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
+        // Its workers are in kill-on-close job objects: they go with it. A later generation
+        // (after an upgrade) is not our child: whatever still runs from this test's directory
+        // is killed too.
+        testenv::clean_up(self.child.take(), &self.dir);
+        for pid in self.processes() {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
         }
     }
 }
@@ -200,7 +186,7 @@ fn pids(s: &serde_json::Value) -> Vec<u64> {
 
 #[test]
 #[ignore = "needs Wine and the Windows build: scripts/test.sh runs it"]
-fn prefork_answers_1000_requests() {
+fn prefork_answers_1000_requests_and_reloads() {
     let mut env = WineEnv::new("prefork");
     let worker = env.program("handover-demo-worker");
     env.serve(&["-l", "tcp://127.0.0.1:0", "-w", "2"], &[&worker]);
@@ -215,6 +201,22 @@ fn prefork_answers_1000_requests() {
     assert_eq!(t["lost_mid_request"], 0, "{t}");
     // Both workers served (round-robin).
     assert_eq!(l.bodies.len(), 2, "{:?}", l.bodies);
+    // `handover reload` replaces both, one at a time, while clients go on being served.
+    let readied = |env: &WineEnv| env.log_text().matches("worker ready").count();
+    assert_eq!(readied(&env), 2);
+    assert!(env.handover(&["reload"]).status.success());
+    let l = load(addr, 200, 4);
+    assert_eq!(l.ok, 200, "during the reload: {:?}\n{}", l.errors, env.log_text());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // (Pids say little: Windows reuses them at once.)
+        let s = env.status().expect("status");
+        if s["programs"][0]["state"] == "running" && pids(&s).len() == 2 && readied(&env) == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not reloaded: {s}\n{}", env.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -314,6 +316,34 @@ fn spawn_mode_gives_each_connection_a_process_holding_only_its_socket() {
 
 #[test]
 #[ignore = "needs Wine and the Windows build: scripts/test.sh runs it"]
+fn spawn_mode_over_a_channel_is_the_classic_windows_flow() {
+    // `--socket channel`: the connection is duplicated for each child's pid and sent over its
+    // named pipe (CONNECTION, then DRAIN); the demo worker serves it and exits.
+    let mut env = WineEnv::new("spawn-channel");
+    let worker = env.program("handover-demo-worker");
+    let args = ["-m", "spawn", "--socket", "channel", "-l", "tcp://127.0.0.1:0", "-w", "8"];
+    env.serve(&args, &[&worker]);
+    let addr = env.wait_ready(0);
+    let l = load(addr, 100, 8);
+    assert_eq!(l.ok, 100, "{:?}\n{}", l.errors, env.log_text());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let t = env.totals();
+        if t["handled"] == 100 {
+            assert_eq!(
+                (t["dispatched"].as_u64(), t["dropped"].as_u64()),
+                (Some(100), Some(0)),
+                "{t}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "children did not all exit: {t}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+#[ignore = "needs Wine and the Windows build: scripts/test.sh runs it"]
 fn five_upgrades_under_load_lose_nothing() {
     let mut env = WineEnv::new("upgrade");
     let worker = env.program("handover-demo-worker");
@@ -357,6 +387,13 @@ fn five_upgrades_under_load_lose_nothing() {
     assert!(ok > 50, "too little load to mean anything: {ok}");
     let s = env.status().expect("status");
     assert_eq!(s["generation"], 6, "{s}");
+    // The last generation drains and exits on stop, and takes its workers with it.
+    assert!(env.handover(&["stop"]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !env.processes().is_empty() {
+        assert!(Instant::now() < deadline, "left running: {:?}", env.processes());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

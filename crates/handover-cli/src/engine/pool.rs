@@ -77,6 +77,24 @@ pub(crate) trait Member {
     fn into_proc(self) -> Proc;
 }
 
+/// Implements [`Member`] for a mode's worker struct whose `proc` field is its [`Proc`].
+macro_rules! impl_member {
+    ($t:ty) => {
+        impl $crate::engine::pool::Member for $t {
+            fn proc(&self) -> &$crate::engine::pool::Proc {
+                &self.proc
+            }
+            fn proc_mut(&mut self) -> &mut $crate::engine::pool::Proc {
+                &mut self.proc
+            }
+            fn into_proc(self) -> $crate::engine::pool::Proc {
+                self.proc
+            }
+        }
+    };
+}
+pub(crate) use impl_member;
+
 #[derive(Debug, Default)]
 struct Slot {
     current: Option<WorkerId>,

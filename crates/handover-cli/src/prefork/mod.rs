@@ -61,7 +61,7 @@ use self::dispatch::{choose, Candidate};
 use self::ledger::{ConnId, Ledger, Load, Waiting};
 use crate::child::{self, Cause};
 use crate::cli::Policy;
-use crate::engine::pool::{Killed, Member, Pool, Proc, WorkerId, KILL_GRACE};
+use crate::engine::pool::{impl_member, Killed, Member, Pool, Proc, WorkerId, KILL_GRACE};
 use crate::engine::{Core, Drained, Mode, ModeStatus};
 use crate::listener::{self, Accepted};
 use crate::status::{Totals, WorkerStatus};
@@ -143,17 +143,7 @@ struct Worker {
     next_ping: Instant,
 }
 
-impl Member for Worker {
-    fn proc(&self) -> &Proc {
-        &self.proc
-    }
-    fn proc_mut(&mut self) -> &mut Proc {
-        &mut self.proc
-    }
-    fn into_proc(self) -> Proc {
-        self.proc
-    }
-}
+impl_member!(Worker);
 
 impl Worker {
     fn id(&self) -> WorkerId {

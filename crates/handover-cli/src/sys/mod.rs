@@ -53,6 +53,25 @@ pub(crate) use self::windows::*;
 #[cfg(not(any(unix, windows)))]
 compile_error!("the handover supervisor supports Unix and Windows only");
 
+/// How a child is started, and what its `ProcessTree` covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TreeKind {
+    /// A worker: it and everything it starts can be stopped as one (Unix: it leads its own
+    /// process group; Windows: it is created inside a job object of its own), and it dies with
+    /// the supervisor (Linux: `PR_SET_PDEATHSIG`, which needs the spawning thread to outlive
+    /// the child, as it does on the supervisor's one thread; Windows: the job is kill-on-close
+    /// and the system closes the supervisor's handle when it dies).
+    Worker,
+    /// A spawn-mode child, stopped as one like a worker. On Unix it finishes its one client even
+    /// if the supervisor dies (as under inetd or systemd's `Accept=yes`) and is started with
+    /// `posix_spawn` instead of `fork`, which `close_inherited_on_exec` makes safe; on Windows it
+    /// dies with the supervisor (a job that outlived it would need a handle nobody closes).
+    Connection,
+    /// The next generation of an upgrade: it outlives this process, and only the process
+    /// itself is ever stopped (Unix: signalled; Windows: `TerminateProcess`).
+    Successor,
+}
+
 /// How to stop a process tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stop {

@@ -14,7 +14,7 @@ use nix::sys::signal::{killpg, Signal as NixSignal};
 use nix::unistd::{access, AccessFlags, Pid};
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::{Notify, Signal, Stop};
+use super::{Notify, Signal, Stop, TreeKind};
 use crate::config::{Env, ListenAddr};
 
 /// `$XDG_RUNTIME_DIR/handover.sock`, else `/tmp/handover-UID.sock`.
@@ -61,23 +61,6 @@ pub(crate) fn check_executable(path: &Path) -> Result<(), String> {
         return Err(not_executable());
     }
     access(path, AccessFlags::X_OK).map_err(|_| not_executable())
-}
-
-/// How a child is started, and what its [`ProcessTree`] covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TreeKind {
-    /// A worker: it leads its own process group, so a stop reaches everything it started, and
-    /// it dies with the supervisor (`PR_SET_PDEATHSIG` on Linux: the spawning thread must
-    /// outlive the child, which holds because the supervisor runs on one thread).
-    Worker,
-    /// A spawn-mode child: its own process group too, but it serves one client and finishes
-    /// that client even if the supervisor dies (as under inetd, or systemd's `Accept=yes`);
-    /// started with `posix_spawn` instead of `fork`, which [`close_inherited_on_exec`] makes
-    /// safe.
-    Connection,
-    /// The next generation of an upgrade: it outlives this process, and only the process
-    /// itself is ever signalled.
-    Successor,
 }
 
 /// A child and what it started, stopped as one: the process group it leads (the process

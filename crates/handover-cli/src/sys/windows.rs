@@ -16,7 +16,7 @@ use windows_sys::Win32::Networking::WinSock::{
 };
 use windows_sys::Win32::System::Threading::{OpenProcess, TerminateProcess, PROCESS_TERMINATE};
 
-use super::{Notify, Signal, Stop};
+use super::{Notify, Signal, Stop, TreeKind};
 use crate::config::{Env, ListenAddr};
 
 /// `%LOCALAPPDATA%\handover\handover.ctl` (the directory is created on bind), else the same
@@ -103,21 +103,6 @@ pub(crate) fn prepare_tcp_listener(socket: &Socket) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// How a child is started, and what its [`ProcessTree`] covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TreeKind {
-    /// A worker: created inside a job object of its own (kill on close), so stopping the job
-    /// stops everything it started, and it dies with the supervisor (the system closes the
-    /// supervisor's handles).
-    Worker,
-    /// A spawn-mode child: a job of its own as well. Unlike on Unix it does not outlive the
-    /// supervisor (a job that did would need a handle nobody closes).
-    Connection,
-    /// The next generation of an upgrade: no job (it outlives this process); stopped by
-    /// `TerminateProcess`.
-    Successor,
 }
 
 /// A child and what it started, stopped as one: its job object (the process alone for

@@ -149,18 +149,8 @@ impl TestEnv {
     }
 
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        let child = self.child.as_mut().unwrap();
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                return st;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("supervisor did not exit in {within:?}:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let log = self.log.clone();
+        wait_exit(self.child.as_mut().unwrap(), within, &log)
     }
 
     /// Worker pids: the supervisor's direct children.
@@ -194,15 +184,7 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            if c.try_wait().ok().flatten().is_none() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        clean_up(self.child.take(), &self.dir);
     }
 }
 
@@ -260,6 +242,37 @@ pub fn kill_randomly(
 }
 
 /// Sends `sig` (`STOP`, `CONT`, ...) to `pid`.
+/// Kills a supervisor still running at the end of a test, and removes the test's directory
+/// unless the test failed (its log stays for a look).
+pub fn clean_up(child: Option<Child>, dir: &Path) {
+    if let Some(mut c) = child {
+        if c.try_wait().ok().flatten().is_none() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    if !std::thread::panicking() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Waits for a supervisor to exit; kills it and fails with its log (at `log`) if it has not
+/// within `within`.
+pub fn wait_exit(child: &mut Child, within: Duration, log: &Path) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("supervisor did not exit in {within:?}:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn signal_pid(pid: u32, sig: &str) {
     let ok = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap();
     assert!(ok.success(), "kill -{sig} {pid}");
