@@ -446,6 +446,41 @@ fn shared_mode_serves_and_drains_by_ending_the_workers_channels() {
 
 #[test]
 #[ignore = "needs Wine and the Windows build: scripts/test.sh runs it"]
+fn a_worker_whose_working_set_passes_max_memory_is_replaced() {
+    // The demo worker keeps 1 MiB per request; a Wine process starts at about 45 MiB.
+    let mut env = WineEnv::new("max-memory");
+    let worker = env.program("handover-demo-worker");
+    let args = ["-l", "tcp://127.0.0.1:0", "-w", "2", "--max-memory", "70M"];
+    env.serve(
+        &[&args[..], &["--memory-check-interval", "50ms"]].concat(),
+        &[&worker, "--leak-kb", "1024"],
+    );
+    let addr = env.wait_ready(2);
+    let s = env.status().expect("status");
+    for w in s["programs"][0]["workers"].as_array().unwrap() {
+        let rss = w["rss_bytes"].as_u64().expect("the working set is read on Windows");
+        assert!(rss > 1 << 20 && rss < 70 << 20, "{w}");
+    }
+    let l = load(addr, 200, 2);
+    assert_eq!(l.failed, 0, "{:?}\n{}", l.errors, env.log_text());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let t = env.totals();
+        if t["restarts_by_cause"]["max_memory"].as_u64() >= Some(2) {
+            assert_eq!(t["lost_mid_request"], 0, "{t}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no worker was recycled for memory: {t}\n{}",
+            env.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+#[ignore = "needs Wine and the Windows build: scripts/test.sh runs it"]
 fn unix_listeners_are_refused_with_a_clear_error() {
     let mut env = WineEnv::new("unix");
     let worker = env.program("handover-demo-worker");
