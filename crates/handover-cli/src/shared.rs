@@ -96,7 +96,7 @@ pub(crate) fn compat_env(
 
 impl Shared {
     pub(crate) fn new(core: &Core, listeners: Vec<Bound>) -> Shared {
-        Shared { pool: Pool::new(core.prog.workers, "at start"), listeners }
+        Shared { pool: Pool::with(core.prog.workers, "at start", false), listeners }
     }
 
     /// How long a worker must stay up to count as ready (there is no readiness message in this
@@ -190,7 +190,7 @@ impl Mode for Shared {
         self.pool.reloading()
     }
 
-    fn reloaded(&self) -> usize {
+    fn reloaded(&self) -> (usize, usize) {
         self.pool.reloaded()
     }
 

@@ -40,6 +40,9 @@ struct Running {
     channel: Option<handover::Channel>,
     /// `--socket channel`: what is still to be written.
     owed: Owed,
+    /// `--socket channel`: its connection could not be handed over (killed, counted as
+    /// dropped, so not as handled when it exits).
+    failed: bool,
 }
 
 /// What a `--socket channel` child has not been sent in full yet.
@@ -117,6 +120,7 @@ impl Spawn {
                     started: Instant::now(),
                     socket,
                     timed_out: false,
+                    failed: false,
                 };
                 if running.channel.is_some() {
                     let id = self.next_id;
@@ -124,6 +128,7 @@ impl Spawn {
                     if let Err(err) = hand_over(&mut running, id, &a, &name) {
                         error!(program = %core.prog.name, pid, "cannot hand the connection to the child: {err}");
                         running.tree.signal(Stop::Kill);
+                        running.failed = true;
                         core.totals.dropped += 1;
                         self.children.push(running);
                         return;
@@ -148,22 +153,35 @@ impl Spawn {
         for r in &mut self.children {
             if let Err(err) = write_rest(r) {
                 debug!(pid = r.pid, "cannot finish handing the connection over: {err}");
-                r.tree.signal(Stop::Kill);
+                if r.owed == Owed::Drain {
+                    // The CONNECTION message did not get through whole: the child cannot
+                    // serve it.
+                    r.tree.signal(Stop::Kill);
+                    r.failed = true;
+                    core.totals.dispatched -= 1;
+                    core.totals.dropped += 1;
+                }
                 r.owed = Owed::Nothing;
             }
         }
-        let before = self.children.len();
-        self.children.retain_mut(|r| match r.child.try_wait() {
-            Ok(Some(status)) => {
-                if !status.success() {
-                    debug!(pid = r.pid, "child {}", crate::child::describe(Some(status)));
+        let mut handled = 0;
+        self.children.retain_mut(|r| {
+            let done = match r.child.try_wait() {
+                Ok(Some(status)) => {
+                    if !status.success() {
+                        debug!(pid = r.pid, "child {}", crate::child::describe(Some(status)));
+                    }
+                    true
                 }
-                false
+                Ok(None) => false,
+                Err(_) => true,
+            };
+            if done && !r.failed {
+                handled += 1;
             }
-            Ok(None) => true,
-            Err(_) => false,
+            !done
         });
-        core.totals.handled += (before - self.children.len()) as u64;
+        core.totals.handled += handled;
     }
 }
 

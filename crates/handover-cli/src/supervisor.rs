@@ -688,10 +688,13 @@ impl Supervisor {
     }
 
     fn on_upgrade_done(&mut self, result: Result<NewGeneration, String>) -> Flow {
+        if !matches!(self.generation, Generation::Upgrading { .. }) {
+            return Flow::Continue;
+        }
         let Generation::Upgrading { waiters, .. } =
             std::mem::replace(&mut self.generation, Generation::Serving)
         else {
-            return Flow::Continue;
+            unreachable!("matched above")
         };
         let generation = self.generation_no;
         match result {

@@ -358,6 +358,46 @@ fn reload_reports_when_done_and_keeps_n_minus_1_ready_under_load() {
     assert!(ok && t0.elapsed() < Duration::from_millis(500), "{out}");
 }
 
+/// A reload whose new workers die before they are ready keeps the old workers, says so, and
+/// does not stop a later reload (regression: the first failed slot used to hold the reload
+/// "under way" forever, so every later reload was ignored).
+fn a_failed_reload_keeps_the_workers_and_a_later_reload_works(mode: &str) {
+    let mut env = TestEnv::new("reload-fails");
+    let flag = env.dir.join("broken");
+    let script = format!("if [ -e '{}' ]; then exit 1; fi; exec '{DEMO_WORKER}'", flag.display());
+    env.serve(&["-l", "tcp://127.0.0.1:0", "--mode", mode, "-w", "2"], &["sh", "-c", &script]);
+    let addr = env.wait_ready(2);
+    let pids = |env: &TestEnv| -> BTreeSet<u64> {
+        workers(&env.status().unwrap()).iter().filter_map(|w| w["pid"].as_u64()).collect()
+    };
+    let before = pids(&env);
+    std::fs::write(&flag, b"").unwrap();
+    let (ok, out) = env.handover("reload", &[]);
+    assert!(!ok && out.contains("2 kept their worker"), "{out}");
+    assert_eq!(pids(&env), before, "the old workers serve on");
+    assert_eq!(env.status().unwrap()["programs"][0]["state"], "running");
+    assert!(get(addr).is_ok());
+    std::fs::remove_file(&flag).unwrap();
+    let (ok, out) = env.handover("reload", &[]);
+    assert!(ok && out.contains("2 worker(s) replaced"), "{out}\n{}", env.log_text());
+    // The old workers are gone once they have drained.
+    let after = env.wait_for("replaced", Duration::from_secs(10), |s| {
+        ready_count(s) == 2 && workers(s).len() == 2
+    });
+    let after: BTreeSet<u64> = workers(&after).iter().filter_map(|w| w["pid"].as_u64()).collect();
+    assert!(after.is_disjoint(&before), "{before:?} {after:?}");
+}
+
+#[test]
+fn prefork_a_failed_reload_keeps_the_workers_and_a_later_reload_works() {
+    a_failed_reload_keeps_the_workers_and_a_later_reload_works("prefork");
+}
+
+#[test]
+fn shared_a_failed_reload_keeps_the_workers_and_a_later_reload_works() {
+    a_failed_reload_keeps_the_workers_and_a_later_reload_works("shared");
+}
+
 #[test]
 fn max_starting_staggers_the_start_and_the_default_does_not() {
     let run = |extra: &[&str]| -> (usize, Duration) {

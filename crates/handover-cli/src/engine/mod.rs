@@ -202,9 +202,9 @@ pub(crate) trait Mode {
     fn reloading(&self) -> bool {
         false
     }
-    /// Workers the reload under way (or the last one) replaced.
-    fn reloaded(&self) -> usize {
-        0
+    /// Workers the reload under way (or the last one) replaced, and slots it could not.
+    fn reloaded(&self) -> (usize, usize) {
+        (0, 0)
     }
     /// The number of workers it runs (spawn mode: the most children at once).
     fn workers_wanted(&self) -> usize;
@@ -326,8 +326,10 @@ impl Core {
         self.drain_wanted = true;
     }
 
+    /// Running, and not about to drain (a give-up takes effect before the next wait; until
+    /// then nothing more is started).
     pub(crate) fn running(&self) -> bool {
-        self.phase == Phase::Running
+        self.phase == Phase::Running && !self.drain_wanted
     }
 
     /// Counts a connection accepted on `listener`.
@@ -344,10 +346,7 @@ impl Core {
     }
 
     fn accepting(&self) -> bool {
-        self.phase == Phase::Running
-            && !self.held
-            && !self.listeners.is_empty()
-            && !self.accept_errors.paused()
+        self.running() && !self.held && !self.listeners.is_empty() && !self.accept_errors.paused()
     }
 
     fn on_accept(&mut self, r: std::io::Result<Accepted>) -> Option<Accepted> {
@@ -410,16 +409,24 @@ pub(crate) async fn run<M: Mode>(mut core: Core, mut mode: M, mut requests: Requ
         }
         if let Some(began) = core.reload_began {
             if !mode.reloading() {
-                let (n, took) = (mode.reloaded(), began.elapsed());
+                let ((n, failed), took) = (mode.reloaded(), began.elapsed());
                 let msg = match M::NAME {
                     "spawn" => {
                         "nothing to reload (spawn mode starts a fresh process per connection)"
                             .to_owned()
                     }
+                    _ if failed > 0 => format!(
+                        "{n} worker(s) replaced in {took:.1?}; {failed} kept their worker \
+                         because the replacement died before it was ready (see the log)"
+                    ),
                     _ => format!("{n} worker(s) replaced in {took:.1?}"),
                 };
-                info!(program = %core.prog.name, "reload done: {msg}");
-                core.answer_reload(true, format!("program {}: {msg}", core.prog.name));
+                if failed > 0 {
+                    warn!(program = %core.prog.name, "reload done: {msg}");
+                } else {
+                    info!(program = %core.prog.name, "reload done: {msg}");
+                }
+                core.answer_reload(failed == 0, format!("program {}: {msg}", core.prog.name));
             }
         }
         if let Some(outcome) = finished(&mut core, &mut mode) {
@@ -530,8 +537,11 @@ fn finished<M: Mode>(core: &mut Core, mode: &mut M) -> Option<Outcome> {
 }
 
 fn status<M: Mode>(core: &mut Core, mode: &mut M) -> (ProgramStatus, Vec<ListenerStatus>) {
-    let mut totals = core.totals;
+    // The mode first (prefork reads its workers' channels, which may settle a death and so
+    // change the core's counters), then the core's counters as of now.
+    let mut totals = Totals::default();
     let m = mode.status(core, &mut totals);
+    totals.add(&core.totals);
     totals.live = m.live;
     let state = if m.reloading && core.running() { "reloading" } else { core.phase.name() };
     let mut workers = m.workers;

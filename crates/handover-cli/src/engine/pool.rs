@@ -70,6 +70,13 @@ pub(crate) struct Killed {
     pub(crate) cause: Cause,
 }
 
+impl Proc {
+    /// Ready, and neither told to finish nor being killed.
+    pub(crate) fn serving(&self) -> bool {
+        self.ready && !self.retiring && self.killed.is_none()
+    }
+}
+
 /// A pool member: a [`Proc`] and what the mode keeps about it.
 pub(crate) trait Member {
     fn proc(&self) -> &Proc;
@@ -136,8 +143,12 @@ pub(crate) struct Pool<W> {
     zombies: Vec<handover::Child>,
     /// What counts as a crash at start in this mode (for the give-up message).
     at_start: &'static str,
+    /// See [`Pool::with`].
+    reap_retired_trees: bool,
     /// Workers a reload replaced since it began (reported when it is done).
     reloaded: usize,
+    /// Slots whose replacement died before it was ready, in the reload under way (or the last).
+    reload_failed: usize,
     /// State of the generator that draws each worker's `--max-requests` jitter.
     jitter_state: u64,
     /// When resident memory is read next (`--max-memory`).
@@ -145,10 +156,14 @@ pub(crate) struct Pool<W> {
 }
 
 impl<W: Member> Pool<W> {
-    /// A pool of `slots` slots, each to be started at once.
-    pub(crate) fn new(slots: usize, at_start: &'static str) -> Pool<W> {
+    /// A pool of `slots` slots, each to be started at once. `at_start`: what counts as a crash
+    /// at start in this mode (for the give-up message); `reap_retired_trees`: whether what a
+    /// worker told to finish leaves running is killed when it exits (prefork) or left to
+    /// finish (shared).
+    pub(crate) fn with(slots: usize, at_start: &'static str, reap_retired_trees: bool) -> Pool<W> {
         let now = Instant::now();
         Pool {
+            reap_retired_trees,
             members: Vec::new(),
             slots: (0..slots).map(|_| Slot { start_at: Some(now), ..Slot::default() }).collect(),
             next_id: 1,
@@ -159,6 +174,7 @@ impl<W: Member> Pool<W> {
             zombies: Vec::new(),
             at_start,
             reloaded: 0,
+            reload_failed: 0,
             jitter_state: seed(),
             memory_check_at: now,
         }
@@ -173,9 +189,10 @@ impl<W: Member> Pool<W> {
         self.slots.len()
     }
 
-    /// Workers a reload replaced since it began.
-    pub(crate) fn reloaded(&self) -> usize {
-        self.reloaded
+    /// Workers a reload replaced since it began, and slots it could not (their replacement
+    /// died before it was ready; they keep their worker).
+    pub(crate) fn reloaded(&self) -> (usize, usize) {
+        (self.reloaded, self.reload_failed)
     }
 
     pub(crate) fn get(&self, id: WorkerId) -> Option<&W> {
@@ -340,7 +357,7 @@ impl<W: Member> Pool<W> {
     pub(crate) fn all_ready(&self) -> bool {
         self.slots
             .iter()
-            .all(|s| s.current.and_then(|id| self.get(id)).is_some_and(|m| m.proc().ready))
+            .all(|s| s.current.and_then(|id| self.get(id)).is_some_and(|m| m.proc().serving()))
     }
 
     /// Starts a reload: every slot in turn. The program on disk may have changed, so it has to
@@ -348,6 +365,7 @@ impl<W: Member> Pool<W> {
     pub(crate) fn reload(&mut self) {
         if !self.reloading() {
             self.reloaded = 0;
+            self.reload_failed = 0;
         }
         self.reload = (0..self.slots.len()).collect();
         self.proven = false;
@@ -500,10 +518,32 @@ impl<W: Member> Pool<W> {
             }
             Some(s) if s.incoming == Some(proc.id) => {
                 s.incoming = None;
+                // A reload's replacement that died before it was ready: the slot keeps its
+                // worker, and the reload goes on with the next slot (a reload that waited for
+                // this one would never end, and no later reload would start).
+                if self.reloading == Some(proc.slot) {
+                    self.reloading = None;
+                    if s.current.is_some() {
+                        self.reload_failed += 1;
+                        warn!(program = %core.prog.name, slot = proc.slot, "reload: the replacement worker died before it was ready; this slot keeps its worker");
+                        return self.push_departed(core, proc, how, detail, false);
+                    }
+                }
                 true
             }
             Some(_) => false,
         };
+        self.push_departed(core, proc, how, detail, restart);
+    }
+
+    fn push_departed(
+        &mut self,
+        core: &mut Core,
+        proc: Proc,
+        how: &'static str,
+        detail: String,
+        restart: bool,
+    ) {
         let expected = proc.retiring || proc.recycled.is_some() || !core.running();
         let lived = proc.started.elapsed();
         let since = Instant::now();
@@ -541,8 +581,11 @@ impl<W: Member> Pool<W> {
             };
             let d = self.departed.swap_remove(i);
             // Whatever it started goes with it (its leader is reaped; the group lives on
-            // only while members remain).
-            if status.is_some() && d.proc.killed.is_none() {
+            // only while members remain); except, where the mode says so, what a worker told
+            // to finish started (shared mode: children finishing in-flight requests after
+            // their parent exited on SIGTERM).
+            let spare = d.proc.retiring && !self.reap_retired_trees;
+            if status.is_some() && d.proc.killed.is_none() && !spare {
                 d.proc.tree.signal(Stop::Kill);
             }
             self.settle(core, &d, status);

@@ -196,7 +196,7 @@ impl Prefork {
     /// A prefork mode for the program `core` runs (its listeners' policies).
     pub(crate) fn new(core: &Core) -> Prefork {
         Prefork {
-            pool: Pool::new(core.prog.workers, "at start or before it said hello"),
+            pool: Pool::with(core.prog.workers, "at start or before it said hello", true),
             ledger: Ledger::default(),
             policies: core.listeners.iter().map(|l| l.policy).collect(),
             cursors: vec![0; core.listeners.len()],
@@ -735,7 +735,7 @@ impl Mode for Prefork {
         self.pool.reloading()
     }
 
-    fn reloaded(&self) -> usize {
+    fn reloaded(&self) -> (usize, usize) {
         self.pool.reloaded()
     }
 
