@@ -481,6 +481,101 @@ fn a_worker_whose_working_set_passes_max_memory_is_replaced() {
 
 #[test]
 #[ignore = "needs Wine and the Windows build: scripts/test.sh runs it"]
+fn worker_output_is_prefixed_by_default_and_json_on_request() {
+    // Each worker's standard output and error reach the supervisor's log through a named
+    // pipe of its own, line by line, labelled with the program, slot and pid.
+    let mut env = WineEnv::new("output");
+    let worker = env.program("handover-demo-worker");
+    env.serve(&["-l", "tcp://127.0.0.1:0", "-w", "2"], &[&worker, "--log-requests"]);
+    let addr = env.wait_ready(2);
+    // One client: each worker serves its requests one after the other, so its lines are
+    // numbered in the order it wrote them.
+    let l = load(addr, 400, 1);
+    assert_eq!(l.ok, 400, "{:?}\n{}", l.errors, env.log_text());
+    let workers = pids(&env.status().expect("status"));
+    assert_eq!(workers.len(), 2);
+    assert!(env.handover(&["stop"]).status.success());
+    assert!(env.wait_exit(Duration::from_secs(20)).success(), "{}", env.log_text());
+    let log = env.log_text();
+    let mut total = 0;
+    for pid in workers {
+        let line = log.lines().find(|l| l.contains(&format!("[{pid}] | served request 1")));
+        let line = line.unwrap_or_else(|| panic!("no prefixed stdout line of {pid}:\n{log}"));
+        assert!(line.starts_with("main.0[") || line.starts_with("main.1["), "{line}");
+        // Every line, whole and in order.
+        let numbers: Vec<usize> = log
+            .lines()
+            .filter_map(|l| l.split_once(&format!("[{pid}] | served request "))?.1.parse().ok())
+            .collect();
+        assert!(numbers.iter().enumerate().all(|(i, &n)| n == i + 1), "{numbers:?}");
+        total += numbers.len();
+        assert!(log.contains(&format!("[{pid}] | demo worker {pid} starting")), "stderr:\n{log}");
+        // Written as it exited in the drain: read to the end before the supervisor exits.
+        assert!(log.contains(&format!("[{pid}] | demo worker {pid} exiting")), "at exit:\n{log}");
+    }
+    assert_eq!(total, 400, "{log}");
+    assert!(!log.contains("not prefixed"), "{log}");
+
+    let mut env = WineEnv::new("output-json");
+    let worker = env.program("handover-demo-worker");
+    env.serve(
+        &["-l", "tcp://127.0.0.1:0", "-w", "1", "--log-format", "json"],
+        &[&worker, "--log-requests"],
+    );
+    let addr = env.wait_ready(1);
+    assert_eq!(load(addr, 3, 1).ok, 3, "{}", env.log_text());
+    assert!(env.handover(&["stop"]).status.success());
+    assert!(env.wait_exit(Duration::from_secs(20)).success(), "{}", env.log_text());
+    let log = env.log_text();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}\n{log}")))
+        .collect();
+    let served: Vec<_> = lines.iter().filter(|v| v["stream"] == "stdout").collect();
+    assert_eq!(served.len(), 3, "{log}");
+    assert_eq!(served[2]["message"], "served request 3");
+    assert_eq!(
+        (served[0]["program"].as_str(), served[0]["slot"].as_u64()),
+        (Some("main"), Some(0))
+    );
+    let pid = served[0]["pid"].as_u64().expect("pid");
+    let starting = format!("demo worker {pid} starting");
+    assert!(
+        lines.iter().any(|v| v["stream"] == "stderr" && v["message"] == starting.as_str()),
+        "{log}"
+    );
+    assert!(
+        lines.iter().any(|v| v["message"] == "worker ready"),
+        "the supervisor's own lines are JSON too"
+    );
+}
+
+#[test]
+#[ignore = "needs Wine and the Windows build: scripts/test.sh runs it"]
+fn spawn_mode_children_s_output_goes_through_one_pipe_per_stream_labelled_with_the_program() {
+    // `--socket fd3`: the connection arrives on the child's channel, so its standard output
+    // is free: both streams go through one pipe each for all the children.
+    let mut env = WineEnv::new("output-spawn");
+    let worker = env.program("handover-demo-worker");
+    let args = ["-m", "spawn", "--socket", "fd3", "-l", "tcp://127.0.0.1:0", "-w", "4"];
+    env.serve(&args, &[&worker, "--log-requests"]);
+    let addr = env.wait_ready(0);
+    let l = load(addr, 5, 1);
+    assert_eq!(l.ok, 5, "{:?}\n{}", l.errors, env.log_text());
+    assert!(env.handover(&["stop"]).status.success());
+    assert!(env.wait_exit(Duration::from_secs(20)).success(), "{}", env.log_text());
+    let log = env.log_text();
+    // Each child serves one connection, so each says "served request 1".
+    assert_eq!(log.lines().filter(|l| *l == "main | served request 1").count(), 5, "{log}");
+    let starting = log
+        .lines()
+        .filter(|l| l.starts_with("main | demo worker ") && l.ends_with(" starting"))
+        .count();
+    assert_eq!(starting, 5, "{log}");
+}
+
+#[test]
+#[ignore = "needs Wine and the Windows build: scripts/test.sh runs it"]
 fn unix_listeners_are_refused_with_a_clear_error() {
     let mut env = WineEnv::new("unix");
     let worker = env.program("handover-demo-worker");

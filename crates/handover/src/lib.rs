@@ -44,6 +44,7 @@ mod error;
 mod frame;
 mod socket;
 mod spawn;
+mod stdio;
 #[allow(unsafe_code)]
 mod sys;
 
@@ -63,6 +64,7 @@ pub use crate::channel::{
 pub use crate::error::{Error, Result};
 pub use crate::socket::{AsSocketRef, Socket, SocketKind, SocketRef};
 pub use crate::spawn::{inherited, stdin_socket, Child, Command, Inherited};
+pub use crate::stdio::Stdio;
 
 /// Entry points for the fuzz targets; not part of the API.
 #[doc(hidden)]

@@ -7,12 +7,12 @@
 
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use crate::socket::{Socket, SocketRef};
 use crate::sys;
-use crate::{Channel, Error, PeerCredentials, Result};
+use crate::{Channel, Error, PeerCredentials, Result, Stdio};
 
 /// Number of listening descriptors passed, systemd convention.
 pub(crate) const ENV_LISTEN_FDS: &str = "LISTEN_FDS";
@@ -104,9 +104,9 @@ pub(crate) struct InheritedParts {
 /// (layered providers make that unreliable): listening sockets are duplicated for the child's
 /// pid and sent as the first message on that pipe, which [`inherited`] reads. A
 /// [`stdio_socket`](Command::stdio_socket) becomes the child's standard input and output as
-/// an inheritable duplicate. `stdin`/`stdout`/`stderr` given as [`Stdio`] are not supported
-/// there (std offers no way to read the handle back) and make `spawn` fail with
-/// `Unsupported`; the child inherits this process's standard handles instead.
+/// an inheritable duplicate. Standard handles given as a [`Stdio`] become inheritable
+/// duplicates too, each named in the handle list; one given as a [`std::process::Stdio`]
+/// (which cannot be read back there) makes `spawn` fail with `Unsupported`.
 /// [`die_with_parent`](Command::die_with_parent) is ignored; `windows::CommandExt::job`
 /// creates the child inside a job object instead, which ends it and what it started.
 #[derive(Debug)]
@@ -233,19 +233,60 @@ impl<'a> Command<'a> {
         self
     }
 
-    /// The child's standard input (when no [`stdio_socket`](Command::stdio_socket) is set).
+    /// The child's standard input: a [`Stdio`], or anything that converts into one (a
+    /// [`std::process::Stdio`], a [`File`](std::fs::File), an owned descriptor or handle).
+    /// Unset, the child inherits this process's, or gets the
+    /// [`stdio_socket`](Command::stdio_socket) if one is set; set, it replaces the socket as
+    /// standard input.
+    ///
+    /// ```no_run
+    /// # fn main() -> handover::Result<()> {
+    /// let input = std::fs::File::open("request.txt")?;
+    /// handover::Command::new("worker").stdin(input).spawn()?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Platform-specific behavior
+    ///
+    /// On Windows the child gets an inheritable duplicate of the handle, named in its
+    /// `PROC_THREAD_ATTRIBUTE_HANDLE_LIST`; a [`std::process::Stdio`] is not supported there
+    /// (see [`Stdio`]).
     pub fn stdin(&mut self, cfg: impl Into<Stdio>) -> &mut Self {
         self.stdin = Some(cfg.into());
         self
     }
 
-    /// The child's standard output (when no [`stdio_socket`](Command::stdio_socket) is set).
+    /// The child's standard output; like [`stdin`](Command::stdin), it replaces the
+    /// [`stdio_socket`](Command::stdio_socket) as standard output if both are set (the socket
+    /// stays standard input).
+    ///
+    /// ```no_run
+    /// # fn main() -> handover::Result<()> {
+    /// let log = std::fs::File::create("worker.log")?;
+    /// handover::Command::new("worker").stdout(log).spawn()?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Platform-specific behavior
+    ///
+    /// As for [`stdin`](Command::stdin).
     pub fn stdout(&mut self, cfg: impl Into<Stdio>) -> &mut Self {
         self.stdout = Some(cfg.into());
         self
     }
 
-    /// The child's standard error.
+    /// The child's standard error; unset, it inherits this process's (also with a
+    /// [`stdio_socket`](Command::stdio_socket), which is never standard error).
+    ///
+    /// ```no_run
+    /// # fn main() -> handover::Result<()> {
+    /// handover::Command::new("worker").stderr(handover::Stdio::null()).spawn()?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Platform-specific behavior
+    ///
+    /// As for [`stdin`](Command::stdin).
     pub fn stderr(&mut self, cfg: impl Into<Stdio>) -> &mut Self {
         self.stderr = Some(cfg.into());
         self

@@ -403,6 +403,19 @@ fn spawned_child_holds_only_the_handles_given() {
 }
 
 #[test]
+fn a_std_process_stdio_cannot_be_read_back_and_is_refused() {
+    let err = child("stdio", "").stdout(std::process::Stdio::null()).spawn().unwrap_err();
+    assert!(matches!(&err, Error::Io(e) if e.kind() == std::io::ErrorKind::Unsupported), "{err:?}");
+    // handover's own `Stdio` says the same and is honoured.
+    let mut ok = Command::new(std::env::current_exe().unwrap())
+        .args(["child_entry", "--exact", "--test-threads=1"]) // no role: passes at once
+        .stdout(handover::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert_exits_ok(&mut ok);
+}
+
+#[test]
 fn inetd_style_stdio_socket() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();

@@ -36,9 +36,12 @@
 //! - `abort_connection(&Socket) -> io::Result<()>`: resets a connection that another process
 //!   holds too (`--connection-timeout`): the peer gets a reset where the OS can send one (the
 //!   end of the stream otherwise), and every holder's next read or write fails;
-//! - `pipe() -> io::Result<(PipeWriter, PipeReader)>`: a pipe for a child's standard output or
-//!   error: `PipeWriter::stdio()` gives the child a copy of the write end, `PipeReader` is
-//!   `tokio::io::AsyncRead` (`Unsupported` where workers' output is not piped yet).
+//! - `pipe() -> io::Result<(PipeWriter, PipeReader)>`: a pipe for children's standard output
+//!   or error, made within the runtime: `PipeWriter::stdio() -> io::Result<handover::Stdio>`
+//!   gives a child a copy of the write end (blocking, as programs expect of their standard
+//!   handles), `PipeReader` is `tokio::io::AsyncRead`, registered with the runtime, and reads
+//!   the end of the stream once every copy of the write end is closed (Unix: an anonymous
+//!   pipe; Windows: a named pipe, since only those can be read overlapped).
 
 #[cfg(unix)]
 mod unix;

@@ -288,8 +288,8 @@ pub(crate) struct PipeWriter(std::os::fd::OwnedFd);
 
 impl PipeWriter {
     /// A copy of the write end for a child's standard output or error.
-    pub(crate) fn stdio(&self) -> io::Result<std::process::Stdio> {
-        Ok(std::process::Stdio::from(self.0.try_clone()?))
+    pub(crate) fn stdio(&self) -> io::Result<handover::Stdio> {
+        Ok(handover::Stdio::from(self.0.try_clone()?))
     }
 }
 

@@ -2,6 +2,7 @@
 //! and the few Win32 calls the library does not wrap.
 
 use std::ffi::{OsStr, OsString};
+use std::future::Future;
 use std::io;
 use std::os::windows::io::{AsRawSocket, FromRawHandle, OwnedHandle};
 use std::path::{Path, PathBuf};
@@ -260,13 +261,7 @@ impl AsyncListener {
 
     /// `accept` now; `WouldBlock` when the backlog is empty.
     pub(crate) fn try_accept(&self) -> io::Result<(Socket, SockAddr)> {
-        struct Noop;
-        impl std::task::Wake for Noop {
-            fn wake(self: std::sync::Arc<Self>) {}
-        }
-        let waker = std::task::Waker::from(std::sync::Arc::new(Noop));
-        let mut cx = Context::from_waker(&waker);
-        match self.poll_accept(&mut cx) {
+        match poll_once(|cx| self.poll_accept(cx)) {
             Poll::Ready(r) => r,
             Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
         }
@@ -322,21 +317,61 @@ pub(crate) fn abort_connection(socket: &socket2::Socket) -> io::Result<()> {
     socket.shutdown(std::net::Shutdown::Both)
 }
 
-/// Workers' output is not piped on Windows yet (the library cannot set a child's standard
-/// handles there): `--worker-output prefix` falls back to inheriting.
+/// Polls once, with a waker that does nothing: for what is ready at once or not at all.
+fn poll_once<T>(mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: std::sync::Arc<Self>) {}
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Noop));
+    poll(&mut Context::from_waker(&waker))
+}
+
+/// The write end of a pipe for children's output: the client end of a named pipe, opened
+/// synchronous (no `FILE_FLAG_OVERLAPPED`: programs write to their standard handles with
+/// plain `WriteFile`); each child gets a copy.
 #[derive(Debug)]
-pub(crate) struct PipeWriter;
+pub(crate) struct PipeWriter(OwnedHandle);
 
 impl PipeWriter {
-    pub(crate) fn stdio(&self) -> io::Result<std::process::Stdio> {
-        Err(io::Error::from(io::ErrorKind::Unsupported))
+    /// A copy of the write end for a child's standard output or error (the library hands the
+    /// child an inheritable duplicate of it, named in its handle list).
+    pub(crate) fn stdio(&self) -> io::Result<handover::Stdio> {
+        Ok(handover::Stdio::from(self.0.try_clone()?))
     }
 }
 
-pub(crate) type PipeReader = tokio::io::Empty;
+/// The read end: the server end, overlapped, registered with the runtime.
+pub(crate) type PipeReader = tokio::net::windows::named_pipe::NamedPipeServer;
 
+/// A named pipe (Windows has no anonymous pipe that can be read overlapped) with a fresh
+/// random name, one instance, inbound only, local clients only. The client end is opened at
+/// once, by us, before the pipe is handed anywhere; one instance means no one else can be
+/// connected then (and the default DACL lets other users open it only for reading, which an
+/// inbound pipe gives them nothing of). Needs the runtime.
 pub(crate) fn pipe() -> io::Result<(PipeWriter, PipeReader)> {
-    Err(io::Error::from(io::ErrorKind::Unsupported))
+    use std::hash::{BuildHasher, Hasher};
+    use tokio::net::windows::named_pipe::ServerOptions;
+
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // std seeds each `RandomState` from the system's random source.
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let name = format!(r"\\.\pipe\handover-output-{}-{n}-{random:016x}", std::process::id());
+    let server = ServerOptions::new()
+        .first_pipe_instance(true)
+        .max_instances(1)
+        .access_outbound(false)
+        .reject_remote_clients(true)
+        .create(&name)?;
+    let client = std::fs::OpenOptions::new().write(true).open(&name)?;
+    // Our client is connected already, so the server's connect completes at once (tokio reads
+    // from the pipe only once it has seen it connected).
+    match poll_once(|cx| std::pin::pin!(server.connect()).poll(cx)) {
+        Poll::Ready(r) => r?,
+        Poll::Pending => return Err(io::Error::other("the pipe's own client is not connected")),
+    }
+    Ok((PipeWriter(client.into()), server))
 }
 
 /// Shared mode asks a worker to finish by ending the channel it was started with

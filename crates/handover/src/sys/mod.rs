@@ -19,8 +19,11 @@
 //! - `bind(path)`, `accept`, `connect(path)` (a refused peer is `PermissionDenied`), and on
 //!   Unix `bind_abstract(name)`, `connect_abstract(name)` for the `unix` extension module.
 //! - `socket_kind(&socket2::Socket) -> io::Result<SocketKind>`.
-//! - `spawn(&Command) -> io::Result<(Child, Option<RawChannel>)>`; and on Unix
-//!   `mark_cloexec_from(fd)` for the `unix` extension module.
+//! - `spawn(&mut Command) -> io::Result<(Child, Option<RawChannel>)>`, which consumes the
+//!   command's `Stdio` settings; and on Unix `mark_cloexec_from(fd)` for the `unix` extension
+//!   module.
+//! - `OwnedFile`: what a `Stdio` made from a file or pipe holds (`OwnedFd`, `OwnedHandle`);
+//!   `From<File>` and `From<ChildStd{in,out,err}>`, and std's `Stdio: From<OwnedFile>`.
 //! - `Job`, for `Command::job`: on Windows an owned job object with kill-on-close,
 //!   `Job::new() -> io::Result<Job>`, `terminate(&Job, exit_code)`,
 //!   `active_processes(&Job) -> io::Result<u32>` and `AsHandle`, which `spawn` creates the

@@ -40,6 +40,7 @@ fn main() {
         "listen-abstract" => listen_abstract(rest),
         "tokio-serve-stream" => tokio_serve_stream(),
         "exit-after" => exit_after(rest),
+        "stdio-echo" => stdio_echo(),
         "process-tree" => process_tree(rest),
         #[cfg(windows)]
         "inetd-handles" => inetd_handles(),
@@ -323,6 +324,20 @@ fn tokio_serve_stream() -> Res {
 
 fn raise_nofile() -> Res {
     integration_tests::raise_nofile(8192)?;
+    Ok(())
+}
+
+/// `stdio-echo`: reads standard input to its end, then writes `out [TEXT]` to standard output
+/// and `err [TEXT]` to standard error (TEXT without its trailing newline).
+fn stdio_echo() -> Res {
+    use std::io::Read;
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text)?;
+    let text = text.trim_end();
+    let mut out = std::io::stdout();
+    writeln!(out, "out [{text}]")?;
+    out.flush()?;
+    writeln!(std::io::stderr(), "err [{text}]")?;
     Ok(())
 }
 

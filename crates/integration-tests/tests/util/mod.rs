@@ -60,3 +60,39 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// An anonymous pipe, (read end, write end), neither end inheritable.
+#[cfg(unix)]
+pub(crate) fn pipe() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors pipe writes.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+    for fd in fds {
+        // SAFETY: fd is open (pipe succeeded); FD_CLOEXEC is a valid flag for F_SETFD.
+        assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) }, 0, "fcntl");
+    }
+    // SAFETY: pipe returned two fresh descriptors that nothing else owns.
+    let r = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+    // SAFETY: as above.
+    let w = unsafe { OwnedFd::from_raw_fd(fds[1]) };
+    (r.into(), w.into())
+}
+
+/// An anonymous pipe, (read end, write end), neither end inheritable.
+#[cfg(windows)]
+pub(crate) fn pipe() -> (std::fs::File, std::fs::File) {
+    use std::os::windows::io::{FromRawHandle, OwnedHandle};
+    let (mut r, mut w) = (std::ptr::null_mut(), std::ptr::null_mut());
+    // SAFETY: both out-pointers are valid for writes; null security attributes make the
+    // handles non-inheritable.
+    let ok = unsafe {
+        windows_sys::Win32::System::Pipes::CreatePipe(&mut r, &mut w, std::ptr::null(), 0)
+    };
+    assert_ne!(ok, 0, "CreatePipe: {}", std::io::Error::last_os_error());
+    // SAFETY: CreatePipe returned two fresh handles that nothing else owns.
+    let r = unsafe { OwnedHandle::from_raw_handle(r) };
+    // SAFETY: as above.
+    let w = unsafe { OwnedHandle::from_raw_handle(w) };
+    (r.into(), w.into())
+}

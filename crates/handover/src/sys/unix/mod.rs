@@ -68,4 +68,5 @@ pub(crate) enum Job {}
 
 pub(crate) type RawListener = std::os::unix::net::UnixListener;
 pub(crate) type OwnedSocket = std::os::fd::OwnedFd;
+pub(crate) type OwnedFile = std::os::fd::OwnedFd;
 pub(crate) type BorrowedSocket<'a> = std::os::fd::BorrowedFd<'a>;

@@ -243,13 +243,13 @@ pub(crate) fn spawn(cmd: &mut Command<'_>) -> io::Result<(Child, Option<RawChann
         std_cmd.stdout(Stdio::from(dup_cloexec(fd)?));
     }
     if let Some(s) = cmd.stdin.take() {
-        std_cmd.stdin(s);
+        std_cmd.stdin(Stdio::from(s));
     }
     if let Some(s) = cmd.stdout.take() {
-        std_cmd.stdout(s);
+        std_cmd.stdout(Stdio::from(s));
     }
     if let Some(s) = cmd.stderr.take() {
-        std_cmd.stderr(s);
+        std_cmd.stderr(Stdio::from(s));
     }
     if let Some(uid) = cmd.uid {
         std_cmd.uid(uid);

@@ -57,4 +57,5 @@ pub(crate) const HANDLES_PER_FRAME: usize = 64;
 pub(crate) const LISTEN_OVER_CHANNEL: bool = true;
 
 pub(crate) type OwnedSocket = std::os::windows::io::OwnedSocket;
+pub(crate) type OwnedFile = std::os::windows::io::OwnedHandle;
 pub(crate) type BorrowedSocket<'a> = std::os::windows::io::BorrowedSocket<'a>;

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use windows_sys::Wdk::System::Threading::{NtQueryInformationProcess, ProcessBasicInformation};
 use windows_sys::Win32::Foundation::{
     DuplicateHandle, SetHandleInformation, DUPLICATE_SAME_ACCESS, HANDLE, HANDLE_FLAG_INHERIT,
-    WAIT_OBJECT_0, WAIT_TIMEOUT,
+    INVALID_HANDLE_VALUE, WAIT_OBJECT_0, WAIT_TIMEOUT,
 };
 use windows_sys::Win32::Networking::WinSock::{WSASocketW, FROM_PROTOCOL_INFO, INVALID_SOCKET};
 use windows_sys::Win32::Storage::FileSystem::{GetFileType, FILE_TYPE_PIPE};
@@ -52,6 +52,7 @@ use crate::spawn::{
     listen_count, listen_names, Command, InheritedParts, ENV_CHANNEL_FD, ENV_CHANNEL_INTERNAL,
     ENV_LISTEN_FDNAMES, ENV_LISTEN_FDS, ENV_PARENT_PID,
 };
+use crate::stdio::StdioKind;
 
 /// A spawned child process.
 #[derive(Debug)]
@@ -205,6 +206,33 @@ fn inheritable(h: HANDLE) -> io::Result<OwnedHandle> {
     Ok(unsafe { OwnedHandle::from_raw_handle(dup as RawHandle) })
 }
 
+/// An inheritable duplicate of this process's standard handle `i` (0 input, 1 output, 2
+/// error), or `None` if it has none (or it cannot be duplicated: the child then has none
+/// either, as a console-less parent's child would).
+fn inherit_std(i: usize) -> Option<OwnedHandle> {
+    let which = [STD_INPUT_HANDLE, STD_OUTPUT_HANDLE, STD_ERROR_HANDLE][i];
+    // SAFETY: GetStdHandle has no preconditions; it may return null or invalid.
+    let h = unsafe { GetStdHandle(which) };
+    if h.is_null() || h == INVALID_HANDLE_VALUE {
+        return None;
+    }
+    inheritable(h).ok()
+}
+
+/// The child's standard handle `i` as `kind` says: an inheritable duplicate (`None`: it has
+/// none).
+fn child_stdio(kind: StdioKind, i: usize) -> io::Result<Option<OwnedHandle>> {
+    match kind {
+        StdioKind::Inherit => Ok(inherit_std(i)),
+        StdioKind::Null => {
+            let nul = std::fs::OpenOptions::new().read(i == 0).write(i > 0).open(r"\\.\NUL")?;
+            inheritable(nul.as_raw_handle() as HANDLE).map(Some)
+        }
+        StdioKind::File(h) => inheritable(h.as_raw_handle() as HANDLE).map(Some),
+        StdioKind::Std(_) => Err(io::ErrorKind::Unsupported.into()),
+    }
+}
+
 /// An inheritable, non-overlapped socket duplicate for a child's standard handles (ReadFile
 /// and WriteFile on a standard handle are synchronous).
 fn stdio_socket(socket: super::BorrowedSocket<'_>) -> io::Result<OwnedSocket> {
@@ -295,10 +323,12 @@ impl Drop for AttributeList<'_> {
 /// Spawns `cmd`. Returns the child and the parent's end of its channel, which exists if a
 /// channel was asked for or listening sockets must travel over it.
 pub(crate) fn spawn(cmd: &mut Command<'_>) -> io::Result<(Child, Option<RawChannel>)> {
-    if cmd.stdin.is_some() || cmd.stdout.is_some() || cmd.stderr.is_some() {
+    let given = [cmd.stdin.take(), cmd.stdout.take(), cmd.stderr.take()];
+    if given.iter().flatten().any(|s| matches!(s.0, StdioKind::Std(_))) {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            "std::process::Stdio settings cannot be read back on Windows: the child inherits this process's standard handles",
+            "a std::process::Stdio cannot be read back on Windows: give a handover::Stdio \
+             (null, inherit, or made from a file or handle)",
         ));
     }
     let mut env = cmd.resolved_env();
@@ -322,22 +352,24 @@ pub(crate) fn spawn(cmd: &mut Command<'_>) -> io::Result<(Child, Option<RawChann
         env.push((ENV_LISTEN_FDNAMES.into(), names.join(":").into()));
     }
 
-    // Standard handles: inheritable duplicates of ours, or of the socket (inetd style).
+    // Standard handles: inheritable duplicates of what was given, of ours, or of the socket
+    // (inetd style: standard input and output, unless given otherwise).
     let mut std_handles: [HANDLE; 3] = [std::ptr::null_mut(); 3];
-    let stdio_sock = cmd.stdio_socket.as_ref().map(|s| stdio_socket(s.0)).transpose()?;
-    for (i, which) in
-        [STD_INPUT_HANDLE, STD_OUTPUT_HANDLE, STD_ERROR_HANDLE].into_iter().enumerate()
-    {
-        if let (Some(s), true) = (&stdio_sock, i < 2) {
-            std_handles[i] = s.as_raw_socket() as HANDLE;
-            continue;
-        }
-        // SAFETY: GetStdHandle has no preconditions; it may return null or invalid.
-        let h = unsafe { GetStdHandle(which) };
-        if h.is_null() || h as isize == -1 {
-            continue;
-        }
-        if let Ok(dup) = inheritable(h) {
+    let socket_used = cmd.stdio_socket.is_some() && (given[0].is_none() || given[1].is_none());
+    let stdio_sock = match &cmd.stdio_socket {
+        Some(s) if socket_used => Some(stdio_socket(s.0)?),
+        _ => None,
+    };
+    for (i, given) in given.into_iter().enumerate() {
+        let dup = match (given, &stdio_sock) {
+            (Some(s), _) => child_stdio(s.0, i)?,
+            (None, Some(s)) if i < 2 => {
+                std_handles[i] = s.as_raw_socket() as HANDLE;
+                continue;
+            }
+            (None, _) => inherit_std(i),
+        };
+        if let Some(dup) = dup {
             std_handles[i] = dup.as_raw_handle() as HANDLE;
             list.push(std_handles[i]);
             keep.push(dup);
