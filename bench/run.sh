@@ -92,7 +92,7 @@ stop_server() {
 }
 
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)]; else print 0 }'; }
-field() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
+field() { local v; v=$(sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p" <<<"$2"); echo "${v:-0}"; }
 
 declare -A RESULT
 measure() { # name workload loadgen-args...
@@ -101,7 +101,10 @@ measure() { # name workload loadgen-args...
     for _ in $(seq "$REPS"); do
         local b a out n
         b=$(server_ticks)
-        out=$(taskset -c 1 "$T/loadgen" "127.0.0.1:$port" "$@")
+        # A load generator that fails (it cannot open more sockets, say) counts as a run with
+        # nothing answered and one error, instead of ending the whole benchmark.
+        out=$(taskset -c 1 "$T/loadgen" "127.0.0.1:$port" "$@") \
+            || { echo "  $name / $workload: the load generator failed" >&2; out="requests=0 rps=0 other=1"; }
         a=$(server_ticks)
         n=$(field requests "$out")
         rps+=("$(field rps "$out")")
