@@ -23,7 +23,7 @@ use tracing::info;
 
 use crate::child::{self, Cause};
 use crate::cli::Compat;
-use crate::engine::pool::{impl_member, Pool, Proc};
+use crate::engine::pool::{impl_member, pool_mode_methods, Pool, Proc};
 use crate::engine::{Core, Drained, Mode, ModeStatus};
 use crate::listener::{Accepted, Bound};
 use crate::status::{Totals, WorkerStatus};
@@ -182,21 +182,7 @@ impl Mode for Shared {
         }
     }
 
-    fn reload(&mut self, _core: &mut Core) {
-        self.pool.reload();
-    }
-
-    fn reloading(&self) -> bool {
-        self.pool.reloading()
-    }
-
-    fn reloaded(&self) -> (usize, usize) {
-        self.pool.reloaded()
-    }
-
-    fn workers_wanted(&self) -> usize {
-        self.pool.slots()
-    }
+    pool_mode_methods!();
 
     fn scale(&mut self, _core: &mut Core, n: usize) {
         for id in self.pool.resize(n) {

@@ -455,21 +455,7 @@ fn worker_output_is_prefixed_by_default_and_json_on_request() {
     env.signal("TERM");
     assert!(env.wait_exit(Duration::from_secs(10)).success());
     let log = env.log_text();
-    let lines: Vec<serde_json::Value> = log
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
-        .collect();
-    let served: Vec<_> = lines.iter().filter(|v| v["stream"] == "stdout").collect();
-    assert_eq!(served.len(), 3, "{log}");
-    assert_eq!(served[2]["message"], "served request 3");
-    assert_eq!(
-        (served[0]["program"].as_str(), served[0]["slot"].as_u64()),
-        (Some("main"), Some(0))
-    );
-    assert!(
-        lines.iter().any(|v| v["message"] == "worker ready"),
-        "the supervisor's own lines are JSON too"
-    );
+    json_output_of_three_requests(&log);
 
     // inherit: the worker's lines as it wrote them.
     let mut env = TestEnv::new("output-inherit");

@@ -527,26 +527,11 @@ fn worker_output_is_prefixed_by_default_and_json_on_request() {
     assert!(env.handover(&["stop"]).status.success());
     assert!(env.wait_exit(Duration::from_secs(20)).success(), "{}", env.log_text());
     let log = env.log_text();
-    let lines: Vec<serde_json::Value> = log
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}\n{log}")))
-        .collect();
-    let served: Vec<_> = lines.iter().filter(|v| v["stream"] == "stdout").collect();
-    assert_eq!(served.len(), 3, "{log}");
-    assert_eq!(served[2]["message"], "served request 3");
-    assert_eq!(
-        (served[0]["program"].as_str(), served[0]["slot"].as_u64()),
-        (Some("main"), Some(0))
-    );
-    let pid = served[0]["pid"].as_u64().expect("pid");
+    let (lines, pid) = testenv::json_output_of_three_requests(&log);
     let starting = format!("demo worker {pid} starting");
     assert!(
         lines.iter().any(|v| v["stream"] == "stderr" && v["message"] == starting.as_str()),
         "{log}"
-    );
-    assert!(
-        lines.iter().any(|v| v["message"] == "worker ready"),
-        "the supervisor's own lines are JSON too"
     );
 }
 

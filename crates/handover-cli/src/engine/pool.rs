@@ -102,6 +102,29 @@ macro_rules! impl_member {
 }
 pub(crate) use impl_member;
 
+/// The [`Mode`](super::Mode) methods that a mode whose workers are the [`Pool`] in its `pool`
+/// field answers from the pool (prefork, shared).
+macro_rules! pool_mode_methods {
+    () => {
+        fn reload(&mut self, _core: &mut $crate::engine::Core) {
+            self.pool.reload();
+        }
+
+        fn reloading(&self) -> bool {
+            self.pool.reloading()
+        }
+
+        fn reloaded(&self) -> (usize, usize) {
+            self.pool.reloaded()
+        }
+
+        fn workers_wanted(&self) -> usize {
+            self.pool.slots()
+        }
+    };
+}
+pub(crate) use pool_mode_methods;
+
 #[derive(Debug, Default)]
 struct Slot {
     current: Option<WorkerId>,

@@ -61,7 +61,9 @@ use self::dispatch::{choose, Candidate};
 use self::ledger::{ConnId, Ledger, Load, Waiting};
 use crate::child::{self, Cause};
 use crate::cli::Policy;
-use crate::engine::pool::{impl_member, Killed, Member, Pool, Proc, WorkerId, KILL_GRACE};
+use crate::engine::pool::{
+    impl_member, pool_mode_methods, Killed, Member, Pool, Proc, WorkerId, KILL_GRACE,
+};
 use crate::engine::{Core, Drained, Mode, ModeStatus};
 use crate::listener::{self, Accepted};
 use crate::status::{Totals, WorkerStatus};
@@ -727,21 +729,7 @@ impl Mode for Prefork {
         self.pool.reap(core);
     }
 
-    fn reload(&mut self, _core: &mut Core) {
-        self.pool.reload();
-    }
-
-    fn reloading(&self) -> bool {
-        self.pool.reloading()
-    }
-
-    fn reloaded(&self) -> (usize, usize) {
-        self.pool.reloaded()
-    }
-
-    fn workers_wanted(&self) -> usize {
-        self.pool.slots()
-    }
+    pool_mode_methods!();
 
     fn scale(&mut self, core: &mut Core, n: usize) {
         for id in self.pool.resize(n) {

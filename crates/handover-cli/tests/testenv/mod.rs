@@ -242,6 +242,30 @@ pub fn kill_randomly(
 }
 
 /// Sends `sig` (`STOP`, `CONT`, ...) to `pid`.
+/// The supervisor's log with `--log-format json` after one worker (slot 0 of program `main`,
+/// run with `--log-requests`) served three requests: every line is a JSON object, the worker's
+/// three lines are there, labelled, in order, and the supervisor's own lines are JSON too.
+/// Returns the lines and the worker's pid.
+pub fn json_output_of_three_requests(log: &str) -> (Vec<serde_json::Value>, u64) {
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}\n{log}")))
+        .collect();
+    let served: Vec<_> = lines.iter().filter(|v| v["stream"] == "stdout").collect();
+    assert_eq!(served.len(), 3, "{log}");
+    assert_eq!(served[2]["message"], "served request 3");
+    assert_eq!(
+        (served[0]["program"].as_str(), served[0]["slot"].as_u64()),
+        (Some("main"), Some(0))
+    );
+    let pid = served[0]["pid"].as_u64().expect("pid");
+    assert!(
+        lines.iter().any(|v| v["message"] == "worker ready"),
+        "the supervisor's own lines are JSON too"
+    );
+    (lines, pid)
+}
+
 /// Kills a supervisor still running at the end of a test, and removes the test's directory
 /// unless the test failed (its log stays for a look).
 pub fn clean_up(child: Option<Child>, dir: &Path) {
@@ -320,13 +344,28 @@ pub struct Load {
 
 /// `total` requests over `threads` client threads, each a new connection.
 pub fn load(addr: SocketAddr, total: usize, threads: usize) -> Load {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    load_while(addr, total, threads, stop, None)
+}
+
+/// `total` requests over `threads` client threads until `stop` is set or `deadline` passes.
+fn load_while(
+    addr: SocketAddr,
+    total: usize,
+    threads: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    deadline: Option<Instant>,
+) -> Load {
     let next = std::sync::Arc::new(AtomicU64::new(0));
     let handles: Vec<_> = (0..threads)
         .map(|_| {
-            let next = std::sync::Arc::clone(&next);
+            let (next, stop) = (std::sync::Arc::clone(&next), std::sync::Arc::clone(&stop));
             std::thread::spawn(move || {
                 let mut l = Load::default();
-                while (next.fetch_add(1, Ordering::SeqCst) as usize) < total {
+                while !stop.load(Ordering::SeqCst)
+                    && deadline.map_or(true, |d| Instant::now() < d)
+                    && (next.fetch_add(1, Ordering::SeqCst) as usize) < total
+                {
                     match get(addr) {
                         Ok(body) => {
                             l.ok += 1;
@@ -420,47 +459,8 @@ pub fn load_until(
     max: usize,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<Load> {
-    std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let next = std::sync::Arc::new(AtomicU64::new(0));
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                let (next, stop) = (std::sync::Arc::clone(&next), std::sync::Arc::clone(&stop));
-                std::thread::spawn(move || {
-                    let mut l = Load::default();
-                    while !stop.load(Ordering::SeqCst)
-                        && Instant::now() < deadline
-                        && (next.fetch_add(1, Ordering::SeqCst) as usize) < max
-                    {
-                        match get(addr) {
-                            Ok(body) => {
-                                l.ok += 1;
-                                *l.bodies.entry(body).or_default() += 1;
-                            }
-                            Err(e) => {
-                                l.failed += 1;
-                                if l.errors.len() < 5 {
-                                    l.errors.push(e);
-                                }
-                            }
-                        }
-                    }
-                    l
-                })
-            })
-            .collect();
-        let mut all = Load::default();
-        for h in handles {
-            let l = h.join().unwrap();
-            all.ok += l.ok;
-            all.failed += l.failed;
-            all.errors.extend(l.errors);
-            for (k, v) in l.bodies {
-                *all.bodies.entry(k).or_default() += v;
-            }
-        }
-        all
-    })
+    let deadline = Instant::now() + Duration::from_secs(30);
+    std::thread::spawn(move || load_while(addr, max, threads, stop, Some(deadline)))
 }
 
 /// The pid in a demo worker's answer ("hello from the rust worker PID").
