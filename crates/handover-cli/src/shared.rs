@@ -21,7 +21,7 @@ use std::time::Duration;
 use handover::AsSocketRef;
 use tracing::info;
 
-use crate::child::{self, Cause};
+use crate::child;
 use crate::cli::Compat;
 use crate::engine::pool::{impl_member, pool_mode_methods, Pool, Proc};
 use crate::engine::{Core, Drained, Mode, ModeStatus};
@@ -170,16 +170,9 @@ impl Mode for Shared {
 
     fn on_tick(&mut self, core: &mut Core) {
         self.reap(core);
-        for (id, rss) in self.pool.over_memory(core) {
-            let limit = core.prog.controls.max_memory.unwrap_or_default();
-            let why = format!(
-                "resident memory {} MiB passed --max-memory {} MiB",
-                rss >> 20,
-                limit >> 20
-            );
-            // It serves on until its replacement has stayed up (then it gets SIGTERM).
-            self.pool.recycle(core, id, Cause::MaxMemory, &why);
-        }
+        // One that passed --max-memory serves on until its replacement has stayed up (then it
+        // gets SIGTERM).
+        self.pool.recycle_over_memory(core);
     }
 
     pool_mode_methods!();

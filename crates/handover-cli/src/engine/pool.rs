@@ -455,6 +455,20 @@ impl<W: Member> Pool<W> {
         Some(jittered(max, c.max_requests_jitter, self.jitter_state))
     }
 
+    /// Recycles every worker whose resident memory passed `--max-memory` (see
+    /// [`Pool::over_memory`], [`Pool::recycle`]).
+    pub(crate) fn recycle_over_memory(&mut self, core: &mut Core) {
+        let limit = core.prog.controls.max_memory.unwrap_or_default();
+        for (id, rss) in self.over_memory(core) {
+            let why = format!(
+                "resident memory {} MiB passed --max-memory {} MiB",
+                rss >> 20,
+                limit >> 20
+            );
+            self.recycle(core, id, Cause::MaxMemory, &why);
+        }
+    }
+
     /// With `--max-memory`, every `--memory-check-interval`: the ready workers whose
     /// resident memory has passed the limit, with it (read from the OS; a worker whose memory
     /// cannot be read is left alone). Workers retiring or being recycled are not counted.

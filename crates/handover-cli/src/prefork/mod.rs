@@ -710,16 +710,9 @@ impl Mode for Prefork {
                 self.pool.kill(core, id, why, Cause::Hung);
             }
         }
-        for (id, rss) in self.pool.over_memory(core) {
-            let limit = core.prog.controls.max_memory.unwrap_or_default();
-            let why = format!(
-                "resident memory {} MiB passed --max-memory {} MiB",
-                rss >> 20,
-                limit >> 20
-            );
-            // It serves on until its replacement says hello (then it drains).
-            self.pool.recycle(core, id, Cause::MaxMemory, &why);
-        }
+        // One that passed --max-memory serves on until its replacement says hello (then it
+        // drains).
+        self.pool.recycle_over_memory(core);
         let overdue = |w: &Worker| {
             w.proc.killed.as_ref().is_some_and(|k| now.duration_since(k.at) > KILL_GRACE)
         };
