@@ -82,18 +82,14 @@ impl Scale {
     /// Parses `N`, `+N` or `-N`.
     pub(crate) fn parse(s: &str) -> Result<Scale, String> {
         let bad = || format!("{s:?} is not a worker count (expected N, +N or -N)");
-        if let Some(n) = s.strip_prefix('+') {
-            return n.parse::<i64>().ok().filter(|n| *n >= 0).map(Scale::By).ok_or_else(bad);
-        }
-        if let Some(n) = s.strip_prefix('-') {
-            return n
-                .parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 0)
-                .map(|n| Scale::By(-n))
-                .ok_or_else(bad);
-        }
-        s.parse::<usize>().map(Scale::To).map_err(|_| bad())
+        let (sign, digits) = match s.strip_prefix('+') {
+            Some(d) => (1, d),
+            None => match s.strip_prefix('-') {
+                Some(d) => (-1, d),
+                None => return s.parse::<usize>().map(Scale::To).map_err(|_| bad()),
+            },
+        };
+        digits.parse::<i64>().ok().filter(|n| *n >= 0).map(|n| Scale::By(sign * n)).ok_or_else(bad)
     }
 
     /// The new count from `now`, if it is within 1..=[`MAX_WORKERS`].
@@ -219,7 +215,8 @@ pub(crate) trait Mode {
     fn drained(&mut self, core: &mut Core) -> Drained;
     /// Kills everything now; what was waiting for a worker is dropped (and counted).
     fn kill_all(&mut self, core: &mut Core);
-    /// Its part of the status report; `totals` starts as the core's and may be added to.
+    /// Its part of the status report; it adds its own counters (prefork: the ledger's) to
+    /// `totals`, which starts at zero (the core's are added after).
     fn status(&mut self, core: &mut Core, totals: &mut Totals) -> ModeStatus;
 }
 
@@ -290,30 +287,31 @@ impl Core {
         cmd: &mut handover::Command<'_>,
         stdout: bool,
     ) -> Option<Pending> {
-        if self.prog.controls.worker_output != WorkerOutput::Prefix || self.output_failed {
-            return None;
-        }
-        match self.output.as_ref()?.pipes(cmd, stdout) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                warn!(program = %self.prog.name, "workers' output is not prefixed ({e}): they write to the supervisor's stdout and stderr");
-                self.output_failed = true;
-                None
-            }
-        }
+        self.piped("workers'", |o| o.pipes(cmd, stdout))
     }
 
     /// With `--worker-output prefix`: a pipe shared by all the program's children (spawn mode)
     /// for their standard error (or output), with lines labelled by the program alone.
     pub(crate) fn shared_output(&mut self, stderr: bool) -> Option<crate::sys::PipeWriter> {
+        let label = Label { program: std::rc::Rc::from(self.prog.name.as_str()), worker: None };
+        self.piped("children's", |o| o.shared_pipe(label, stderr))
+    }
+
+    /// With `--worker-output prefix`, what `make` makes of the output pipes; `None` when
+    /// output is inherited: as asked, or because pipes cannot be had (said once, about
+    /// `whose` output, and inherited from then on).
+    fn piped<T>(
+        &mut self,
+        whose: &str,
+        make: impl FnOnce(&Output) -> std::io::Result<T>,
+    ) -> Option<T> {
         if self.prog.controls.worker_output != WorkerOutput::Prefix || self.output_failed {
             return None;
         }
-        let label = Label { program: std::rc::Rc::from(self.prog.name.as_str()), worker: None };
-        match self.output.as_ref()?.shared_pipe(label, stderr) {
-            Ok(w) => Some(w),
+        match make(self.output.as_ref()?) {
+            Ok(t) => Some(t),
             Err(e) => {
-                warn!(program = %self.prog.name, "children's output is not prefixed ({e}): they write to the supervisor's stdout and stderr");
+                warn!(program = %self.prog.name, "{whose} output is not prefixed ({e}): they write to the supervisor's stdout and stderr");
                 self.output_failed = true;
                 None
             }

@@ -75,6 +75,11 @@ impl Proc {
     pub(crate) fn serving(&self) -> bool {
         self.ready && !self.retiring && self.killed.is_none()
     }
+
+    /// Serving, and not being replaced already: what [`Pool::recycle`] may take.
+    fn recyclable(&self) -> bool {
+        self.serving() && self.recycled.is_none()
+    }
 }
 
 /// A pool member: a [`Proc`] and what the mode keeps about it.
@@ -429,7 +434,7 @@ impl<W: Member> Pool<W> {
     ) -> bool {
         let Some(m) = self.get_mut(id) else { return false };
         let p = m.proc_mut();
-        if !p.ready || p.retiring || p.killed.is_some() || p.recycled.is_some() {
+        if !p.recyclable() {
             return false;
         }
         p.recycled = Some(cause);
@@ -483,7 +488,7 @@ impl<W: Member> Pool<W> {
         self.members
             .iter()
             .map(Member::proc)
-            .filter(|p| p.ready && !p.retiring && p.killed.is_none() && p.recycled.is_none())
+            .filter(|p| p.recyclable())
             .filter_map(|p| match sys::resident_memory(p.pid) {
                 Ok(rss) if rss > limit => Some((p.id, rss)),
                 _ => None,
@@ -556,31 +561,20 @@ impl<W: Member> Pool<W> {
             Some(s) if s.incoming == Some(proc.id) => {
                 s.incoming = None;
                 // A reload's replacement that died before it was ready: the slot keeps its
-                // worker, and the reload goes on with the next slot (a reload that waited for
-                // this one would never end, and no later reload would start).
+                // worker (so `settle` starts none), and the reload goes on with the next slot
+                // (a reload that waited for this one would never end, and no later reload
+                // would start).
                 if self.reloading == Some(proc.slot) {
                     self.reloading = None;
                     if s.current.is_some() {
                         self.reload_failed += 1;
                         warn!(program = %core.prog.name, slot = proc.slot, "reload: the replacement worker died before it was ready; this slot keeps its worker");
-                        return self.push_departed(core, proc, how, detail, false);
                     }
                 }
                 true
             }
             Some(_) => false,
         };
-        self.push_departed(core, proc, how, detail, restart);
-    }
-
-    fn push_departed(
-        &mut self,
-        core: &mut Core,
-        proc: Proc,
-        how: &'static str,
-        detail: String,
-        restart: bool,
-    ) {
         let expected = proc.retiring || proc.recycled.is_some() || !core.running();
         let lived = proc.started.elapsed();
         let since = Instant::now();
@@ -673,7 +667,7 @@ impl<W: Member> Pool<W> {
                 core.totals.restarts_by_cause.count(if looping { Cause::CrashLoop } else { cause });
                 self.slots[slot].start_at = Some(Instant::now() + delay);
                 let name = &core.prog.name;
-                if self.slots[slot].restarts.crash_looping(&t) {
+                if looping {
                     warn!(program = %name, slot, "crash-looping: restarting worker in {delay:?}");
                 } else if !delay.is_zero() {
                     warn!(program = %name, slot, "restarting worker in {delay:?}");

@@ -131,22 +131,27 @@ impl ProcessTree {
             (ProcessTree::Process(h), _) => {
                 // SAFETY: the handle is open (owned here) and was opened with PROCESS_TERMINATE;
                 // a process that has exited already makes the call fail, which is ignored.
-                let _ = unsafe { TerminateProcess(h.as_raw_handle_value(), 1) };
+                let _ = unsafe { TerminateProcess(raw(h), 1) };
             }
         }
     }
 }
 
 /// The raw value of an owned handle, for a Win32 call.
-trait RawValue {
-    fn as_raw_handle_value(&self) -> HANDLE;
+fn raw(h: &OwnedHandle) -> HANDLE {
+    use std::os::windows::io::AsRawHandle;
+    h.as_raw_handle() as HANDLE
 }
 
-impl RawValue for OwnedHandle {
-    fn as_raw_handle_value(&self) -> HANDLE {
-        use std::os::windows::io::AsRawHandle;
-        self.as_raw_handle() as HANDLE
+/// A handle on process `pid` with `access` (`OpenProcess`).
+fn open_process(access: u32, pid: u32) -> io::Result<OwnedHandle> {
+    // SAFETY: OpenProcess takes any pid; a failure is a null handle, checked below.
+    let h = unsafe { OpenProcess(access, 0, pid) };
+    if h.is_null() {
+        return Err(io::Error::last_os_error());
     }
+    // SAFETY: `h` is a handle OpenProcess just returned; nothing else owns it.
+    Ok(unsafe { OwnedHandle::from_raw_handle(h as _) })
 }
 
 /// Starts `cmd` as `kind` says.
@@ -164,13 +169,7 @@ pub(crate) fn spawn(
         TreeKind::Successor => {
             let child = cmd.spawn()?;
             // The child is not waited for yet, so its pid cannot have been reused.
-            // SAFETY: OpenProcess takes any pid; a failure is a null handle, checked below.
-            let h = unsafe { OpenProcess(PROCESS_TERMINATE, 0, child.id()) };
-            if h.is_null() {
-                return Err(io::Error::last_os_error().into());
-            }
-            // SAFETY: `h` is a handle OpenProcess just returned; nothing else owns it.
-            let h = unsafe { OwnedHandle::from_raw_handle(h as _) };
+            let h = open_process(PROCESS_TERMINATE, child.id())?;
             Ok((child, ProcessTree::Process(h)))
         }
     }
@@ -293,18 +292,12 @@ pub(crate) fn killed_from_outside(_status: &std::process::ExitStatus) -> bool {
 /// The working set of process `pid` (`K32GetProcessMemoryInfo`), in bytes: what Task Manager
 /// shows as memory in use, the counterpart of Linux's `VmRSS`.
 pub(crate) fn resident_memory(pid: u32) -> io::Result<u64> {
-    // SAFETY: OpenProcess takes any pid; a failure is a null handle, checked below.
-    let h = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION | PROCESS_VM_READ, 0, pid) };
-    if h.is_null() {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `h` is a handle OpenProcess just returned; nothing else owns it.
-    let h = unsafe { OwnedHandle::from_raw_handle(h as _) };
+    let h = open_process(PROCESS_QUERY_LIMITED_INFORMATION | PROCESS_VM_READ, pid)?;
     let mut counters = PROCESS_MEMORY_COUNTERS::default();
     let size = std::mem::size_of::<PROCESS_MEMORY_COUNTERS>() as u32;
     // SAFETY: the handle is open with the access the call needs; `counters` is a live local
     // of the size passed.
-    let ok = unsafe { K32GetProcessMemoryInfo(h.as_raw_handle_value(), &mut counters, size) };
+    let ok = unsafe { K32GetProcessMemoryInfo(raw(&h), &mut counters, size) };
     if ok == 0 {
         return Err(io::Error::last_os_error());
     }
