@@ -9,8 +9,39 @@ use std::net::TcpStream;
 pub const RESPONSE: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok";
 
-/// Serves HTTP/1.1 requests on `stream` until the client closes it (keep-alive), answering
-/// each complete request head with [`RESPONSE`]. Bodies are not expected.
+/// The response to a request that asked the server to close the connection after it.
+pub const RESPONSE_CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nok";
+
+/// Whether a request head (up to its blank line) asks for the connection to end after the
+/// response, as HTTP/1.1 defines it: `Connection: close`, or HTTP/1.0 without
+/// `Connection: keep-alive`.
+pub fn wants_close(head: &[u8]) -> bool {
+    let head = String::from_utf8_lossy(head);
+    let mut lines = head.split("\r\n");
+    let http10 = lines.next().is_some_and(|l| l.ends_with("HTTP/1.0"));
+    let connection = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("connection"))
+        .map(|(_, v)| v.trim().to_ascii_lowercase());
+    match connection.as_deref() {
+        Some(v) if v.split(',').any(|t| t.trim() == "close") => true,
+        Some(v) if v.split(',').any(|t| t.trim() == "keep-alive") => false,
+        _ => http10,
+    }
+}
+
+/// The response to `head`, and whether the connection ends after it.
+pub fn respond(head: &[u8]) -> (&'static [u8], bool) {
+    if wants_close(head) {
+        (RESPONSE_CLOSE, true)
+    } else {
+        (RESPONSE, false)
+    }
+}
+
+/// Serves HTTP/1.1 requests on `stream` until the client closes it (keep-alive) or asks to
+/// close (`Connection: close`: then it returns after the response, and the caller ends the
+/// stream), answering each complete request head with [`RESPONSE`]. Bodies are not expected.
 pub fn serve_http(mut stream: impl Read + Write) -> io::Result<u64> {
     let mut buf = [0u8; 4096];
     let mut filled = 0;
@@ -27,8 +58,12 @@ pub fn serve_http(mut stream: impl Read + Write) -> io::Result<u64> {
         // Answer every complete request head in the buffer (pipelining-safe).
         let mut start = 0;
         while let Some(end) = find_head_end(&buf[start..filled]) {
-            stream.write_all(RESPONSE)?;
+            let (response, close) = respond(&buf[start..start + end]);
+            stream.write_all(response)?;
             served += 1;
+            if close {
+                return Ok(served);
+            }
             start += end;
         }
         buf.copy_within(start..filled, 0);
@@ -151,6 +186,21 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn closes_when_asked() {
+        assert!(wants_close(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+        assert!(wants_close(b"GET / HTTP/1.1\r\nconnection: Keep-Alive, Close\r\n\r\n"));
+        assert!(wants_close(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n"));
+        assert!(!wants_close(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
+        assert!(!wants_close(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        let req = [&b"GET / HTTP/1.1\r\n\r\n"[..], b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"]
+            .concat()
+            .repeat(2);
+        let mut d = Duplex { input: io::Cursor::new(req), output: Vec::new() };
+        assert_eq!(serve_http(&mut d).unwrap(), 2, "stops after the request that asked to close");
+        assert_eq!(d.output, [RESPONSE, RESPONSE_CLOSE].concat());
     }
 
     #[test]

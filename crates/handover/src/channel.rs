@@ -397,6 +397,11 @@ impl Channel {
         Channel { raw, peer, tx: Mutex::default(), rx: Mutex::default() }
     }
 
+    #[cfg_attr(windows, allow(dead_code))] // for `unix::ChannelExt`
+    pub(crate) fn raw(&self) -> &RawChannel {
+        &self.raw
+    }
+
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn into_parts(self) -> (RawChannel, PeerCredentials, TxState, RxState) {
         let tx = self.tx.into_inner().unwrap_or_else(|p| p.into_inner());

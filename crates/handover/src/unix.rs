@@ -1,5 +1,6 @@
 //! Unix-only extensions.
 
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 
 use crate::{
@@ -23,11 +24,26 @@ impl ChannelListenerExt for ChannelListener {
     }
 }
 
-/// Linux abstract-namespace rendezvous for [`Channel`].
+/// Unix-only operations on a [`Channel`]: Linux abstract-namespace rendezvous, and the
+/// channel's descriptor for readiness.
 pub trait ChannelExt: Sized {
     /// Connects to a listener bound with [`ChannelListenerExt::bind_abstract`], checking its
     /// owner against `policy`.
     fn connect_abstract(name: &[u8], policy: &PeerPolicy) -> Result<Self>;
+
+    /// The channel's socket, to register with an event loop (`epoll`, `kqueue`, tokio's
+    /// `AsyncFd`) and learn when a message may be waiting or room to send has come. Read and
+    /// write through the channel's own methods only ([`Channel::try_recv_into`],
+    /// [`Channel::try_send`]): a byte read or written past them breaks the framing.
+    ///
+    /// ```no_run
+    /// use handover::unix::ChannelExt;
+    /// # fn main() -> handover::Result<()> {
+    /// let (ours, _theirs) = handover::Channel::pair()?;
+    /// let fd = ours.readiness_fd(); // e.g. for poll(2) with POLLIN
+    /// # let _ = fd; Ok(()) }
+    /// ```
+    fn readiness_fd(&self) -> BorrowedFd<'_>;
 }
 
 impl ChannelExt for Channel {
@@ -35,6 +51,10 @@ impl ChannelExt for Channel {
         let raw = sys::connect_abstract(name)?;
         let peer = policy.check(&raw)?;
         Ok(Channel::from_raw(raw, peer))
+    }
+
+    fn readiness_fd(&self) -> BorrowedFd<'_> {
+        self.raw().as_fd()
     }
 }
 

@@ -4,11 +4,18 @@
 //! ```text
 //! bench-worker reuseport ADDR     bind ADDR with SO_REUSEPORT and accept (the no-hand-off ceiling)
 //! bench-worker inherited          accept on the LISTEN_FDS sockets (handover --mode shared)
-//! bench-worker scm                receive accepted fds, one per byte, on inherited fd "scm"
-//! bench-worker prefork            receive connections from `handover serve --mode prefork`
+//! bench-worker scm [--report]     receive accepted fds, one per byte, on inherited fd "scm";
+//!                                 with --report, write one byte back as each one is finished
+//! bench-worker prefork [--capacity N]
+//!                                 receive connections from `handover serve --mode prefork`,
+//!                                 declaring capacity N (default: $WORKER_CAPACITY, else 65536)
 //! ```
+//!
+//! Every mode serves HTTP/1.1 keep-alive, and ends the connection after a response to a
+//! request that says `Connection: close` (or HTTP/1.0 without keep-alive), as real servers do.
 #![allow(clippy::print_stderr)]
 
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -22,9 +29,15 @@ fn main() {
         match args.first().map(String::as_str) {
             Some("reuseport") => reuseport(args.get(1).ok_or("ADDR")?.parse()?).await,
             Some("inherited") => inherited().await,
-            Some("scm") => scm().await,
-            Some("prefork") => prefork().await,
-            _ => Err("usage: bench-worker reuseport ADDR | inherited | scm | prefork".into()),
+            Some("scm") => scm(args.get(1).map(String::as_str) == Some("--report")).await,
+            Some("prefork") => {
+                let capacity = match (args.get(1).map(String::as_str), args.get(2)) {
+                    (Some("--capacity"), Some(n)) => Some(n.parse()?),
+                    _ => std::env::var("WORKER_CAPACITY").ok().and_then(|c| c.parse().ok()),
+                };
+                prefork(capacity.unwrap_or(65_536)).await
+            }
+            _ => Err("usage: bench-worker reuseport ADDR | inherited | scm [--report] | prefork [--capacity N]".into()),
         }
     });
     if let Err(e) = res {
@@ -47,7 +60,9 @@ async fn serve(stream: &mut tokio::net::TcpStream) {
         filled += n;
         let mut start = 0;
         while let Some(end) = buf[start..filled].windows(4).position(|w| w == b"\r\n\r\n") {
-            if stream.write_all(bench_servers::RESPONSE).await.is_err() {
+            let (response, close) = bench_servers::respond(&buf[start..start + end + 4]);
+            if stream.write_all(response).await.is_err() || close {
+                // The caller ends the stream.
                 return;
             }
             start += end + 4;
@@ -65,7 +80,10 @@ async fn accept_loop(listener: TcpListener) -> Res {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     loop {
         let (mut stream, _) = listener.accept().await?;
-        tokio::task::spawn_local(async move { serve(&mut stream).await });
+        tokio::task::spawn_local(async move {
+            serve(&mut stream).await;
+            let _ = stream.shutdown().await;
+        });
     }
 }
 
@@ -85,11 +103,13 @@ async fn inherited() -> Res {
     run_local(accept_loop(TcpListener::try_from(socket)?)).await
 }
 
-async fn scm() -> Res {
+async fn scm(report: bool) -> Res {
     let mut inherited = handover::inherited()?;
     let socket = inherited.take("scm").ok_or("no scm socket")?;
     let unix = UnixStream::from(OwnedFd::from(socket));
     unix.set_nonblocking(true)?;
+    // The acceptor reads these bytes at once, so a write never finds the socket full.
+    let done = std::rc::Rc::new(unix.try_clone()?);
     // SAFETY: the UnixStream owns its descriptor for as long as the AsyncFd lives.
     let fd = unsafe { tokio::io::unix::AsyncFd::register(unix) }?;
     run_local(async move {
@@ -100,7 +120,15 @@ async fn scm() -> Res {
                     let std = TcpStream::from(owned);
                     std.set_nonblocking(true)?;
                     let mut stream = tokio::net::TcpStream::from_std(std)?;
-                    tokio::task::spawn_local(async move { serve(&mut stream).await });
+                    let done = done.clone();
+                    tokio::task::spawn_local(async move {
+                        serve(&mut stream).await;
+                        let _ = stream.shutdown().await;
+                        drop(stream);
+                        if report {
+                            let _ = (&*done).write(&[1]);
+                        }
+                    });
                 }
                 Ok(Ok(None)) => return Ok(()),
                 Ok(Err(e)) => return Err(e.into()),
@@ -111,11 +139,10 @@ async fn scm() -> Res {
     .await
 }
 
-async fn prefork() -> Res {
+async fn prefork(capacity: u32) -> Res {
     use handover_worker::tokio::{Event, Worker};
     run_local(async {
-        let capacity = std::env::var("WORKER_CAPACITY").ok().and_then(|c| c.parse().ok());
-        let mut worker = Worker::from_env(capacity.unwrap_or(65_536)).await?;
+        let mut worker = Worker::from_env(capacity).await?;
         while let Event::Connection(conn) = worker.recv().await? {
             let (mut stream, finisher) = conn.into_tcp()?;
             tokio::task::spawn_local(async move {

@@ -1,11 +1,16 @@
 //! A small HTTP load generator for `bench/run.sh`.
 //!
 //! ```text
-//! loadgen ADDR [--mode connect|keepalive] [--concurrency C] [--duration SECS] [--rate R]
+//! loadgen ADDR [--mode close|connect|keepalive|hold] [--concurrency C] [--duration SECS] [--rate R]
 //! ```
 //!
+//! `close` (what most clients do): a fresh TCP connection per request that says
+//! `Connection: close`; the client reads the response and then waits for the server to end
+//! the stream, and only then closes (so the server's FIN and its TIME_WAIT are in the cost,
+//! and a server that does not close fails the run with timeouts).
 //! `connect`: a fresh TCP connection per request (where the hand-off cost shows); the client
-//! closes with `SO_LINGER 0` after the full response, so no TIME_WAIT exhausts ports.
+//! resets it (`SO_LINGER 0`) right after the full response, without waiting for the server to
+//! close: no TIME_WAIT anywhere, and the server's close is not measured.
 //! `keepalive`: C connections, each making requests back to back. With `--rate`, requests are
 //! started on a fixed schedule (open loop) and latency counts from the scheduled start, so a
 //! stalled server cannot hide behind a slowed client. `hold`: C connections, one request
@@ -23,6 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n";
+const REQUEST_CLOSE: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
@@ -35,10 +41,18 @@ struct Stats {
     other: u64,
 }
 
+/// How each request is made (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Close,
+    Connect,
+    Keepalive,
+    Hold,
+}
+
 struct Opts {
     addr: SocketAddr,
-    keepalive: bool,
-    hold: bool,
+    mode: Mode,
     concurrency: usize,
     duration: Duration,
     rate: Option<f64>,
@@ -46,11 +60,10 @@ struct Opts {
 
 fn parse() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
-    let addr = args.next().ok_or("usage: loadgen ADDR [--mode connect|keepalive] [--concurrency C] [--duration SECS] [--rate R]")?;
+    let addr = args.next().ok_or("usage: loadgen ADDR [--mode close|connect|keepalive|hold] [--concurrency C] [--duration SECS] [--rate R]")?;
     let mut o = Opts {
         addr: addr.parse().map_err(|e| format!("bad address {addr}: {e}"))?,
-        keepalive: false,
-        hold: false,
+        mode: Mode::Connect,
         concurrency: 32,
         duration: Duration::from_secs(5),
         rate: None,
@@ -59,8 +72,13 @@ fn parse() -> Result<Opts, String> {
         let val = args.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--mode" => {
-                o.keepalive = val == "keepalive";
-                o.hold = val == "hold";
+                o.mode = match val.as_str() {
+                    "close" => Mode::Close,
+                    "connect" => Mode::Connect,
+                    "keepalive" => Mode::Keepalive,
+                    "hold" => Mode::Hold,
+                    _ => return Err(format!("unknown --mode {val}")),
+                }
             }
             "--concurrency" => o.concurrency = val.parse().map_err(|_| "bad --concurrency")?,
             "--duration" => {
@@ -112,7 +130,7 @@ fn main() {
 }
 
 async fn run(o: &Opts, stats: Rc<RefCell<Stats>>) {
-    if o.hold {
+    if o.mode == Mode::Hold {
         return hold(o, stats).await;
     }
     let start = Instant::now();
@@ -121,7 +139,7 @@ async fn run(o: &Opts, stats: Rc<RefCell<Stats>>) {
     let mut tasks = Vec::new();
     for _ in 0..o.concurrency {
         let (stats, next) = (stats.clone(), next.clone());
-        let (addr, keepalive, rate) = (o.addr, o.keepalive, o.rate);
+        let (addr, mode, rate) = (o.addr, o.mode, o.rate);
         tasks.push(tokio::task::spawn_local(async move {
             let mut conn: Option<TcpStream> = None;
             loop {
@@ -143,7 +161,7 @@ async fn run(o: &Opts, stats: Rc<RefCell<Stats>>) {
                 if scheduled >= deadline || Instant::now() >= deadline {
                     return;
                 }
-                let res = tokio::time::timeout(TIMEOUT, one(addr, keepalive, &mut conn)).await;
+                let res = tokio::time::timeout(TIMEOUT, one(addr, mode, &mut conn)).await;
                 let mut s = stats.borrow_mut();
                 match res {
                     Ok(Ok(())) => s
@@ -176,7 +194,8 @@ async fn hold(o: &Opts, stats: Rc<RefCell<Stats>>) {
             let started = Instant::now();
             let mut conn = None;
             let res =
-                tokio::time::timeout(Duration::from_secs(30), one(addr, true, &mut conn)).await;
+                tokio::time::timeout(Duration::from_secs(30), one(addr, Mode::Hold, &mut conn))
+                    .await;
             {
                 let mut s = stats.borrow_mut();
                 match res {
@@ -231,11 +250,7 @@ fn classify(e: std::io::Error) -> Failure {
     }
 }
 
-async fn one(
-    addr: SocketAddr,
-    keepalive: bool,
-    conn: &mut Option<TcpStream>,
-) -> Result<(), Failure> {
+async fn one(addr: SocketAddr, mode: Mode, conn: &mut Option<TcpStream>) -> Result<(), Failure> {
     let mut stream = match conn.take() {
         Some(s) => s,
         None => {
@@ -244,13 +259,24 @@ async fn one(
             s
         }
     };
-    stream.write_all(REQUEST).await.map_err(classify)?;
+    let request = if mode == Mode::Close { REQUEST_CLOSE } else { REQUEST };
+    stream.write_all(request).await.map_err(classify)?;
     read_response(&mut stream).await?;
-    if keepalive {
-        *conn = Some(stream);
-    } else {
+    match mode {
+        Mode::Keepalive | Mode::Hold => *conn = Some(stream),
+        // The server ends the stream: nothing more may come, and the client closes after it
+        // (so the TIME_WAIT is the server's, and client ports do not run out).
+        Mode::Close => {
+            let mut extra = [0u8; 1];
+            match stream.read(&mut extra).await.map_err(classify)? {
+                0 => {}
+                _ => return Err(Failure::Other),
+            }
+        }
         // Reset instead of FIN: no TIME_WAIT on the client, so ports do not run out.
-        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        Mode::Connect => {
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        }
     }
     Ok(())
 }

@@ -9,11 +9,13 @@
 //! shared) keep them in a [`pool::Pool`], which owns slots, restarts and reloads.
 //!
 //! Nothing here waits on a worker: every handler returns at once, and timeouts are judged on
-//! the mode's tick.
+//! the mode's tick. Workers' channels that a mode registers with the reactor
+//! ([`Mode::poll_channels`]) are read as soon as something arrives, ahead of accepting.
 
 pub(crate) mod pool;
 
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -189,6 +191,14 @@ pub(crate) trait Mode {
     }
     /// [`Mode::wake_at`] has come.
     fn on_wake(&mut self, _core: &mut Core) {}
+    /// Ready when a worker's channel has something to read (registered with the reactor,
+    /// `sys::ChannelWatch`); the engine then calls [`Mode::on_channels`] at once. Polled ahead
+    /// of the listeners, so a full worker's FINISHED makes room before accepting is judged.
+    fn poll_channels(&mut self, _cx: &mut std::task::Context<'_>) -> Poll<()> {
+        Poll::Pending
+    }
+    /// Reads the channels [`Mode::poll_channels`] found ready.
+    fn on_channels(&mut self, _core: &mut Core) {}
     /// A child process may have exited.
     fn on_child_exit(&mut self, core: &mut Core);
     fn on_tick(&mut self, core: &mut Core);
@@ -431,6 +441,7 @@ pub(crate) async fn run<M: Mode>(mut core: Core, mut mode: M, mut requests: Requ
             return outcome;
         }
         let accepting = core.accepting() && mode.has_room();
+        let wake_at = mode.wake_at();
         tokio::select! {
             biased;
             req = requests.recv(), if requests_open => match req {
@@ -469,12 +480,13 @@ pub(crate) async fn run<M: Mode>(mut core: Core, mut mode: M, mut requests: Requ
                 }
             },
             _ = exits.recv() => mode.on_child_exit(&mut core),
+            () = std::future::poll_fn(|cx| mode.poll_channels(cx)) => mode.on_channels(&mut core),
             r = listener::accept_any(&core.listeners, &mut core.next_listener), if accepting => {
                 if let Some(a) = core.on_accept(r) {
                     mode.on_accept(&mut core, a);
                 }
             }
-            _ = sleep_until(mode.wake_at()) => mode.on_wake(&mut core),
+            _ = sleep_until(wake_at) => mode.on_wake(&mut core),
             _ = tick.tick() => mode.on_tick(&mut core),
         }
     }

@@ -143,6 +143,9 @@ struct Worker {
     /// The PING it has not answered yet: nonce and when it was sent.
     ping: Option<(u64, Instant)>,
     next_ping: Instant,
+    /// Its channel registered with the reactor: read as soon as something arrives. `None`
+    /// where that is not built (Windows) or failed: read on the [`FLUSH`] timer instead.
+    watch: Option<sys::ChannelWatch>,
 }
 
 impl_member!(Worker);
@@ -192,6 +195,8 @@ pub(crate) struct Prefork {
     drain_sent: bool,
     /// Scratch for the policy, reused so a hand-off allocates nothing.
     candidates: Vec<Candidate>,
+    /// Workers whose channels the reactor found readable, to read now.
+    readable: Vec<WorkerId>,
 }
 
 impl Prefork {
@@ -209,6 +214,7 @@ impl Prefork {
             next_nonce: 1,
             drain_sent: false,
             candidates: Vec::new(),
+            readable: Vec::new(),
         }
     }
 
@@ -223,12 +229,21 @@ impl Prefork {
     fn start_worker(&mut self, core: &mut Core, slot: usize) {
         let mut cmd = child::command(&core.prog, &core.env);
         cmd.channel();
+        let program = core.prog.name.clone();
         self.pool.start(core, slot, &mut cmd, |mut proc| {
-            let channel = proc.child.channel.take().expect("spawned with a channel");
+            let channel = Rc::new(proc.child.channel.take().expect("spawned with a channel"));
+            let watch = match sys::ChannelWatch::new(&channel) {
+                Ok(w) => Some(w),
+                Err(e) if e.kind() == std::io::ErrorKind::Unsupported => None,
+                Err(e) => {
+                    warn!(program = %program, slot, "worker's channel read on a timer: cannot watch it ({e})");
+                    None
+                }
+            };
             let now = Instant::now();
             Worker {
                 proc,
-                channel: Rc::new(channel),
+                channel,
                 capacity: 0,
                 blocked: false,
                 outbox: VecDeque::new(),
@@ -237,6 +252,7 @@ impl Prefork {
                 heartbeat: false,
                 ping: None,
                 next_ping: now,
+                watch,
             }
         });
     }
@@ -256,6 +272,8 @@ impl Prefork {
         // channel was full (it may have room now).
         let now = Instant::now();
         let ledger = &self.ledger;
+        // (Watched channels too: while the engine is busy accepting, the reactor may not have
+        // looked for their readiness yet.)
         let doubtful = self.pool.ids(|w| {
             let recheck = w.stalled(ledger) && now >= w.polled_at + FLUSH;
             w.state() == WState::Ready
@@ -406,18 +424,24 @@ impl Prefork {
         }
     }
 
-    /// Whether `w` may have sent something: it holds connections, or is starting, draining or
-    /// dying.
+    /// Whether the timer must read `w`'s channel (it is not watched) because it may have sent
+    /// something (it holds connections, or is starting, draining or dying), or write to it
+    /// (what its full channel could not take before).
     fn active(&self, w: &Worker) -> bool {
-        self.ledger.load(w.id()).live > 0 || w.state() != WState::Ready || w.blocked
+        let unwatched =
+            w.watch.is_none() && (self.ledger.load(w.id()).live > 0 || w.state() != WState::Ready);
+        unwatched || w.blocked
     }
 
-    /// Reads the channels of the workers that may have sent something (see [`FLUSH`]).
+    /// Reads the channels of the unwatched workers that may have sent something (see
+    /// [`FLUSH`]), and writes what blocked workers' channels could not take before.
     fn flush(&mut self, core: &mut Core) {
         let ids = self.pool.ids(|w| self.active(w));
         let mut read = 0;
         for id in ids {
-            read += self.poll_worker(core, id);
+            if self.worker(id).is_some_and(|w| w.watch.is_none()) {
+                read += self.poll_worker(core, id);
+            }
             self.unblock(core, id);
         }
         self.flush_every = if read == 0 { (self.flush_every * 2).min(FLUSH_MAX) } else { FLUSH };
@@ -658,6 +682,30 @@ impl Mode for Prefork {
 
     fn on_wake(&mut self, core: &mut Core) {
         self.flush(core);
+    }
+
+    fn poll_channels(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        // Every watched channel is polled, so each registers this task to be woken.
+        for w in self.pool.members() {
+            if w.watch.as_ref().is_some_and(|watch| watch.poll_readable(cx).is_ready()) {
+                self.readable.push(w.id());
+            }
+        }
+        if self.readable.is_empty() {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    }
+
+    fn on_channels(&mut self, core: &mut Core) {
+        let mut ids = std::mem::take(&mut self.readable);
+        for &id in &ids {
+            self.poll_worker(core, id);
+            self.unblock(core, id);
+        }
+        ids.clear();
+        self.readable = ids;
     }
 
     fn on_child_exit(&mut self, core: &mut Core) {

@@ -2,12 +2,16 @@
 
 use std::ffi::OsStr;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-
+use std::rc::Rc;
 use std::task::{Context, Poll};
+
+use handover::unix::ChannelExt as _;
 
 use socket2::{SockAddr, Socket};
 use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 use anyhow::{Context as _, Result};
 use nix::sys::signal::{killpg, Signal as NixSignal};
@@ -231,6 +235,48 @@ impl AsyncListener {
                 Ok(r) => return Poll::Ready(r),
                 Err(_would_block) => continue,
             }
+        }
+    }
+}
+
+/// A worker's control channel registered with the reactor, for read readiness only: the
+/// supervisor reads (and writes) through the channel itself. Edge-triggered: after
+/// [`ChannelWatch::poll_readable`] says ready, read until the channel has nothing whole left.
+/// Write readiness is not asked for: on a Unix socket it would fire each time the worker
+/// reads, a wake-up per message sent.
+#[derive(Debug)]
+pub(crate) struct ChannelWatch(AsyncFd<WatchedChannel>);
+
+#[derive(Debug)]
+struct WatchedChannel(Rc<handover::Channel>);
+
+impl AsRawFd for WatchedChannel {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.readiness_fd().as_raw_fd()
+    }
+}
+
+impl ChannelWatch {
+    /// Registers `channel` with the current runtime's reactor (it stays open as long as the
+    /// watch holds it).
+    pub(crate) fn new(channel: &Rc<handover::Channel>) -> io::Result<ChannelWatch> {
+        let watched = WatchedChannel(Rc::clone(channel));
+        // SAFETY: the watch holds the channel (an Rc), which owns its descriptor: it stays open,
+        // and `as_raw_fd` returns the same descriptor, until the AsyncFd is dropped.
+        Ok(ChannelWatch(unsafe { AsyncFd::register_with_interest(watched, Interest::READABLE) }?))
+    }
+
+    /// Ready once something arrived since the last time it was ready (or the channel closed,
+    /// or failed): the readiness is cleared, so the caller reads until nothing is left.
+    pub(crate) fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<()> {
+        match self.0.poll_read_ready(cx) {
+            Poll::Ready(Ok(mut guard)) => {
+                guard.clear_ready();
+                Poll::Ready(())
+            }
+            // The read that follows reports the channel's error.
+            Poll::Ready(Err(_)) => Poll::Ready(()),
+            Poll::Pending => Poll::Pending,
         }
     }
 }

@@ -274,6 +274,22 @@ impl AsyncListener {
     }
 }
 
+/// A worker's control channel watched for read readiness. Not built on Windows yet: the
+/// overlapped pipe has no readiness the reactor can wait on, so this is never ready and the
+/// supervisor reads Windows workers' channels on its timer (see `prefork`).
+#[derive(Debug)]
+pub(crate) struct ChannelWatch(());
+
+impl ChannelWatch {
+    pub(crate) fn new(_channel: &std::rc::Rc<handover::Channel>) -> io::Result<ChannelWatch> {
+        Err(io::Error::new(io::ErrorKind::Unsupported, "no channel readiness on Windows yet"))
+    }
+
+    pub(crate) fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Pending
+    }
+}
+
 pub(crate) fn is_socket_file(_meta: &std::fs::Metadata) -> bool {
     false
 }
