@@ -18,7 +18,7 @@ use handover_worker::protocol::{
 const WORKER: &str = env!("CARGO_BIN_EXE_handover-demo-worker");
 /// Generous: Wine starts processes slowly, more so on a loaded machine.
 const WAIT: Duration = Duration::from_secs(30);
-const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n";
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
 
 /// The demo worker with `args`, given a channel (prefork).
 fn spawn_prefork(args: &[&str]) -> (Child, Channel) {

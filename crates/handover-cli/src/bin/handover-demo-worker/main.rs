@@ -25,7 +25,15 @@
 //! `die-after-finished` (serve one, say FINISHED, exit 3 before ending the stream).
 //! With `--once FILE` only the first worker to create FILE misbehaves.
 //!
-//! Also for the tests: `--leak-kb N` keeps N KiB (touched) per request served, `--log-requests`
+//! Every mode serves HTTP/1.1 keep-alive: requests on a connection are answered one after
+//! another until the client closes it, or asks to with `Connection: close` (or HTTP/1.0
+//! without `Connection: keep-alive`), after which the worker ends the connection; a connection
+//! idle for 10 s between requests is closed.
+//!
+//! Also for the tests: `--gap-file FILE` (prefork, blocking) appends, for each connection it
+//! receives after finishing one, the microseconds from its FINISHED for the last to the
+//! arrival of the next (how long the supervisor took to hand it more work once it had room).
+//! `--leak-kb N` keeps N KiB (touched) per request served, `--log-requests`
 //! writes a line to stdout per request (and to stderr at start and exit), `--flood-stdout`
 //! writes to stdout without end, `--start-delay-ms N` waits before its hello (or before
 //! accepting). A request for `/sleep/MS` is answered after MS milliseconds (instead of
@@ -56,6 +64,8 @@ struct Opts {
     once: Option<std::path::PathBuf>,
     /// How long it takes to start (before its hello, or before it accepts).
     start_delay: Duration,
+    /// `--gap-file`: where to append the gaps between a FINISHED and the next connection.
+    gap_file: Option<std::path::PathBuf>,
 }
 
 /// `--leak-kb`: memory kept (and touched) per request served, to test `--max-memory`.
@@ -79,6 +89,7 @@ fn parse_opts() -> Result<Opts, String> {
             "--misbehave" => o.misbehave = Some(val()?),
             "--count" => o.count = val()?.parse().map_err(|e| format!("--count: {e}"))?,
             "--once" => o.once = Some(val()?.into()),
+            "--gap-file" => o.gap_file = Some(val()?.into()),
             "--start-delay-ms" => {
                 o.start_delay = Duration::from_millis(
                     val()?.parse().map_err(|e| format!("--start-delay-ms: {e}"))?,
@@ -167,7 +178,45 @@ fn run(mut opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
     Err("not started by `handover serve` (no channel, no sockets, stdin is not a socket)".into())
 }
 
-/// Reads one request (up to the blank line) and writes the response.
+/// The end of a request head (after its blank line) in `buf`, if it is all there.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// What a request head asks for: how long to take (`GET /sleep/MS`), and whether the
+/// connection ends after the response (`Connection: close`, or HTTP/1.0 without
+/// `Connection: keep-alive`).
+fn parse_head(head: &[u8]) -> (Option<Duration>, bool) {
+    let head = String::from_utf8_lossy(head);
+    let mut lines = head.split("\r\n");
+    let first = lines.next().unwrap_or_default();
+    let sleep = first
+        .split(' ')
+        .nth(1)
+        .and_then(|path| path.strip_prefix("/sleep/")?.parse().ok())
+        .map(Duration::from_millis);
+    let connection = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("connection"))
+        .map(|(_, v)| v.to_ascii_lowercase());
+    let has = |token: &str| {
+        connection.as_deref().is_some_and(|v| v.split(',').any(|t| t.trim() == token))
+    };
+    let close = has("close") || (first.ends_with("HTTP/1.0") && !has("keep-alive"));
+    (sleep, close)
+}
+
+fn response(worker: &str, close: bool) -> String {
+    let body = format!("hello from the rust {worker} {}\n", std::process::id());
+    let connection = if close { "Connection: close\r\n" } else { "" };
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{connection}\r\n{body}",
+        body.len()
+    )
+}
+
+/// Answers the requests of one connection (keep-alive) until the client closes it, asks to
+/// close it, or leaves it idle past its read timeout; the caller then ends the stream.
 fn serve(
     input: &mut impl Read,
     output: &mut impl Write,
@@ -175,32 +224,45 @@ fn serve(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let mut buf = [0u8; 8192];
     let mut len = 0;
-    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < buf.len() {
-        let n = input.read(&mut buf[len..])?;
-        if n == 0 {
-            break;
+    loop {
+        while head_end(&buf[..len]).is_none() {
+            if len == buf.len() {
+                return Err("request head over 8 KiB".into());
+            }
+            let n = match input.read(&mut buf[len..]) {
+                Ok(n) => n,
+                // Idle between requests past the read timeout: the connection ends quietly.
+                Err(e)
+                    if len == 0
+                        && matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                {
+                    return Ok(())
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if n == 0 {
+                return Ok(()); // the client closed (or sent half a request)
+            }
+            len += n;
         }
-        len += n;
+        let end = head_end(&buf[..len]).unwrap_or(len);
+        let (asked, close) = parse_head(&buf[..end]);
+        let delay = asked.unwrap_or(delay);
+        if !delay.is_zero() {
+            thread::sleep(delay);
+        }
+        output.write_all(response("worker", close).as_bytes())?;
+        output.flush()?;
+        served();
+        if close {
+            return Ok(());
+        }
+        buf.copy_within(end..len, 0);
+        len -= end;
     }
-    // `GET /sleep/MS`: this request takes that long instead.
-    let first = buf[..len].split(|&b| b == b'\n').next().unwrap_or_default();
-    let asked = std::str::from_utf8(first).ok().and_then(|l| {
-        let ms = l.split(' ').nth(1)?.strip_prefix("/sleep/")?;
-        ms.parse().ok().map(Duration::from_millis)
-    });
-    let delay = asked.unwrap_or(delay);
-    if !delay.is_zero() {
-        thread::sleep(delay);
-    }
-    let body = format!("hello from the rust worker {}\n", std::process::id());
-    let response = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    output.write_all(response.as_bytes())?;
-    output.flush()?;
-    served();
-    Ok(())
 }
 
 /// What `--leak-kb` and `--log-requests` do after each request.
@@ -222,9 +284,16 @@ fn served() {
 fn prefork(mut worker: Worker, opts: &Opts) -> Result<(), Box<dyn std::error::Error>> {
     let (tx, rx) = mpsc::channel::<handover_worker::Connection>();
     let rx = Arc::new(Mutex::new(rx));
+    // `--gap-file`: when the last connection was reported finished.
+    let finished_at: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
+    let mut gaps = match &opts.gap_file {
+        Some(path) => Some(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+        None => None,
+    };
     let pool: Vec<_> = (0..opts.capacity.max(1))
         .map(|_| {
             let rx = Arc::clone(&rx);
+            let finished_at = Arc::clone(&finished_at);
             let delay = opts.delay;
             thread::spawn(move || loop {
                 let next = rx.lock().map(|r| r.recv());
@@ -235,12 +304,24 @@ fn prefork(mut worker: Worker, opts: &Opts) -> Result<(), Box<dyn std::error::Er
                     eprintln!("handover-demo-worker: connection {}: {e}", conn.id());
                 }
                 // Dropping `conn` reports it finished, then shuts it down and closes it.
+                drop(conn);
+                if let Ok(mut at) = finished_at.lock() {
+                    *at = Some(std::time::Instant::now());
+                }
             })
         })
         .collect();
     loop {
         match worker.recv()? {
-            Event::Connection(conn) => tx.send(conn)?,
+            Event::Connection(conn) => {
+                if let Some(file) = &mut gaps {
+                    let last = finished_at.lock().ok().and_then(|mut at| at.take());
+                    if let Some(at) = last {
+                        writeln!(file, "{}", at.elapsed().as_micros())?;
+                    }
+                }
+                tx.send(conn)?
+            }
             Event::Drain => break,
             Event::Stop => std::process::exit(0),
         }
@@ -276,21 +357,34 @@ fn prefork_tokio(channel: Channel, opts: &Opts) -> Result<(), Box<dyn std::error
                         let (mut stream, finisher) = conn.into_tcp()?;
                         let mut buf = [0u8; 8192];
                         let mut len = 0;
-                        while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < buf.len() {
-                            let n = stream.read(&mut buf[len..]).await?;
-                            if n == 0 {
+                        // Keep-alive, as `serve` does; idle for 10 s between requests ends it.
+                        'requests: loop {
+                            while head_end(&buf[..len]).is_none() {
+                                if len == buf.len() {
+                                    break 'requests;
+                                }
+                                let read = stream.read(&mut buf[len..]);
+                                match tokio::time::timeout(Duration::from_secs(10), read).await {
+                                    Ok(Ok(0)) | Err(_) => break 'requests,
+                                    Ok(Ok(n)) => len += n,
+                                    Ok(Err(e)) => return Err(e.into()),
+                                }
+                            }
+                            let end = head_end(&buf[..len]).unwrap_or(len);
+                            let (asked, close) = parse_head(&buf[..end]);
+                            let delay = asked.unwrap_or(delay);
+                            // A zero sleep would still wait for the timer wheel (about 1 ms).
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                            stream.write_all(response("tokio worker", close).as_bytes()).await?;
+                            served();
+                            if close {
                                 break;
                             }
-                            len += n;
+                            buf.copy_within(end..len, 0);
+                            len -= end;
                         }
-                        tokio::time::sleep(delay).await;
-                        let body = format!("hello from the rust tokio worker {}\n", std::process::id());
-                        let response = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
-                        stream.write_all(response.as_bytes()).await?;
-                        served();
                         finisher.finish().await?;
                         stream.shutdown().await?; // the client sees the end now
                         Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
