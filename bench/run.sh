@@ -3,6 +3,18 @@
 #
 #   bash bench/run.sh [--workers N] [--duration SECS] [--reps R] [--rate CONN_PER_SEC] [--only REGEX]
 #
+# Workloads (the load generator is crates/bench-servers/src/bin/loadgen.rs):
+#   close      what most clients do: a new connection per request saying `Connection: close`;
+#              the server answers and ends the stream, the client reads to the end, then closes
+#              (the server's FIN and TIME_WAIT are in the cost); 32 clients
+#   reset      a new connection per request that the client resets (SO_LINGER 0) right after
+#              the response: the server's close is not measured (kept for comparison only); 32
+#   keepalive  32 connections, requests back to back on each
+#   rate       the close workload at a fixed rate (--rate, default 3000/s), open loop: latency
+#              counts from the scheduled start
+# Full workers: the same workers declaring a capacity of 1 and of 4 connections at once, against
+# a hand-rolled acceptor whose workers serve as many at a time and tell it when done.
+#
 # Servers run pinned to CPU 0, the load generator to CPU 1 (taskset), so the generator's
 # saturation does not hide the servers' cost. For each server and workload it reports
 # requests/s at full load, server CPU microseconds per request (user + system time of every
@@ -13,7 +25,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-WORKERS=2 DURATION=4 REPS=3 RATE=10000 CONC=64 ONLY=.
+WORKERS=2 DURATION=4 REPS=3 RATE=3000 CONC=32 ONLY=.
 while (($#)); do
     case "$1" in
         --workers) WORKERS=$2; shift 2 ;;
@@ -124,57 +136,70 @@ measure() { # name workload loadgen-args...
 }
 
 ROWS=()
+declare -A BASE # server name -> the server its ratios are against
 run_server() { # name, workloads (comma list), command...
     local name=$1 workloads=$2; shift 2
+    BASE[$name]=${BASE[$name]:-$ACCEPTOR}
     [[ $name =~ $ONLY ]] || return 0
     echo "== $name" >&2
     start_server "$name" "$@" || return 0
     IFS=, read -ra wl <<<"$workloads"
     for w in "${wl[@]}"; do
         case $w in
-            connect) measure "$name" connect --mode connect --concurrency "$CONC" --duration "$DURATION" ;;
+            close) measure "$name" close --mode close --concurrency "$CONC" --duration "$DURATION" ;;
+            reset) measure "$name" reset --mode connect --concurrency "$CONC" --duration "$DURATION" ;;
             keepalive) measure "$name" keepalive --mode keepalive --concurrency "$CONC" --duration "$DURATION" ;;
-            rate) measure "$name" "rate $RATE/s" --mode connect --concurrency 256 --duration "$DURATION" --rate "$RATE" ;;
+            rate) measure "$name" "rate $RATE/s" --mode close --concurrency 256 --duration "$DURATION" --rate "$RATE" ;;
         esac
     done
     stop_server
 }
 
 # --- the servers --------------------------------------------------------------------------
-ALL=connect,keepalive,rate
-run_server "SO_REUSEPORT x$WORKERS (ceiling)" "$ALL" sh -c "for i in \$(seq $WORKERS); do $RUST_WORKER reuseport 127.0.0.1:{PORT} & done; wait"
-run_server "hand-rolled SCM_RIGHTS acceptor" "$ALL" "$T/scm-acceptor" "127.0.0.1:{PORT}" "$WORKERS" "$RUST_WORKER"
-if [ -n "$HANDOVER_BIN" ]; then
-    if [ -n "$HANDOVER_RUST_WORKER" ]; then
-        run_server "handover prefork (Rust worker)" "$ALL" "$HANDOVER_BIN" serve --listen "tcp://127.0.0.1:{PORT}" --workers "$WORKERS" --mode prefork -- $HANDOVER_RUST_WORKER
-    fi
-    run_server "handover shared (Rust worker)" "$ALL" "$HANDOVER_BIN" serve --listen "tcp://127.0.0.1:{PORT}" --workers "$WORKERS" --mode shared -- "$RUST_WORKER" inherited
-    run_server "handover spawn (once-http)" "connect,rate" "$HANDOVER_BIN" serve --listen "tcp://127.0.0.1:{PORT}" --mode spawn -- "$T/once-http"
+ACCEPTOR="hand-rolled SCM_RIGHTS acceptor"
+CEILING="SO_REUSEPORT x$WORKERS (ceiling)"
+BASE[$CEILING]=$ACCEPTOR
+run_server "$CEILING" "close,reset,keepalive,rate" sh -c "for i in \$(seq $WORKERS); do $RUST_WORKER reuseport 127.0.0.1:{PORT} & done; wait"
+run_server "$ACCEPTOR" "close,reset,keepalive,rate" "$T/scm-acceptor" "127.0.0.1:{PORT}" "$WORKERS" "$RUST_WORKER"
+if [ -n "$HANDOVER_BIN" ] && [ -n "$HANDOVER_RUST_WORKER" ]; then
+    run_server "handover prefork (Rust worker)" "close,reset,keepalive,rate" "$HANDOVER_BIN" serve --listen "tcp://127.0.0.1:{PORT}" --workers "$WORKERS" --mode prefork -- $HANDOVER_RUST_WORKER
 fi
-run_server "fork+exec per connection (once-http)" "connect,rate" "$T/forkexec-server" "127.0.0.1:{PORT}" "$T/once-http"
-run_server "socat fork (once-http)" "connect,rate" socat "TCP-LISTEN:{PORT},bind=127.0.0.1,reuseaddr,fork,backlog=1024" "EXEC:$T/once-http"
-run_server "Node.js cluster round-robin" "connect,keepalive" node bench/node-cluster.js "{PORT}" "$WORKERS" rr
-run_server "Node.js cluster OS scheduling" "connect,keepalive" node bench/node-cluster.js "{PORT}" "$WORKERS" os
+# Full workers: each serves at most CAP connections at once.
+for cap in 4 1; do
+    acceptor="$ACCEPTOR, capacity $cap"
+    BASE[$acceptor]=$acceptor
+    run_server "$acceptor" "close" "$T/scm-acceptor" "127.0.0.1:{PORT}" "$WORKERS" "$RUST_WORKER" "$cap"
+    if [ -n "$HANDOVER_BIN" ]; then
+        BASE["handover prefork, capacity $cap"]=$acceptor
+        run_server "handover prefork, capacity $cap" "close" "$HANDOVER_BIN" serve --listen "tcp://127.0.0.1:{PORT}" --workers "$WORKERS" --mode prefork -- "$T/bench-worker" prefork --capacity "$cap"
+    fi
+done
+if [ -n "$HANDOVER_BIN" ]; then
+    run_server "handover shared (Rust worker)" "close,keepalive" "$HANDOVER_BIN" serve --listen "tcp://127.0.0.1:{PORT}" --workers "$WORKERS" --mode shared -- "$RUST_WORKER" inherited
+    run_server "handover spawn (once-http)" "close,rate" "$HANDOVER_BIN" serve --listen "tcp://127.0.0.1:{PORT}" --mode spawn -- "$T/once-http"
+fi
+run_server "fork+exec per connection (once-http)" "close,rate" "$T/forkexec-server" "127.0.0.1:{PORT}" "$T/once-http"
+run_server "socat fork (once-http)" "close,rate" socat "TCP-LISTEN:{PORT},bind=127.0.0.1,reuseaddr,fork,backlog=1024" "EXEC:$T/once-http"
+run_server "Node.js cluster round-robin" "close,keepalive" node bench/node-cluster.js "{PORT}" "$WORKERS" rr
+run_server "Node.js cluster OS scheduling" "close,keepalive" node bench/node-cluster.js "{PORT}" "$WORKERS" os
 if [ -n "$HANDOVER_BIN" ] && [ -f "$HANDOVER_NODE_WORKER" ]; then
-    # Node's standard library cannot receive SCM_RIGHTS, so the Node worker runs in shared mode
-    # (connect only: it answers with `Connection: close`).
-    run_server "handover shared (Node.js worker)" "connect" "$HANDOVER_BIN" serve --listen "tcp://127.0.0.1:{PORT}" --workers "$WORKERS" --mode shared -- node "$HANDOVER_NODE_WORKER"
+    # Node's standard library cannot receive SCM_RIGHTS, so the Node worker runs in shared mode.
+    run_server "handover shared (Node.js worker)" "close" "$HANDOVER_BIN" serve --listen "tcp://127.0.0.1:{PORT}" --workers "$WORKERS" --mode shared -- node "$HANDOVER_NODE_WORKER"
 fi
 
 # --- the table ----------------------------------------------------------------------------
-base_rate() { echo "${RESULT[SO_REUSEPORT x$WORKERS (ceiling)|$1.rps]:-0}"; }
-base_cpu() { echo "${RESULT[hand-rolled SCM_RIGHTS acceptor|$1.cpu]:-0}"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 echo
 echo "$(nproc) CPUs ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n1)), $WORKERS workers, ${DURATION}s runs, median of $REPS; servers on CPU 0, load on CPU 1"
+echo "Ratios are against the baseline named in the row (the hand-rolled acceptor with the same worker capacity), in the same workload and run; x ceiling is against SO_REUSEPORT."
 echo
-echo "| server | workload | req/s | x ceiling | server CPU us/req | x SCM acceptor | p50 us | p99 us | p99.9 us | errors |"
-echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| server | workload | req/s | x baseline | x ceiling | server CPU us/req | x baseline | p50 us | p99 us | x baseline | p99.9 us | errors | baseline |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
 for key in "${ROWS[@]}"; do
     name=${key%%|*} workload=${key#*|}
-    r=${RESULT[$key.rps]} c=${RESULT[$key.cpu]}
-    xr=$(awk -v a="$r" -v b="$(base_rate "$workload")" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
-    xc=$(awk -v a="$c" -v b="$(base_cpu "$workload")" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
-    echo "| $name | $workload | $r | $xr | $c | $xc | ${RESULT[$key.p50]} | ${RESULT[$key.p99]} | ${RESULT[$key.p999]} | ${RESULT[$key.err]} |"
+    base="${BASE[$name]}|$workload"
+    r=${RESULT[$key.rps]} c=${RESULT[$key.cpu]} p99=${RESULT[$key.p99]}
+    echo "| $name | $workload | $r | $(ratio "$r" "${RESULT[$base.rps]:-0}") | $(ratio "$r" "${RESULT[$CEILING|$workload.rps]:-0}") | $c | $(ratio "$c" "${RESULT[$base.cpu]:-0}") | ${RESULT[$key.p50]} | $p99 | $(ratio "$p99" "${RESULT[$base.p99]:-0}") | ${RESULT[$key.p999]} | ${RESULT[$key.err]} | ${BASE[$name]} |"
 done
 
 # --- scale: supervisor memory and descriptors --------------------------------------------
@@ -200,11 +225,11 @@ for w in 2 16 64; do
     stop_server
 done
 prefork 2
-taskset -c 1 "$T/loadgen" "127.0.0.1:$port" --mode connect --concurrency 64 --duration 2 >/dev/null
+taskset -c 1 "$T/loadgen" "127.0.0.1:$port" --mode close --concurrency 32 --duration 2 >/dev/null
 echo "| 2 workers, after warm-up | $(rss_kib "$server_pgid") KiB | $(fds "$server_pgid") |"
 total=0
 while [ "$total" -lt 1000000 ]; do
-    out=$(taskset -c 1 "$T/loadgen" "127.0.0.1:$port" --mode connect --concurrency 64 --duration 5)
+    out=$(taskset -c 1 "$T/loadgen" "127.0.0.1:$port" --mode connect --concurrency 32 --duration 5)
     total=$((total + $(field requests "$out")))
 done
 echo "| 2 workers, after $total more hand-offs | $(rss_kib "$server_pgid") KiB | $(fds "$server_pgid") |"
