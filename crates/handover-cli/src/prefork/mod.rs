@@ -143,8 +143,8 @@ struct Worker {
     /// The PING it has not answered yet: nonce and when it was sent.
     ping: Option<(u64, Instant)>,
     next_ping: Instant,
-    /// Its channel registered with the reactor: read as soon as something arrives. `None`
-    /// where that is not built (Windows) or failed: read on the [`FLUSH`] timer instead.
+    /// Its channel registered with the reactor, while it cannot take a connection (see
+    /// [`Prefork::sync_watches`]): read as soon as something arrives.
     watch: Option<sys::ChannelWatch>,
 }
 
@@ -197,6 +197,9 @@ pub(crate) struct Prefork {
     candidates: Vec<Candidate>,
     /// Workers whose channels the reactor found readable, to read now.
     readable: Vec<WorkerId>,
+    /// Channels can be watched here (see [`Prefork::sync_watches`]); otherwise (Windows, or
+    /// after registering one failed) they are read on the [`FLUSH`] timer.
+    watchable: bool,
 }
 
 impl Prefork {
@@ -215,6 +218,7 @@ impl Prefork {
             drain_sent: false,
             candidates: Vec::new(),
             readable: Vec::new(),
+            watchable: true,
         }
     }
 
@@ -229,17 +233,8 @@ impl Prefork {
     fn start_worker(&mut self, core: &mut Core, slot: usize) {
         let mut cmd = child::command(&core.prog, &core.env);
         cmd.channel();
-        let program = core.prog.name.clone();
         self.pool.start(core, slot, &mut cmd, |mut proc| {
             let channel = Rc::new(proc.child.channel.take().expect("spawned with a channel"));
-            let watch = match sys::ChannelWatch::new(&channel) {
-                Ok(w) => Some(w),
-                Err(e) if e.kind() == std::io::ErrorKind::Unsupported => None,
-                Err(e) => {
-                    warn!(program = %program, slot, "worker's channel read on a timer: cannot watch it ({e})");
-                    None
-                }
-            };
             let now = Instant::now();
             Worker {
                 proc,
@@ -252,7 +247,7 @@ impl Prefork {
                 heartbeat: false,
                 ping: None,
                 next_ping: now,
-                watch,
+                watch: None,
             }
         });
     }
@@ -424,24 +419,69 @@ impl Prefork {
         }
     }
 
-    /// Whether the timer must read `w`'s channel (it is not watched) because it may have sent
-    /// something (it holds connections, or is starting, draining or dying), or write to it
-    /// (what its full channel could not take before).
+    /// Whether `w` may have sent something: it holds connections, or is starting, draining or
+    /// dying.
     fn active(&self, w: &Worker) -> bool {
-        let unwatched =
-            w.watch.is_none() && (self.ledger.load(w.id()).live > 0 || w.state() != WState::Ready);
-        unwatched || w.blocked
+        self.ledger.load(w.id()).live > 0 || w.state() != WState::Ready || w.blocked
     }
 
-    /// Reads the channels of the unwatched workers that may have sent something (see
-    /// [`FLUSH`]), and writes what blocked workers' channels could not take before.
+    /// Registers with the reactor the channels of the workers that cannot take a connection
+    /// now (full, blocked, starting, draining, dying), so that the message that changes that
+    /// (FINISHED, an ACK after a full channel, HELLO) is read the moment it arrives, and
+    /// unregisters the others. A worker with room is not watched: its ACKs and FINISHEDs would
+    /// wake the supervisor twice per connection, for nothing that cannot wait; they are read
+    /// when the supervisor is awake anyway ([`Prefork::read_stale`]) and on its tick.
+    fn sync_watches(&mut self, core: &Core) {
+        if !self.watchable {
+            return;
+        }
+        let ledger = &self.ledger;
+        // Those whose watch is to change: watched and open, or unwatched and not open.
+        let change = self.pool.ids(|w| w.open(ledger.load(w.id())) == w.watch.is_some());
+        for id in change {
+            let Some(w) = self.pool.get_mut(id) else { continue };
+            if w.watch.take().is_some() {
+                continue;
+            }
+            match sys::ChannelWatch::new(&w.channel) {
+                Ok(watch) => w.watch = Some(watch),
+                Err(e) => {
+                    if e.kind() != std::io::ErrorKind::Unsupported {
+                        warn!(program = %core.prog.name, "workers' channels are read on a timer from now on: cannot watch one ({e})");
+                    }
+                    self.watchable = false;
+                    for id in self.pool.ids(|w| w.watch.is_some()) {
+                        if let Some(w) = self.pool.get_mut(id) {
+                            w.watch = None;
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads the channels of active workers not read for [`FLUSH`]: while the supervisor is
+    /// awake anyway, so the live counts the policies see stay fresh without a wake-up.
+    fn read_stale(&mut self, core: &mut Core) {
+        let now = Instant::now();
+        let stale = self.pool.ids(|w| self.active(w) && now >= w.polled_at + FLUSH);
+        for id in stale {
+            self.poll_worker(core, id);
+            self.unblock(core, id);
+            if let Some(w) = self.pool.get_mut(id) {
+                w.polled_at = now;
+            }
+        }
+    }
+
+    /// Reads the channels of the workers that may have sent something (see [`FLUSH`]), and
+    /// writes what blocked workers' channels could not take before.
     fn flush(&mut self, core: &mut Core) {
         let ids = self.pool.ids(|w| self.active(w));
         let mut read = 0;
         for id in ids {
-            if self.worker(id).is_some_and(|w| w.watch.is_none()) {
-                read += self.poll_worker(core, id);
-            }
+            read += self.poll_worker(core, id);
             self.unblock(core, id);
         }
         self.flush_every = if read == 0 { (self.flush_every * 2).min(FLUSH_MAX) } else { FLUSH };
@@ -658,7 +698,9 @@ impl Mode for Prefork {
     }
 
     fn maintain(&mut self, core: &mut Core) {
-        if Instant::now() >= self.flush_at || !self.any_open() {
+        if self.watchable {
+            self.read_stale(core);
+        } else if Instant::now() >= self.flush_at || !self.any_open() {
             self.flush(core);
         }
         for slot in self.pool.due(core) {
@@ -674,10 +716,12 @@ impl Mode for Prefork {
             }
         }
         self.drain_step(core);
+        self.sync_watches(core);
     }
 
     fn wake_at(&self) -> Option<Instant> {
-        self.pool.members().iter().any(|w| self.active(w)).then_some(self.flush_at)
+        let timed = !self.watchable && self.pool.members().iter().any(|w| self.active(w));
+        timed.then_some(self.flush_at)
     }
 
     fn on_wake(&mut self, core: &mut Core) {
