@@ -28,6 +28,8 @@ done
 # systemd-socket-activate (package systemd) for the supervisor's socket-activation test.
 command -v systemd-socket-activate >/dev/null || [ -x /usr/lib/systemd/systemd-socket-activate ] \
     || missing+=(systemd)
+# man (package man-db) renders the generated man page in the supervisor's tests.
+command -v man >/dev/null || missing+=(man-db)
 if ((${#missing[@]})); then
     sudo=()
     [ "$(id -u)" -eq 0 ] || sudo=(sudo)

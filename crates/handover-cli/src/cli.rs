@@ -84,6 +84,32 @@ pub(crate) enum Command {
     /// and drain the old generation once the new one is ready. Waits for the outcome; exits
     /// non-zero (and the old generation carries on) if the new one fails to become ready.
     Upgrade(ControlArgs),
+    /// Print a completion script for a shell, generated from these definitions.
+    ///
+    ///   bash        handover completions bash > ~/.local/share/bash-completion/completions/handover
+    ///   zsh         handover completions zsh > ~/.zfunc/_handover   (a directory in $fpath)
+    ///   fish        handover completions fish > ~/.config/fish/completions/handover.fish
+    ///   powershell  handover completions powershell | Out-String | Invoke-Expression
+    #[command(verbatim_doc_comment)]
+    Completions(CompletionsArgs),
+    /// Print a man page in roff, generated from these definitions: handover(1), or with a
+    /// subcommand its own page (`handover man serve`: handover-serve(1)). Read one with
+    /// `handover man | man -l -`.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub(crate) shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ManArgs {
+    /// The subcommand whose page to print (`serve`, `status`, ...); the main page without.
+    #[arg(value_name = "SUBCOMMAND")]
+    pub(crate) subcommand: Option<String>,
 }
 
 #[derive(Debug, Args)]
