@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Turn any program into a multi-process server: `handover serve --help` explains the modes.
 #[derive(Debug, Parser)]
-#[command(name = "handover", version, verbatim_doc_comment, max_term_width = 100)]
+#[command(name = "handover", version = env!("HANDOVER_VERSION"), verbatim_doc_comment, max_term_width = 100)]
 pub(crate) struct Cli {
     /// Log filter (e.g. `info`, `debug`, `handover=trace`); overrides RUST_LOG.
     #[arg(long, global = true, value_name = "FILTER")]
