@@ -19,8 +19,9 @@ if command -v rustup >/dev/null; then
     done
 fi
 
-# Debian packages used by the tests: python3 for the example Python worker.
-packages=(python3)
+# Debian packages used by the tests: python3 for the example Python worker, curl for the
+# README's install block (scripts/install-test.sh).
+packages=(python3 curl)
 missing=()
 for p in "${packages[@]}"; do
     command -v "$p" >/dev/null || missing+=("$p")
