@@ -136,7 +136,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_enum)]
     pub(crate) socket: Option<SpawnSocket>,
 
-    /// A TOML file with several listeners and programs (see docs/protocol.md for an example);
+    /// A TOML file with several listeners and programs (docs/config.md lists every key);
     /// replaces --listen/--workers/--mode/--policy/--socket and the command.
     #[arg(long, short = 'c', value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
