@@ -20,7 +20,7 @@ while (($#)); do
     esac
 done
 [ "$(nproc)" -ge 2 ] || { echo "bench: needs 2 CPUs" >&2; exit 1; }
-cargo build --quiet --release -p bench-servers -p handover-cli
+cargo build --quiet --release -p bench-servers -p handover-cli -p handover-demo-worker
 T=${CARGO_TARGET_DIR:-target}/release
 dir=$(mktemp -d)
 pid=

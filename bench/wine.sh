@@ -37,7 +37,7 @@ bash .ci/setup-wine.sh
 command -v taskset >/dev/null || { echo "bench: taskset missing (apt-get install util-linux)" >&2; exit 1; }
 echo "building release binaries..." >&2
 cargo build --quiet --release -p bench-servers
-cargo build --quiet --release --target x86_64-pc-windows-gnu -p handover-cli --bins
+cargo build --quiet --release --target x86_64-pc-windows-gnu -p handover-cli -p handover-demo-worker --bins
 cargo build --quiet --release --target x86_64-pc-windows-gnu -p handover --example classic_server
 T=${CARGO_TARGET_DIR:-target}
 L=$T/release

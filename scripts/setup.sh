@@ -19,8 +19,9 @@ if command -v rustup >/dev/null; then
     done
 fi
 
-# Debian packages used by the tests: python3 for the example Python worker.
-packages=(python3)
+# Debian packages used by the tests: python3 for the example Python worker, curl for the
+# README's install block (scripts/install-test.sh).
+packages=(python3 curl)
 missing=()
 for p in "${packages[@]}"; do
     command -v "$p" >/dev/null || missing+=("$p")
@@ -28,6 +29,8 @@ done
 # systemd-socket-activate (package systemd) for the supervisor's socket-activation test.
 command -v systemd-socket-activate >/dev/null || [ -x /usr/lib/systemd/systemd-socket-activate ] \
     || missing+=(systemd)
+# man (package man-db) renders the generated man page in the supervisor's tests.
+command -v man >/dev/null || missing+=(man-db)
 if ((${#missing[@]})); then
     sudo=()
     [ "$(id -u)" -eq 0 ] || sudo=(sudo)

@@ -24,9 +24,9 @@ if [ -z "${HANDOVER_NO_WINE:-}" ]; then
     # The demo worker played against a test supervisor. (The supervisor's other test files
     # drive a Linux supervisor; the Windows one is driven from Linux below.)
     echo "== Windows under Wine: the demo worker (prefork, spawn, shared)"
-    cargo test -p handover-cli --all-features --target x86_64-pc-windows-gnu \
+    cargo test -p handover-demo-worker --all-features --target x86_64-pc-windows-gnu \
         --test windows_demo_worker
     echo "== Windows under Wine: handover.exe serve (prefork, spawn, shared, upgrade, stop) driven from Linux clients"
-    cargo build -p handover-cli -p integration-tests --bins --target x86_64-pc-windows-gnu
+    cargo build -p handover-cli -p handover-demo-worker -p integration-tests --bins --target x86_64-pc-windows-gnu
     cargo test -p handover-cli --test wine -- --ignored
 fi

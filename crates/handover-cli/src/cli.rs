@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Turn any program into a multi-process server: `handover serve --help` explains the modes.
 #[derive(Debug, Parser)]
-#[command(name = "handover", version, verbatim_doc_comment, max_term_width = 100)]
+#[command(name = "handover", version = env!("HANDOVER_VERSION"), verbatim_doc_comment, max_term_width = 100)]
 pub(crate) struct Cli {
     /// Log filter (e.g. `info`, `debug`, `handover=trace`); overrides RUST_LOG.
     #[arg(long, global = true, value_name = "FILTER")]
@@ -84,6 +84,32 @@ pub(crate) enum Command {
     /// and drain the old generation once the new one is ready. Waits for the outcome; exits
     /// non-zero (and the old generation carries on) if the new one fails to become ready.
     Upgrade(ControlArgs),
+    /// Print a completion script for a shell, generated from these definitions.
+    ///
+    ///   bash        handover completions bash > ~/.local/share/bash-completion/completions/handover
+    ///   zsh         handover completions zsh > ~/.zfunc/_handover   (a directory in $fpath)
+    ///   fish        handover completions fish > ~/.config/fish/completions/handover.fish
+    ///   powershell  handover completions powershell | Out-String | Invoke-Expression
+    #[command(verbatim_doc_comment)]
+    Completions(CompletionsArgs),
+    /// Print a man page in roff, generated from these definitions: handover(1), or with a
+    /// subcommand its own page (`handover man serve`: handover-serve(1)). Read one with
+    /// `handover man | man -l -`.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub(crate) shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ManArgs {
+    /// The subcommand whose page to print (`serve`, `status`, ...); the main page without.
+    #[arg(value_name = "SUBCOMMAND")]
+    pub(crate) subcommand: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -110,7 +136,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_enum)]
     pub(crate) socket: Option<SpawnSocket>,
 
-    /// A TOML file with several listeners and programs (see docs/protocol.md for an example);
+    /// A TOML file with several listeners and programs (docs/config.md lists every key);
     /// replaces --listen/--workers/--mode/--policy/--socket and the command.
     #[arg(long, short = 'c', value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,

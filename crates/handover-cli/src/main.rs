@@ -13,6 +13,7 @@ mod config;
 mod control;
 mod engine;
 mod exit_codes;
+mod generate;
 mod listener;
 mod metrics;
 mod output;
@@ -134,6 +135,15 @@ fn run() -> Result<ExitCode, (ExitCode, anyhow::Error)> {
         Command::Stop(args) => {
             let path = control_path(args.control, &env);
             control::request(&path, control::Command::Stop).map_err(failure)?;
+            Ok(ExitCode::Success)
+        }
+        Command::Completions(args) => {
+            generate::completions(args.shell, &mut std::io::stdout().lock());
+            Ok(ExitCode::Success)
+        }
+        Command::Man(args) => {
+            generate::man(args.subcommand.as_deref(), &mut std::io::stdout().lock())
+                .map_err(|e| (ExitCode::Usage, e))?;
             Ok(ExitCode::Success)
         }
     }

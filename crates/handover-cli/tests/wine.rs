@@ -27,7 +27,7 @@ fn windows_exe(name: &str) -> PathBuf {
     assert!(
         exe.is_file(),
         "{} is missing: build it with `cargo build --target x86_64-pc-windows-gnu -p handover-cli \
-         -p integration-tests --bins` (scripts/test.sh does)",
+         -p handover-demo-worker -p integration-tests --bins` (scripts/test.sh does)",
         exe.display()
     );
     assert!(

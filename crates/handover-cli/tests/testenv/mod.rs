@@ -10,7 +10,34 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub const HANDOVER: &str = env!("CARGO_BIN_EXE_handover");
-pub const DEMO_WORKER: &str = env!("CARGO_BIN_EXE_handover-demo-worker");
+/// The demo worker, `handover-demo-worker` beside `handover` in the target directory. It is a
+/// package of its own (crates/demo-worker, unpublished, so that installing the supervisor
+/// installs no demo program), and cargo sets `CARGO_BIN_EXE_*` only for binaries of the test's
+/// own package: [`TestEnv::new`] builds it first (see [`build_demo_worker`]).
+pub const DEMO_WORKER: &str = concat!(env!("CARGO_BIN_EXE_handover"), "-demo-worker");
+
+/// Runs `cargo build -p handover-demo-worker`, once per test process, into the target
+/// directory `handover` was built in: a no-op when `cargo test --workspace` built it already,
+/// and it is never stale when only this package's tests are run.
+pub fn build_demo_worker() {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let profile = Path::new(HANDOVER).parent().expect("the profile directory");
+        let target = profile.parent().expect("the target directory");
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo.args(["build", "--quiet", "-p", "handover-demo-worker", "--target-dir"]).arg(target);
+        if profile.ends_with("release") {
+            cargo.arg("--release");
+        }
+        let out = cargo.current_dir(env!("CARGO_MANIFEST_DIR")).output().expect("run cargo");
+        assert!(
+            out.status.success(),
+            "cargo build -p handover-demo-worker failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(Path::new(DEMO_WORKER).is_file(), "{DEMO_WORKER} missing after cargo build");
+    });
+}
 
 /// The Python example worker, from the repository.
 pub fn python_worker() -> PathBuf {
@@ -37,6 +64,7 @@ pub struct TestEnv {
 impl TestEnv {
     /// A fresh directory for one test.
     pub fn new(name: &str) -> TestEnv {
+        build_demo_worker();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir =
             std::env::temp_dir().join(format!("handover-test-{}-{name}-{n}", std::process::id()));

@@ -1,7 +1,8 @@
 //! The demo worker built for Windows, driven by this test playing the supervisor: prefork over
 //! a spawned channel (blocking and `--tokio`, and some `--misbehave` modes), spawn mode with
 //! the connection as standard input/output or passed like a listening socket, and shared mode.
-//! The Linux supervisor tests (`prefork.rs`, `modes.rs`, …) cover the same worker on Unix.
+//! The Linux supervisor tests (crates/handover-cli/tests: `prefork.rs`, `modes.rs`, …) cover the
+//! same worker on Unix.
 #![cfg(windows)] // named-pipe channels, WSADuplicateSocketW, CreateProcessW; runs under Wine
 
 use std::io::{Read, Write};
