@@ -48,7 +48,9 @@ pub(crate) enum Command {
     /// --drain-timeout); SIGHUP restarts the workers one at a time; SIGTTIN/SIGTTOU add or remove
     /// one worker (`handover scale` sets any number); SIGUSR2 (or `handover upgrade`) starts a new
     /// generation from the binary on disk, hands it the listening sockets and drains this one
-    /// once the new one is ready (docs/upgrade.md). `handover status` reports (--watch: live).
+    /// once the new one is ready (docs/upgrade.md); SIGQUIT is a fast shutdown (workers killed,
+    /// exit 131); SIGUSR1 reopens the log file; SIGWINCH, SIGALRM and the like are logged and
+    /// ignored, SIGPIPE ignored. `handover status` reports (--watch: live).
     ///
     /// Day-to-day controls (the README compares them with gunicorn, uWSGI, Puma and PM2):
     /// --max-requests/--max-requests-jitter and --max-memory recycle workers, --connection-timeout

@@ -13,8 +13,9 @@ pub(crate) enum ExitCode {
     CrashLoop,
     /// Draining took longer than `--drain-timeout`: the remaining workers were killed.
     DrainTimedOut,
-    /// A second terminating signal cut the drain short (exit status 128 + signal number,
-    /// as a shell reports a process killed by that signal).
+    /// A second `SIGTERM`/`SIGINT` cut the drain short, or `SIGQUIT` asked for a fast
+    /// shutdown (exit status 128 + signal number, as a shell reports a process killed by that
+    /// signal: 143, 130, 131).
     KilledBySignal(i32),
 }
 
@@ -60,9 +61,10 @@ mod tests {
             ExitCode::CrashLoop,
             ExitCode::DrainTimedOut,
             ExitCode::KilledBySignal(15),
+            ExitCode::KilledBySignal(3),
         ];
         let codes: Vec<i32> = all.iter().map(|c| c.code()).collect();
-        assert_eq!(codes, [0, 1, 2, 3, 4, 143]);
+        assert_eq!(codes, [0, 1, 2, 3, 4, 143, 131]);
         assert_eq!(ExitCode::Success.or(ExitCode::CrashLoop), ExitCode::CrashLoop);
         assert_eq!(ExitCode::Failure.or(ExitCode::CrashLoop), ExitCode::Failure);
     }

@@ -621,10 +621,19 @@ impl Supervisor {
             }
             Signal::Terminate | Signal::Interrupt if self.draining => {
                 warn!("second {sig:?} while draining: killing the workers");
-                self.shared.broadcast(|| Request::Kill);
-                while self.engines.join_next().await.is_some() {}
-                self.code = ExitCode::KilledBySignal(sig.number());
-                return Flow::Exit;
+                return self.kill_all(sig).await;
+            }
+            Signal::Quit => {
+                warn!("SIGQUIT: fast shutdown, killing the workers now");
+                return self.kill_all(sig).await;
+            }
+            Signal::ReopenLogs => {
+                info!("SIGUSR1: reopening the log file");
+            }
+            Signal::Ignored(name) => {
+                info!(
+                    "{name}: ignored (it means nothing to handover; see the README's signal table)"
+                );
             }
             Signal::Terminate | Signal::Interrupt => {
                 info!("{sig:?}: draining (again to kill the workers now)");
@@ -632,6 +641,16 @@ impl Supervisor {
             }
         }
         Flow::Continue
+    }
+
+    /// Kills every worker now and exits with 128 + the signal's number, as a shell reports a
+    /// process that signal killed: a second `SIGTERM`/`SIGINT` during a drain, or `SIGQUIT`.
+    async fn kill_all(&mut self, sig: Signal) -> Flow {
+        self.drain();
+        self.shared.broadcast(|| Request::Kill);
+        while self.engines.join_next().await.is_some() {}
+        self.code = ExitCode::KilledBySignal(sig.number());
+        Flow::Exit
     }
 
     fn on_control(&mut self, cmd: Control) -> Flow {

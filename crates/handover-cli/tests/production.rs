@@ -1,0 +1,89 @@
+//! Issue 17: a supervisor left running in production, as an operator of nginx or gunicorn
+//! would treat it.
+#![cfg(target_os = "linux")] // signals by name, /proc, logrotate
+
+mod testenv;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use testenv::*;
+
+/// Waits until the supervisor's log holds `text`.
+fn wait_log(env: &TestEnv, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !env.log_text().contains(text) {
+        assert!(Instant::now() < deadline, "no {text:?} in the log:\n{}", env.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether signal `n` is ignored (`SIG_IGN`) by process `pid`.
+fn ignores(pid: u32, n: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let mask = status.lines().find_map(|l| l.strip_prefix("SigIgn:")).unwrap().trim();
+    u64::from_str_radix(mask, 16).unwrap() & (1 << (n - 1)) != 0
+}
+
+#[test]
+fn usr1_and_other_stray_signals_leave_the_supervisor_and_its_workers_serving() {
+    let mut env = TestEnv::new("stray-signals");
+    env.serve(&["-l", "tcp://127.0.0.1:0", "-w", "2"], &[DEMO_WORKER]);
+    let addr = env.wait_ready(2);
+    let mut workers = env.worker_pids();
+    workers.sort();
+    assert_eq!(workers.len(), 2);
+
+    env.signal("USR1");
+    wait_log(&env, "SIGUSR1: reopening the log file");
+    let ignored = ["WINCH", "ALRM", "VTALRM", "PROF", "IO", "XCPU", "XFSZ", "PWR", "STKFLT"];
+    for sig in ignored {
+        env.signal(sig);
+        wait_log(&env, &format!("SIG{sig}: ignored"));
+    }
+    // SIGPIPE is ignored outright (logging it could fail the same way again).
+    assert!(ignores(env.pid(), 13), "SIGPIPE is not ignored");
+    env.signal("PIPE");
+
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(env.running(), "{}", env.log_text());
+    let l = load(addr, 40, 2);
+    assert_eq!((l.ok, l.failed), (40, 0), "{:?}", l.errors);
+    let mut now = env.worker_pids();
+    now.sort();
+    assert_eq!(now, workers, "no worker was replaced");
+    assert_eq!(env.totals()["restarts"], 0);
+    env.signal("TERM");
+    assert!(env.wait_exit(Duration::from_secs(10)).success(), "{}", env.log_text());
+}
+
+#[test]
+fn quit_is_a_fast_shutdown_with_exit_131_and_a_log_line() {
+    let mut env = TestEnv::new("quit");
+    env.serve(&["-l", "tcp://127.0.0.1:0", "-w", "2", "--drain-timeout", "60s"], &[DEMO_WORKER]);
+    let addr = env.wait_ready(2);
+    let workers = env.worker_pids();
+    // A request that would hold a graceful drain for 20 s.
+    let mut slow = TcpStream::connect(addr).unwrap();
+    slow.write_all(b"GET /sleep/20000 HTTP/1.0\r\n\r\n").unwrap();
+    env.wait_for("the slow request in a worker", Duration::from_secs(10), |s| {
+        s["totals"]["live"].as_u64() == Some(1)
+    });
+
+    let started = Instant::now();
+    env.signal("QUIT");
+    let st = env.wait_exit(Duration::from_secs(10));
+    assert!(started.elapsed() < Duration::from_secs(5), "not fast: {:?}", started.elapsed());
+    assert_eq!(st.code(), Some(131), "{}", env.log_text());
+    assert!(env.log_text().contains("SIGQUIT: fast shutdown"), "{}", env.log_text());
+    std::thread::sleep(Duration::from_millis(200));
+    for w in workers {
+        assert!(!alive(w), "worker {w} outlived the supervisor");
+    }
+    // The slow request's connection is cut, not answered.
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let _ = slow.read_to_end(&mut got);
+    assert!(!String::from_utf8_lossy(&got).contains("200"), "{got:?}");
+}
