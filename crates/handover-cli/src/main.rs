@@ -14,6 +14,7 @@ mod control;
 mod engine;
 mod exit_codes;
 mod listener;
+mod logging;
 mod metrics;
 mod output;
 mod prefork;
@@ -53,7 +54,7 @@ fn print_error(err: &anyhow::Error) {
             line.push_str(&c);
         }
     }
-    eprintln!("handover: {line}");
+    logging::last_words(&format!("handover: {line}"));
 }
 
 fn run() -> Result<ExitCode, (ExitCode, anyhow::Error)> {
@@ -89,7 +90,7 @@ fn run() -> Result<ExitCode, (ExitCode, anyhow::Error)> {
             let outcome = supervisor::serve(config, startup).map_err(failure)?;
             if let Some(msg) = &outcome.message {
                 if outcome.code != ExitCode::Success {
-                    eprintln!("handover: {msg}");
+                    logging::last_words(&format!("handover: {msg}"));
                 }
             }
             Ok(outcome.code)
@@ -160,11 +161,15 @@ fn init_logging(flag: Option<&str>, env: &Env, format: cli::LogFormat) {
         .or_else(|| env.get("RUST_LOG").and_then(|v| v.to_str()).map(str::to_owned))
         .unwrap_or_else(|| "info".to_owned());
     let filter = EnvFilter::try_new(&spec).unwrap_or_else(|e| {
-        eprintln!("handover: bad log filter {spec:?} ({e}); using info");
+        logging::last_words(&format!("handover: bad log filter {spec:?} ({e}); using info"));
         EnvFilter::new("info")
     });
     use std::io::IsTerminal;
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A closed stderr drops and counts lines, never panics (see `logging`).
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(logging::MakeLogWriter)
+        .log_internal_errors(false);
     match format {
         cli::LogFormat::Text => {
             fmt.with_ansi(std::io::stderr().is_terminal()).with_target(false).init()

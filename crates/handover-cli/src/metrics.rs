@@ -41,6 +41,7 @@ pub(crate) struct Metrics {
     restarts: Counter,
     upgrades: Counter,
     upgrades_failed: Counter,
+    log_writes_dropped: Counter,
     generation: Gauge,
     live: Gauge,
     timed_out: Counter,
@@ -69,6 +70,7 @@ impl Metrics {
             restarts: Counter::default(),
             upgrades: Counter::default(),
             upgrades_failed: Counter::default(),
+            log_writes_dropped: Counter::default(),
             generation: Gauge::default(),
             live: Gauge::default(),
             timed_out: Counter::default(),
@@ -172,6 +174,11 @@ impl Metrics {
             m.upgrades_failed.clone(),
         );
         r.register(
+            "log_writes_dropped",
+            "Writes of log lines or worker output dropped because the stream or log file failed (a closed stderr)",
+            m.log_writes_dropped.clone(),
+        );
+        r.register(
             "generation",
             "This supervisor's generation (1, plus one per upgrade)",
             m.generation.clone(),
@@ -199,6 +206,7 @@ impl Metrics {
         advance(&self.restarts, t.restarts);
         advance(&self.upgrades, s.upgrades);
         advance(&self.upgrades_failed, s.upgrades_failed);
+        advance(&self.log_writes_dropped, s.log_writes_dropped);
         advance(&self.timed_out, t.timed_out);
         self.generation.set(s.generation as i64);
         self.live.set(t.live as i64);

@@ -75,6 +75,7 @@ impl Shared {
             generation: self.generation,
             upgrades: self.generation.saturating_sub(1),
             upgrades_failed: self.upgrades_failed.get(),
+            log_writes_dropped: crate::logging::dropped(),
             ..Status::default()
         };
         let mut totals = Totals::default();

@@ -87,3 +87,41 @@ fn quit_is_a_fast_shutdown_with_exit_131_and_a_log_line() {
     let _ = slow.read_to_end(&mut got);
     assert!(!String::from_utf8_lossy(&got).contains("200"), "{got:?}");
 }
+
+#[test]
+fn a_closed_stdout_and_stderr_never_kill_the_supervisor() {
+    let mut env = TestEnv::new("closed-stderr");
+    let mut c = std::process::Command::new(HANDOVER);
+    c.args(["serve", "-l", "tcp://127.0.0.1:0", "-w", "2", "--control"]).arg(&env.control);
+    c.args(["--", DEMO_WORKER, "--log-requests"]);
+    c.env("RUST_LOG", "info").stdin(std::process::Stdio::null());
+    c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    // As `handover serve … 2>&1 | head -1` once head has exited: nobody reads either pipe.
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    env.child = Some(child);
+    let addr = env.wait_ready(2);
+
+    // Worker output (a line per request) and the supervisor's own lines (a worker killed and
+    // restarted) are all written to the closed pipes.
+    let l = load(addr, 20, 2);
+    assert_eq!((l.ok, l.failed), (20, 0), "{:?}", l.errors);
+    let victim = env.worker_pids()[0];
+    signal_pid(victim, "KILL");
+    env.wait_for("the killed worker replaced", Duration::from_secs(10), |s| {
+        s["totals"]["restarts"] == 1
+            && s["programs"][0]["workers"]
+                .as_array()
+                .is_some_and(|w| w.iter().filter(|w| w["state"] == "ready").count() == 2)
+    });
+    let l = load(addr, 20, 2);
+    assert_eq!((l.ok, l.failed), (20, 0), "{:?}", l.errors);
+    assert!(env.running(), "the supervisor died of its own output");
+    let s = env.status().unwrap();
+    assert!(s["log_writes_dropped"].as_u64() > Some(20), "{s}");
+
+    env.signal("TERM");
+    let st = env.wait_exit(Duration::from_secs(10));
+    assert!(st.success(), "{st}");
+}
