@@ -79,8 +79,12 @@ pub(crate) enum Command {
     /// until the supervisor is restarted or upgraded (which re-reads the configuration).
     #[command(verbatim_doc_comment)]
     Scale(ScaleArgs),
-    /// Drain a running supervisor and let it exit (as SIGTERM does).
-    Stop(ControlArgs),
+    /// Drain a running supervisor (as SIGTERM does) and wait until it has exited.
+    ///
+    /// Exits with the supervisor's own exit status (0 once it drained cleanly, 4 if the drain
+    /// timed out, ...) once its listeners, control socket and pid file are gone, so
+    /// `handover stop && handover serve ...` works. Says every 5 s that it is still waiting.
+    Stop(StopArgs),
     /// Zero-downtime upgrade (as SIGUSR2 does): start a new generation of the supervisor from
     /// the binary now on disk with the configuration re-read, hand it the listening sockets,
     /// and drain the old generation once the new one is ready. Waits for the outcome; exits
@@ -256,6 +260,16 @@ pub(crate) struct StatusArgs {
 #[derive(Debug, Args)]
 pub(crate) struct ReloadArgs {
     /// Start the reload and return at once, without waiting for it to finish.
+    #[arg(long)]
+    pub(crate) no_wait: bool,
+
+    #[command(flatten)]
+    pub(crate) control: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StopArgs {
+    /// Ask the supervisor to stop and return at once, without waiting for it to exit.
     #[arg(long)]
     pub(crate) no_wait: bool,
 

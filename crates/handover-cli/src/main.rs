@@ -133,9 +133,26 @@ fn run() -> Result<ExitCode, (ExitCode, anyhow::Error)> {
             reply(control::ask(&path, control::Command::Upgrade).map_err(failure)?)
         }
         Command::Stop(args) => {
-            let path = control_path(args.control, &env);
-            control::request(&path, control::Command::Stop).map_err(failure)?;
-            Ok(ExitCode::Success)
+            let path = control_path(args.control.control, &env);
+            if args.no_wait {
+                control::request(&path, control::Command::Stop).map_err(failure)?;
+                return Ok(ExitCode::Success);
+            }
+            let every = std::time::Duration::from_secs(5);
+            let stopped = control::stop_and_wait(&path, every, |so_far| {
+                logging::last_words(&format!(
+                    "handover: the supervisor is still draining after {}s",
+                    so_far.as_secs()
+                ));
+            })
+            .map_err(failure)?;
+            if let Some(why) = stopped.message.filter(|_| stopped.code != 0) {
+                logging::last_words(&format!(
+                    "handover: the supervisor exited {}: {why}",
+                    stopped.code
+                ));
+            }
+            Ok(ExitCode::Reported(stopped.code))
         }
     }
 }

@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::cli::{Mode, WorkerOutput};
 use crate::config::{Config, ListenerConfig};
-use crate::control::{Command, ControlSocket, Reply};
+use crate::control::{Command, ControlSocket, Reply, Stopped};
 use crate::engine::{self, Context as EngineContext, Core, Outcome, Request, Scale};
 use crate::exit_codes::ExitCode;
 use crate::listener::{self, Bound, Listener};
@@ -189,7 +189,8 @@ impl metrics::StatusSource for Shared {
 enum Control {
     /// A reload; the answer, if asked for, once it is done.
     Reload(Option<oneshot::Sender<Reply>>),
-    Stop,
+    /// A stop; the connection, if the client waits, is told how the supervisor exits.
+    Stop(Option<Box<handover::tokio::Channel>>),
     Upgrade(oneshot::Sender<Reply>),
     Scale {
         program: Option<String>,
@@ -310,6 +311,8 @@ struct Supervisor {
     owned_paths: Vec<PathBuf>,
     code: ExitCode,
     message: Option<String>,
+    /// `handover stop` clients waiting to hear how this supervisor exits.
+    stop_waiters: Vec<handover::tokio::Channel>,
 }
 
 /// What the loop does after an event.
@@ -571,6 +574,7 @@ impl Supervisor {
             owned_paths,
             code: ExitCode::Success,
             message: None,
+            stop_waiters: Vec::new(),
         })
     }
 
@@ -658,7 +662,10 @@ impl Supervisor {
         match cmd {
             Control::Reload(None) => self.shared.broadcast(|| Request::Reload(None)),
             Control::Reload(Some(reply)) => self.shared.reload(reply),
-            Control::Stop => self.drain(),
+            Control::Stop(waiter) => {
+                self.stop_waiters.extend(waiter.map(|w| *w));
+                self.drain();
+            }
             Control::Upgrade(reply) => self.upgrade(Some(reply)),
             Control::Scale { program, how, reply } => {
                 self.shared.scale(program.as_deref(), how, false, Some(reply))
@@ -936,7 +943,20 @@ impl Supervisor {
         }
         if let Some(m) = self.metrics {
             m.task.abort();
+            // Its listener is closed once the task is dropped, before anyone is told.
+            let _ = m.task.await;
         }
+        // Every listener is closed now (the engines have ended, the copies for an upgrade were
+        // dropped when the drain began), and so are the control socket and pid file: a waiting
+        // `handover stop` may start the next supervisor at once.
+        let stopped = Stopped { code: self.code.code(), message: self.message.clone() };
+        let report = serde_json::to_vec(&stopped).unwrap_or_default();
+        for w in &self.stop_waiters {
+            let _ = tokio::time::timeout(Duration::from_secs(1), w.send(&report, &[])).await;
+        }
+        // Their connections stay open until the process has exited, which is how a waiting
+        // `handover stop` knows it has (the end of the stream), on every OS.
+        std::mem::forget(self.stop_waiters);
         Outcome { code: self.code, message: self.message }
     }
 }
@@ -1029,10 +1049,15 @@ async fn answer(
             serde_json::to_vec(&r).unwrap_or_default()
         }
         Some(Command::Stop) => {
-            let _ = ctl.send(Control::Stop);
+            let _ = ctl.send(Control::Stop(None));
             b"ok".to_vec()
         }
-        None => b"unknown request (expected status, reload, reload wait, scale, upgrade or stop)"
+        Some(Command::StopWait) => {
+            // Answered by `Supervisor::finish`, as the supervisor exits.
+            let _ = ctl.send(Control::Stop(Some(Box::new(ch))));
+            return;
+        }
+        None => b"unknown request (expected status, reload, reload wait, scale, upgrade, stop or stop wait)"
             .to_vec(),
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), ch.send(&reply, &[])).await;

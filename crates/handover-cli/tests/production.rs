@@ -1,5 +1,5 @@
 //! Issue 17: a supervisor left running in production, as an operator of nginx or gunicorn
-//! would treat it.
+//! would treat it: signals, its own log output, `stop`, the control socket's path, log files.
 #![cfg(target_os = "linux")] // signals by name, /proc, logrotate
 
 mod testenv;
@@ -124,4 +124,53 @@ fn a_closed_stdout_and_stderr_never_kill_the_supervisor() {
     env.signal("TERM");
     let st = env.wait_exit(Duration::from_secs(10));
     assert!(st.success(), "{st}");
+}
+
+/// Sends `GET /sleep/MS` and returns the whole answer, on a thread.
+fn slow_request(addr: std::net::SocketAddr, ms: u64) -> std::thread::JoinHandle<String> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    std::thread::spawn(move || {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(format!("GET /sleep/{ms} HTTP/1.0\r\n\r\n").as_bytes()).unwrap();
+        let mut got = String::new();
+        let _ = s.read_to_string(&mut got);
+        got
+    })
+}
+
+#[test]
+fn stop_waits_for_the_exit_so_the_next_serve_starts_at_once() {
+    let mut env = TestEnv::new("stop-waits");
+    let pid_file = env.dir.join("h.pid");
+    let pid_file = pid_file.to_str().unwrap();
+    env.serve(&["-l", "tcp://127.0.0.1:0", "-w", "2", "--pid-file", pid_file], &[DEMO_WORKER]);
+    let addr = env.wait_ready(2);
+    let listen = format!("tcp://{addr}");
+    // A request in flight holds the drain for 5.5 s.
+    let slow = slow_request(addr, 5500);
+    env.wait_for("the slow request in a worker", Duration::from_secs(10), |s| {
+        s["totals"]["live"].as_u64() == Some(1)
+    });
+
+    let started = Instant::now();
+    let (ok, out) = env.handover("stop", &[]);
+    let took = started.elapsed();
+    assert!(ok, "{out}");
+    assert!(took >= Duration::from_secs(5), "returned before the drain ended: {took:?}");
+    assert!(out.contains("still draining after 5s"), "no progress line: {out:?}");
+    assert!(slow.join().unwrap().starts_with("HTTP/1.1 200"), "the drain let it finish");
+    // Exited, not just about to.
+    assert!(env.wait_exit(Duration::from_millis(500)).success(), "{}", env.log_text());
+
+    // The same control socket, address and pid file, at once.
+    env.serve(&["-l", &listen, "-w", "1", "--pid-file", pid_file], &[DEMO_WORKER]);
+    assert_eq!(env.wait_ready(1), addr, "{}", env.log_text());
+    assert_eq!(get(addr).map(|b| body_pid(&b)), Ok(env.worker_pids()[0]));
+    let pid = std::fs::read_to_string(env.dir.join("h.pid")).unwrap();
+    assert_eq!(pid.trim(), env.pid().to_string());
+
+    // --no-wait: asks and returns; the supervisor exits by itself.
+    let (ok, out) = env.handover("stop", &["--no-wait"]);
+    assert!(ok, "{out}");
+    assert!(env.wait_exit(Duration::from_secs(10)).success(), "{}", env.log_text());
 }
