@@ -224,8 +224,9 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_enum, value_name = "KIND")]
     pub(crate) compat: Vec<Compat>,
 
-    /// The control socket `handover status` talks to.
-    /// Default $XDG_RUNTIME_DIR/handover.sock, else /tmp/handover-UID.sock.
+    /// The control socket `handover status` talks to (logged at start).
+    /// Default $XDG_RUNTIME_DIR/handover.sock, else /tmp/handover-UID.sock (Windows:
+    /// %LOCALAPPDATA%\handover\handover.ctl, the directory created if missing).
     #[arg(long, value_name = "PATH")]
     pub(crate) control: Option<PathBuf>,
 
@@ -290,7 +291,8 @@ pub(crate) struct ScaleArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ControlArgs {
-    /// The supervisor's control socket (as given to `serve --control`).
+    /// The supervisor's control socket (as given to `serve --control`). Default: the first of
+    /// $XDG_RUNTIME_DIR/handover.sock and /tmp/handover-UID.sock that exists.
     #[arg(long, value_name = "PATH")]
     pub(crate) control: Option<PathBuf>,
 }

@@ -412,7 +412,14 @@ impl Config {
 
 /// Where the control socket is when `--control` is not given (see `sys`).
 pub(crate) fn default_control_path(env: &Env) -> PathBuf {
-    crate::sys::default_control_path(env)
+    default_control_paths(env).swap_remove(0)
+}
+
+/// Where clients look for the control socket when `--control` is not given: the default
+/// first, then the fallback of a supervisor started without `XDG_RUNTIME_DIR` (Unix) or
+/// `LOCALAPPDATA` (Windows).
+pub(crate) fn default_control_paths(env: &Env) -> Vec<PathBuf> {
+    crate::sys::default_control_paths(env)
 }
 
 fn parse_listen_flag(s: &str, i: usize) -> Result<(String, ListenAddr)> {

@@ -167,8 +167,27 @@ fn reply(r: control::Reply) -> Result<ExitCode, (ExitCode, anyhow::Error)> {
     }
 }
 
+/// The control socket a client command talks to: `--control`, else the first default path
+/// that exists (saying so on stderr when it is not the first), else the first.
 fn control_path(given: Option<std::path::PathBuf>, env: &Env) -> std::path::PathBuf {
-    given.unwrap_or_else(|| config::default_control_path(env))
+    if let Some(path) = given {
+        return path;
+    }
+    let candidates = config::default_control_paths(env);
+    let reached = candidates.iter().position(|p| p.exists());
+    match reached {
+        Some(0) | None => candidates.into_iter().next().unwrap_or_default(),
+        Some(i) => {
+            let (first, path) = (&candidates[0], candidates[i].clone());
+            logging::last_words(&format!(
+                "handover: no control socket at {}; using {} (a supervisor started without \
+                 XDG_RUNTIME_DIR, as under systemd-socket-activate, or LOCALAPPDATA binds there)",
+                first.display(),
+                path.display()
+            ));
+            path
+        }
+    }
 }
 
 fn init_logging(flag: Option<&str>, env: &Env, format: cli::LogFormat) {

@@ -518,11 +518,21 @@ impl Supervisor {
                 Some((Rc::new(Metrics::new()), listener, (local, dup)))
             }
         };
+        if config.control == crate::config::default_control_path(&config.env) {
+            // `%LOCALAPPDATA%\handover\` on first use (Unix's defaults are directories that
+            // exist).
+            if let Some(dir) = config.control.parent().filter(|d| !d.exists()) {
+                std::fs::create_dir_all(dir).with_context(|| {
+                    format!("cannot create the control socket's directory {}", dir.display())
+                })?;
+            }
+        }
         let control = if parent.is_some() {
             ControlSocket::bind_staged(&config.control)?
         } else {
             ControlSocket::bind(&config.control)?
         };
+        info!("control socket at {} (handover status --control PATH)", config.control.display());
         if parent.is_none() {
             if let Some(p) = &config.pid_file {
                 write_pid_file(p)?;

@@ -174,3 +174,53 @@ fn stop_waits_for_the_exit_so_the_next_serve_starts_at_once() {
     assert!(ok, "{out}");
     assert!(env.wait_exit(Duration::from_secs(10)).success(), "{}", env.log_text());
 }
+
+/// `handover ARGS` run as user `uid` (no such user needed: root may take any id), with
+/// `XDG_RUNTIME_DIR` set to `xdg` or unset.
+fn handover_as(uid: u32, xdg: Option<&std::path::Path>, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new("setpriv");
+    let id = uid.to_string();
+    c.args(["--reuid", &id, "--regid", &id, "--clear-groups", HANDOVER]).args(args);
+    match xdg {
+        Some(dir) => c.env("XDG_RUNTIME_DIR", dir),
+        None => c.env_remove("XDG_RUNTIME_DIR"),
+    };
+    c.env("RUST_LOG", "info").stdin(std::process::Stdio::null());
+    c
+}
+
+#[test]
+fn clients_find_a_supervisor_started_without_xdg_runtime_dir_at_the_tmp_fallback() {
+    let mut env = TestEnv::new("control-fallback");
+    // A user of this test's own, so /tmp/handover-UID.sock is nobody else's.
+    let uid = 40_000 + std::process::id() % 20_000;
+    let fallback = std::path::PathBuf::from(format!("/tmp/handover-{uid}.sock"));
+    let _ = std::fs::remove_file(&fallback);
+    let xdg = env.dir.join("xdg");
+    std::fs::create_dir(&xdg).unwrap();
+
+    // As under systemd-socket-activate, which clears XDG_RUNTIME_DIR.
+    let log = std::fs::File::create(&env.log).unwrap();
+    let mut serve = handover_as(uid, None, &["serve", "-l", "tcp://127.0.0.1:0", "-w", "1"]);
+    serve.args(["--", DEMO_WORKER]).stdout(log.try_clone().unwrap()).stderr(log);
+    env.child = Some(serve.spawn().unwrap());
+    wait_log(&env, &format!("control socket at {}", fallback.display()));
+
+    // A client whose XDG_RUNTIME_DIR is set finds it at the fallback, and says so.
+    let out = handover_as(uid, Some(&xdg), &["status", "--json"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{}", env.log_text());
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["pid"].as_u64(), Some(u64::from(env.pid())));
+    let said = format!(
+        "no control socket at {}; using {}",
+        xdg.join("handover.sock").display(),
+        fallback.display()
+    );
+    assert!(stderr.contains(&said), "{stderr:?}");
+
+    let out = handover_as(uid, Some(&xdg), &["stop"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(env.wait_exit(Duration::from_secs(10)).success(), "{}", env.log_text());
+    assert!(!fallback.exists(), "the supervisor removes its control socket");
+}

@@ -2,7 +2,9 @@
 //!
 //! Both backends provide:
 //!
-//! - `default_control_path(&Env) -> PathBuf`: where the control socket is by default;
+//! - `default_control_paths(&Env) -> Vec<PathBuf>`: where the control socket is by default,
+//!   the supervisor's choice first, then the fallback a supervisor started without the
+//!   variable that names the first would have used (clients try each);
 //! - `program_candidates(&OsStr, &Env) -> Vec<PathBuf>`: where to look for a worker command
 //!   (`PATH`; on Windows with each `PATHEXT` extension too), and
 //!   `check_executable(&Path) -> Result<(), String>` for each;

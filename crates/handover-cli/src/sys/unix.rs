@@ -17,11 +17,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use super::{Notify, Signal, Stop, TreeKind};
 use crate::config::{Env, ListenAddr};
 
-/// `$XDG_RUNTIME_DIR/handover.sock`, else `/tmp/handover-UID.sock`.
-pub(crate) fn default_control_path(env: &Env) -> PathBuf {
+/// `$XDG_RUNTIME_DIR/handover.sock`, else `/tmp/handover-UID.sock` (the fallback comes second
+/// when `XDG_RUNTIME_DIR` is set: a supervisor started without it, as under
+/// `systemd-socket-activate`, is found there).
+pub(crate) fn default_control_paths(env: &Env) -> Vec<PathBuf> {
+    let fallback = PathBuf::from(format!("/tmp/handover-{}.sock", nix::unistd::geteuid().as_raw()));
     match env.get("XDG_RUNTIME_DIR") {
-        Some(dir) if !dir.is_empty() => Path::new(dir).join("handover.sock"),
-        _ => PathBuf::from(format!("/tmp/handover-{}.sock", nix::unistd::geteuid().as_raw())),
+        Some(dir) if !dir.is_empty() => vec![Path::new(dir).join("handover.sock"), fallback],
+        _ => vec![fallback],
     }
 }
 
