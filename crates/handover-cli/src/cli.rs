@@ -200,6 +200,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub(crate) log_format: Option<LogFormat>,
 
+    /// Write the supervisor's log lines and the workers' prefixed output (--worker-output
+    /// prefix) to this file, appending, instead of stderr and stdout. SIGUSR1 reopens it, so
+    /// logrotate's `postrotate kill -USR1 $(cat PIDFILE)` works as for nginx and gunicorn.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) log_file: Option<PathBuf>,
+
     /// Listen backlog of each socket. Default 1024.
     #[arg(long, value_name = "N")]
     pub(crate) backlog: Option<i32>,

@@ -10,6 +10,7 @@
 //! pid_file = "/run/handover.pid"              # optional
 //! metrics = "127.0.0.1:9100"                  # optional Prometheus endpoint
 //! log_format = "json"                         # optional: text (default) or json
+//! log_file = "/var/log/handover.log"           # optional: as --log-file
 //!
 //! [[listener]]
 //! name = "http"
@@ -195,6 +196,8 @@ pub(crate) struct Config {
     /// Where to serve Prometheus metrics.
     pub(crate) metrics: Option<SocketAddr>,
     pub(crate) log_format: LogFormat,
+    /// `--log-file`: the log and the workers' prefixed output go there (reopened on SIGUSR1).
+    pub(crate) log_file: Option<PathBuf>,
 }
 
 /// The TOML file, as written.
@@ -207,6 +210,7 @@ struct FileConfig {
     pid_file: Option<PathBuf>,
     metrics: Option<String>,
     log_format: Option<LogFormat>,
+    log_file: Option<PathBuf>,
     #[serde(default)]
     listener: Vec<FileListener>,
     #[serde(default)]
@@ -348,6 +352,9 @@ impl Config {
         }
         if let Some(f) = args.log_format {
             config.log_format = f;
+        }
+        if let Some(p) = args.log_file {
+            config.log_file = Some(p);
         }
         config.validate()?;
         Ok(config)
@@ -531,6 +538,7 @@ fn from_flags(
         pid_file: None,
         metrics: None,
         log_format: LogFormat::Text,
+        log_file: None,
     })
 }
 
@@ -637,6 +645,7 @@ fn from_file(
         pid_file: file.pid_file.clone(),
         metrics: file.metrics.as_deref().map(parse_metrics).transpose()?,
         log_format: file.log_format.unwrap_or_default(),
+        log_file: file.log_file.clone(),
     })
 }
 

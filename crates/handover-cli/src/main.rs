@@ -85,7 +85,14 @@ fn run() -> Result<ExitCode, (ExitCode, anyhow::Error)> {
                     return Err((ExitCode::Usage, e));
                 }
             };
-            // After the configuration, which may ask for JSON.
+            if let Some(path) = &config.log_file {
+                if let Err(e) = logging::set_file(path) {
+                    let e = anyhow::anyhow!("cannot open the log file {}: {e}", path.display());
+                    startup.fail(&format!("{e:#}"));
+                    return Err((ExitCode::Failure, e));
+                }
+            }
+            // After the configuration, which may ask for JSON or a log file.
             init_logging(log.as_deref(), &env, config.log_format);
             let outcome = supervisor::serve(config, startup).map_err(failure)?;
             if let Some(msg) = &outcome.message {
@@ -208,7 +215,8 @@ fn init_logging(flag: Option<&str>, env: &Env, format: cli::LogFormat) {
         .log_internal_errors(false);
     match format {
         cli::LogFormat::Text => {
-            fmt.with_ansi(std::io::stderr().is_terminal()).with_target(false).init()
+            let ansi = !logging::to_file() && std::io::stderr().is_terminal();
+            fmt.with_ansi(ansi).with_target(false).init()
         }
         cli::LogFormat::Json => fmt.json().flatten_event(true).with_target(false).init(),
     }

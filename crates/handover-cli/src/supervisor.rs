@@ -642,9 +642,13 @@ impl Supervisor {
                 warn!("SIGQUIT: fast shutdown, killing the workers now");
                 return self.kill_all(sig).await;
             }
-            Signal::ReopenLogs => {
-                info!("SIGUSR1: reopening the log file");
-            }
+            Signal::ReopenLogs => match crate::logging::reopen() {
+                Ok(Some(path)) => info!("SIGUSR1: reopened the log file {}", path.display()),
+                Ok(None) => info!("SIGUSR1: no --log-file to reopen"),
+                Err(e) => {
+                    error!("SIGUSR1: cannot reopen the log file ({e}); writing on to the old one")
+                }
+            },
             Signal::Ignored(name) => {
                 info!(
                     "{name}: ignored (it means nothing to handover; see the README's signal table)"

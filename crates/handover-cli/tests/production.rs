@@ -36,7 +36,7 @@ fn usr1_and_other_stray_signals_leave_the_supervisor_and_its_workers_serving() {
     assert_eq!(workers.len(), 2);
 
     env.signal("USR1");
-    wait_log(&env, "SIGUSR1: reopening the log file");
+    wait_log(&env, "SIGUSR1: no --log-file to reopen");
     let ignored = ["WINCH", "ALRM", "VTALRM", "PROF", "IO", "XCPU", "XFSZ", "PWR", "STKFLT"];
     for sig in ignored {
         env.signal(sig);
@@ -223,4 +223,81 @@ fn clients_find_a_supervisor_started_without_xdg_runtime_dir_at_the_tmp_fallback
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(env.wait_exit(Duration::from_secs(10)).success(), "{}", env.log_text());
     assert!(!fallback.exists(), "the supervisor removes its control socket");
+}
+
+/// Lines of `path` that a demo worker run with `--log-requests` wrote for a request.
+fn served_lines(path: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().filter(|l| l.contains("served request")).map(str::to_owned).collect()
+}
+
+#[test]
+fn log_file_rotated_by_logrotate_keeps_every_line_and_new_ones_go_to_the_new_file() {
+    let mut env = TestEnv::new("logrotate");
+    let (log, pid) = (env.dir.join("handover.log"), env.dir.join("handover.pid"));
+    let rotated = env.dir.join("handover.log.1");
+    let args = [
+        "-l",
+        "tcp://127.0.0.1:0",
+        "-w",
+        "2",
+        "--log-file",
+        log.to_str().unwrap(),
+        "--pid-file",
+        pid.to_str().unwrap(),
+    ];
+    env.serve(&args, &[DEMO_WORKER, "--log-requests"]);
+    let addr = env.wait_ready(2);
+    let wait_lines = |path: &std::path::Path, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while served_lines(path).len() < n {
+            assert!(Instant::now() < deadline, "{:?}", std::fs::read_to_string(path));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let l = load(addr, 30, 2);
+    assert_eq!((l.ok, l.failed), (30, 0), "{:?}", l.errors);
+    wait_lines(&log, 30);
+
+    // What an operator puts in /etc/logrotate.d/handover.
+    let conf = env.dir.join("logrotate.conf");
+    let rules = format!(
+        "{} {{\n    rotate 1\n    nocompress\n    postrotate\n        kill -USR1 $(cat {})\n    endscript\n}}\n",
+        log.display(),
+        pid.display()
+    );
+    std::fs::write(&conf, rules).unwrap();
+    // /usr/sbin is not on every user's PATH.
+    let logrotate = ["/usr/sbin/logrotate", "/usr/bin/logrotate"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("logrotate");
+    let out = std::process::Command::new(logrotate)
+        .arg("-f")
+        .arg("-s")
+        .arg(env.dir.join("logrotate.state"))
+        .arg(&conf)
+        .output()
+        .expect("logrotate (Debian package logrotate; scripts/setup.sh installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reopened = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reopened().contains("SIGUSR1: reopened the log file") {
+        assert!(Instant::now() < deadline, "not reopened: {:?}", reopened());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let l = load(addr, 30, 2);
+    assert_eq!((l.ok, l.failed), (30, 0), "{:?}", l.errors);
+    wait_lines(&log, 30);
+    env.signal("TERM");
+    assert!(env.wait_exit(Duration::from_secs(10)).success());
+
+    let (old, new) = (served_lines(&rotated), served_lines(&log));
+    assert_eq!((old.len(), new.len()), (30, 30), "old: {old:?}\nnew: {new:?}");
+    let old_text = std::fs::read_to_string(&rotated).unwrap();
+    assert!(old_text.contains("listening on"), "the start is in the old file: {old_text}");
+    let new_text = std::fs::read_to_string(&log).unwrap();
+    assert!(new_text.contains("draining"), "the end is in the new file: {new_text}");
+    assert!(!env.log_text().contains("served request"), "nothing on stdout or stderr");
 }
