@@ -301,3 +301,42 @@ fn log_file_rotated_by_logrotate_keeps_every_line_and_new_ones_go_to_the_new_fil
     assert!(new_text.contains("draining"), "the end is in the new file: {new_text}");
     assert!(!env.log_text().contains("served request"), "nothing on stdout or stderr");
 }
+
+#[test]
+fn a_worker_sending_descriptors_no_frame_declares_is_replaced_and_they_are_closed_at_once() {
+    let mut env = TestEnv::new("stray-fds");
+    let once = env.dir.join("once");
+    env.serve(
+        &["-l", "tcp://127.0.0.1:0", "-w", "2", "--crash-limit", "0"],
+        &[DEMO_WORKER, "--misbehave", "stray-fds", "--once", once.to_str().unwrap()],
+    );
+    // The hostile worker says a well-formed hello with 50 descriptors beside it: it is killed
+    // and its slot refilled by a worker that behaves.
+    let s = env.wait_for("the hostile worker replaced", Duration::from_secs(15), |s| {
+        s["totals"]["misbehaving_killed"] == 1
+            && s["programs"][0]["workers"]
+                .as_array()
+                .is_some_and(|w| w.iter().filter(|w| w["state"] == "ready").count() == 2)
+    });
+    assert_eq!(s["totals"]["restarts_by_cause"]["misbehaved"], 1, "{s}");
+    let hostile: u32 = std::fs::read_to_string(&once).unwrap().trim().parse().unwrap();
+    assert!(!alive(hostile), "the hostile worker {hostile} still runs");
+    assert!(
+        env.log_text().contains("sockets arrived that no frame declares"),
+        "{}",
+        env.log_text()
+    );
+    // None of the 50 is held (the supervisor has its stdin and one more of its own).
+    let devnull = env.fd_list().matches("/dev/null").count();
+    assert!(devnull < 5, "descriptors held: {}", env.fd_list());
+    let addr: std::net::SocketAddr = s["listeners"][0]["address"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("tcp://")
+        .parse()
+        .unwrap();
+    let l = load(addr, 40, 2);
+    assert_eq!((l.ok, l.failed), (40, 0), "{:?}", l.errors);
+    env.signal("TERM");
+    assert!(env.wait_exit(Duration::from_secs(10)).success(), "{}", env.log_text());
+}
