@@ -340,3 +340,58 @@ fn a_worker_sending_descriptors_no_frame_declares_is_replaced_and_they_are_close
     env.signal("TERM");
     assert!(env.wait_exit(Duration::from_secs(10)).success(), "{}", env.log_text());
 }
+
+/// `GET PATH` on the metrics address: the status code and body, or `None` if it cannot connect.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let code = resp.split(' ').nth(1)?.parse().ok()?;
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    Some((code, body))
+}
+
+#[test]
+fn ready_is_503_until_a_worker_is_ready_and_again_while_draining() {
+    let mut env = TestEnv::new("ready");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let maddr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let metrics = maddr.to_string();
+    let args = ["-l", "tcp://127.0.0.1:0", "-w", "2", "--metrics", &metrics];
+    // Workers take 1.5 s to say hello: a probe must not pass before.
+    env.serve(&args, &[DEMO_WORKER, "--start-delay-ms", "1500"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        if let Some(r) = http_get(maddr, "/ready") {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no metrics endpoint:\n{}", env.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(first.0, 503, "{first:?}");
+    assert!(first.1.contains("no ready worker"), "{first:?}");
+    assert_eq!(http_get(maddr, "/metrics").map(|r| r.0), Some(200), "metrics answer regardless");
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while http_get(maddr, "/ready").map(|r| r.0) != Some(200) {
+        assert!(Instant::now() < deadline, "never ready:\n{}", env.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let addr = env.wait_ready(1);
+    assert_eq!(http_get(maddr, "/ready"), Some((200, "ready\n".to_owned())));
+
+    // A drain held open by a slow request: not ready while it lasts.
+    let slow = slow_request(addr, 2000);
+    env.wait_for("the slow request in a worker", Duration::from_secs(10), |s| {
+        s["totals"]["live"].as_u64() == Some(1)
+    });
+    env.signal("TERM");
+    wait_log(&env, "draining");
+    let during = http_get(maddr, "/ready").expect("the endpoint answers during the drain");
+    assert_eq!(during.0, 503, "{during:?}");
+    assert!(during.1.contains("draining"), "{during:?}");
+    assert!(slow.join().unwrap().starts_with("HTTP/1.1 200"));
+    assert!(env.wait_exit(Duration::from_secs(10)).success(), "{}", env.log_text());
+}
