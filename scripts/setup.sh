@@ -26,6 +26,8 @@ missing=()
 for p in "${packages[@]}"; do
     command -v "$p" >/dev/null || missing+=("$p")
 done
+# logrotate for the --log-file rotation test (in /usr/sbin, not on every user's PATH).
+command -v logrotate >/dev/null || [ -x /usr/sbin/logrotate ] || missing+=(logrotate)
 # systemd-socket-activate (package systemd) for the supervisor's socket-activation test.
 command -v systemd-socket-activate >/dev/null || [ -x /usr/lib/systemd/systemd-socket-activate ] \
     || missing+=(systemd)

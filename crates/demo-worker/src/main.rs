@@ -22,7 +22,9 @@
 //! `--misbehave MODE` makes it break the protocol on purpose (the supervisor's tests use it):
 //! `exit` (exit 1 at once), `garbage` (garbage instead of an ACK), `wrong-ack`, `never-ack`,
 //! `die-before-ack` (take connections, never acknowledge, exit after `--count` of them),
-//! `die-after-finished` (serve one, say FINISHED, exit 3 before ending the stream).
+//! `die-after-finished` (serve one, say FINISHED, exit 3 before ending the stream),
+//! `stray-fds` (a well-formed hello with 50 descriptors beside it that no frame declares;
+//! Unix).
 //! With `--once FILE` only the first worker to create FILE misbehaves.
 //!
 //! Every mode serves HTTP/1.1 keep-alive: requests on a connection are answered one after
@@ -478,6 +480,15 @@ fn send(ch: &Channel, m: WorkerMessage) -> handover::Result<()> {
 fn misbehave(ch: Channel, mode: &str, opts: &Opts) -> Result<(), Box<dyn std::error::Error>> {
     let hello =
         WorkerMessage::Hello { capacity: opts.capacity, pid: std::process::id(), heartbeat: false };
+    if mode == "stray-fds" {
+        // A well-formed hello with 50 descriptors beside it that no frame declares.
+        let mut buf = [0u8; ID_MSG_LEN];
+        let n = hello.encode(&mut buf);
+        sys::send_with_stray_fds(&buf[..n], 50)?;
+        loop {
+            ch.recv()?;
+        }
+    }
     send(&ch, hello)?;
     let mut held = Vec::new();
     loop {

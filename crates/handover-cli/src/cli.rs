@@ -48,7 +48,9 @@ pub(crate) enum Command {
     /// --drain-timeout); SIGHUP restarts the workers one at a time; SIGTTIN/SIGTTOU add or remove
     /// one worker (`handover scale` sets any number); SIGUSR2 (or `handover upgrade`) starts a new
     /// generation from the binary on disk, hands it the listening sockets and drains this one
-    /// once the new one is ready (docs/upgrade.md). `handover status` reports (--watch: live).
+    /// once the new one is ready (docs/upgrade.md); SIGQUIT is a fast shutdown (workers killed,
+    /// exit 131); SIGUSR1 reopens the log file; SIGWINCH, SIGALRM and the like are logged and
+    /// ignored, SIGPIPE ignored. `handover status` reports (--watch: live).
     ///
     /// Day-to-day controls (the README compares them with gunicorn, uWSGI, Puma and PM2):
     /// --max-requests/--max-requests-jitter and --max-memory recycle workers, --connection-timeout
@@ -77,8 +79,12 @@ pub(crate) enum Command {
     /// until the supervisor is restarted or upgraded (which re-reads the configuration).
     #[command(verbatim_doc_comment)]
     Scale(ScaleArgs),
-    /// Drain a running supervisor and let it exit (as SIGTERM does).
-    Stop(ControlArgs),
+    /// Drain a running supervisor (as SIGTERM does) and wait until it has exited.
+    ///
+    /// Exits with the supervisor's own exit status (0 once it drained cleanly, 4 if the drain
+    /// timed out, ...) once its listeners, control socket and pid file are gone, so
+    /// `handover stop && handover serve ...` works. Says every 5 s that it is still waiting.
+    Stop(StopArgs),
     /// Zero-downtime upgrade (as SIGUSR2 does): start a new generation of the supervisor from
     /// the binary now on disk with the configuration re-read, hand it the listening sockets,
     /// and drain the old generation once the new one is ready. Waits for the outcome; exits
@@ -220,6 +226,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub(crate) log_format: Option<LogFormat>,
 
+    /// Write the supervisor's log lines and the workers' prefixed output (--worker-output
+    /// prefix) to this file, appending, instead of stderr and stdout. SIGUSR1 reopens it, so
+    /// logrotate's `postrotate kill -USR1 $(cat PIDFILE)` works as for nginx and gunicorn.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) log_file: Option<PathBuf>,
+
     /// Listen backlog of each socket. Default 1024.
     #[arg(long, value_name = "N")]
     pub(crate) backlog: Option<i32>,
@@ -244,8 +256,9 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_enum, value_name = "KIND")]
     pub(crate) compat: Vec<Compat>,
 
-    /// The control socket `handover status` talks to.
-    /// Default $XDG_RUNTIME_DIR/handover.sock, else /tmp/handover-UID.sock.
+    /// The control socket `handover status` talks to (logged at start).
+    /// Default $XDG_RUNTIME_DIR/handover.sock, else /tmp/handover-UID.sock (Windows:
+    /// %LOCALAPPDATA%\handover\handover.ctl, the directory created if missing).
     #[arg(long, value_name = "PATH")]
     pub(crate) control: Option<PathBuf>,
 
@@ -288,6 +301,16 @@ pub(crate) struct ReloadArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct StopArgs {
+    /// Ask the supervisor to stop and return at once, without waiting for it to exit.
+    #[arg(long)]
+    pub(crate) no_wait: bool,
+
+    #[command(flatten)]
+    pub(crate) control: ControlArgs,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct ScaleArgs {
     /// The program (may be left out when the supervisor runs only one), then the number of
     /// workers: N, +N or -N.
@@ -300,7 +323,8 @@ pub(crate) struct ScaleArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ControlArgs {
-    /// The supervisor's control socket (as given to `serve --control`).
+    /// The supervisor's control socket (as given to `serve --control`). Default: the first of
+    /// $XDG_RUNTIME_DIR/handover.sock and /tmp/handover-UID.sock that exists.
     #[arg(long, value_name = "PATH")]
     pub(crate) control: Option<PathBuf>,
 }

@@ -10,6 +10,7 @@
 //! pid_file = "/run/handover.pid"              # optional
 //! metrics = "127.0.0.1:9100"                  # optional Prometheus endpoint
 //! log_format = "json"                         # optional: text (default) or json
+//! log_file = "/var/log/handover.log"           # optional: as --log-file
 //!
 //! [[listener]]
 //! name = "http"
@@ -195,6 +196,8 @@ pub(crate) struct Config {
     /// Where to serve Prometheus metrics.
     pub(crate) metrics: Option<SocketAddr>,
     pub(crate) log_format: LogFormat,
+    /// `--log-file`: the log and the workers' prefixed output go there (reopened on SIGUSR1).
+    pub(crate) log_file: Option<PathBuf>,
 }
 
 /// The TOML file, as written.
@@ -207,6 +210,7 @@ struct FileConfig {
     pid_file: Option<PathBuf>,
     metrics: Option<String>,
     log_format: Option<LogFormat>,
+    log_file: Option<PathBuf>,
     #[serde(default)]
     listener: Vec<FileListener>,
     #[serde(default)]
@@ -349,6 +353,9 @@ impl Config {
         if let Some(f) = args.log_format {
             config.log_format = f;
         }
+        if let Some(p) = args.log_file {
+            config.log_file = Some(p);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -412,7 +419,14 @@ impl Config {
 
 /// Where the control socket is when `--control` is not given (see `sys`).
 pub(crate) fn default_control_path(env: &Env) -> PathBuf {
-    crate::sys::default_control_path(env)
+    default_control_paths(env).swap_remove(0)
+}
+
+/// Where clients look for the control socket when `--control` is not given: the default
+/// first, then the fallback of a supervisor started without `XDG_RUNTIME_DIR` (Unix) or
+/// `LOCALAPPDATA` (Windows).
+pub(crate) fn default_control_paths(env: &Env) -> Vec<PathBuf> {
+    crate::sys::default_control_paths(env)
 }
 
 fn parse_listen_flag(s: &str, i: usize) -> Result<(String, ListenAddr)> {
@@ -474,6 +488,52 @@ impl Controls {
     }
 }
 
+/// Settings given explicitly for one program (as flags, or keys of its `[[program]]` and its
+/// listeners) that only one mode uses.
+#[derive(Debug, Default, Clone, Copy)]
+struct ModeOnly {
+    policy: bool,
+    socket: bool,
+    ack_timeout: bool,
+    start_timeout: bool,
+    heartbeat_timeout: bool,
+}
+
+impl ModeOnly {
+    /// Refuses a setting the program's mode would ignore, as [`Controls::validate`] does for the
+    /// controls: `--socket fd3` in prefork mode does nothing, and saying so beats ignoring it.
+    fn validate(self, program: &str, mode: Mode) -> Result<()> {
+        let refuse = |what: &str, why: &str| -> Result<()> {
+            bail!("program {program:?}: {what} does not apply in {} mode: {why}", mode_name(mode))
+        };
+        let protocol = "only prefork workers speak the worker protocol (hello, ACK, PING)";
+        match mode {
+            Mode::Prefork if self.socket => refuse(
+                "--socket",
+                "connections reach prefork workers over their control channel (spawn mode only)",
+            ),
+            Mode::Shared if self.socket => refuse(
+                "--socket",
+                "its workers accept connections themselves, from the listening sockets they are \
+                 passed (spawn mode only)",
+            ),
+            Mode::Shared if self.policy => refuse(
+                "--policy",
+                "its workers accept connections themselves, so the supervisor picks no worker",
+            ),
+            Mode::Spawn if self.policy => {
+                refuse("--policy", "every connection gets a process of its own")
+            }
+            Mode::Shared | Mode::Spawn if self.ack_timeout => refuse("--ack-timeout", protocol),
+            Mode::Shared | Mode::Spawn if self.start_timeout => refuse("--start-timeout", protocol),
+            Mode::Shared | Mode::Spawn if self.heartbeat_timeout => {
+                refuse("--heartbeat-timeout", protocol)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 fn mode_name(m: Mode) -> &'static str {
     match m {
         Mode::Prefork => "prefork",
@@ -501,6 +561,14 @@ fn from_flags(
     }
     let mut programs = Vec::new();
     if let Some((cmd, rest)) = args.command.split_first() {
+        let given = ModeOnly {
+            policy: args.policy.is_some(),
+            socket: args.socket.is_some(),
+            ack_timeout: args.ack_timeout.is_some(),
+            start_timeout: args.start_timeout.is_some(),
+            heartbeat_timeout: args.heartbeat_timeout.is_some(),
+        };
+        given.validate("main", args.mode.unwrap_or(Mode::Prefork))?;
         programs.push(ProgramConfig {
             name: "main".to_owned(),
             program: resolve_program(cmd, &env)?,
@@ -524,6 +592,7 @@ fn from_flags(
         pid_file: None,
         metrics: None,
         log_format: LogFormat::Text,
+        log_file: None,
     })
 }
 
@@ -581,6 +650,16 @@ fn from_file(
                 .ok_or_else(|| anyhow!("program {name:?}: no listener named {w:?}"))?;
             idx.push(i);
         }
+        // The flags given with --config are defaults for every program, whatever its mode; the
+        // file's own keys are the program's.
+        let given = ModeOnly {
+            policy: idx.iter().any(|&i| file.listener[i].policy.is_some()),
+            socket: p.socket.is_some(),
+            ack_timeout: p.ack_timeout.is_some(),
+            start_timeout: p.start_timeout.is_some(),
+            heartbeat_timeout: p.heartbeat_timeout.is_some(),
+        };
+        given.validate(&name, p.mode.unwrap_or(Mode::Prefork))?;
         let mut t = timeouts;
         t.ack = dur(&p.ack_timeout, "ack_timeout", t.ack)?;
         t.start = dur(&p.start_timeout, "start_timeout", t.start)?;
@@ -630,6 +709,7 @@ fn from_file(
         pid_file: file.pid_file.clone(),
         metrics: file.metrics.as_deref().map(parse_metrics).transpose()?,
         log_format: file.log_format.unwrap_or_default(),
+        log_file: file.log_file.clone(),
     })
 }
 
@@ -819,6 +899,63 @@ mod tests {
             argv.extend(["--", "sh"]);
             serve(&argv).unwrap();
         }
+    }
+
+    #[test]
+    fn settings_only_another_mode_uses_are_refused() {
+        let cases: [(&[&str], &str); 9] = [
+            (&["--socket", "fd3"], "--socket does not apply in prefork mode"),
+            (&["--mode", "shared", "--socket", "fd3"], "--socket does not apply in shared mode"),
+            (&["--mode", "shared", "--policy", "least-connections"], "picks no worker"),
+            (&["--mode", "spawn", "--policy", "source-hash"], "process of its own"),
+            (&["--mode", "shared", "--ack-timeout", "1s"], "--ack-timeout does not apply"),
+            (&["--mode", "spawn", "--start-timeout", "1s"], "--start-timeout does not apply"),
+            (&["--mode", "shared", "--heartbeat-timeout", "1s"], "--heartbeat-timeout does not"),
+            (&["--mode", "spawn", "--heartbeat-timeout", "0s"], "worker protocol"),
+            (&["--mode", "prefork", "--socket", "channel"], "spawn mode only"),
+        ];
+        for (flags, want) in cases {
+            let mut argv = vec!["handover", "serve", "-l", "tcp://127.0.0.1:0"];
+            argv.extend(flags);
+            argv.extend(["--", "sh"]);
+            let e = serve(&argv).unwrap_err().to_string();
+            assert!(e.contains(want), "{flags:?}: {e}");
+        }
+        // Each where it applies.
+        for flags in [
+            &["--policy", "least-connections", "--ack-timeout", "1s", "--start-timeout", "1s"][..],
+            &["--heartbeat-timeout", "0s"],
+            &["--mode", "spawn", "--socket", "fd3"],
+        ] {
+            let mut argv = vec!["handover", "serve", "-l", "tcp://127.0.0.1:0"];
+            argv.extend(flags);
+            argv.extend(["--", "sh"]);
+            serve(&argv).unwrap();
+        }
+        // The same in a file: a listener's policy for a shared program, a prefork socket.
+        let dir = std::env::temp_dir().join(format!("handover-mode-only-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("h.toml");
+        let listener = "[[listener]]\nname = \"a\"\naddress = \"tcp://127.0.0.1:0\"\n";
+        for (extra, program, want) in [
+            ("policy = \"source-hash\"\n", "mode = \"shared\"\n", "--policy does not apply"),
+            ("", "socket = \"fd3\"\n", "--socket does not apply in prefork"),
+            ("", "mode = \"spawn\"\nack_timeout = \"1s\"\n", "--ack-timeout"),
+        ] {
+            let text = format!("{listener}{extra}[[program]]\ncommand = [\"sh\"]\n{program}");
+            std::fs::write(&file, text).unwrap();
+            let e = serve(&["handover", "serve", "--config", file.to_str().unwrap()]).unwrap_err();
+            assert!(e.to_string().contains(want), "{program:?}: {e}");
+        }
+        // Flags given with --config are defaults for programs of every mode: not refused.
+        std::fs::write(
+            &file,
+            format!("{listener}[[program]]\ncommand = [\"sh\"]\nmode = \"shared\"\n"),
+        )
+        .unwrap();
+        serve(&["handover", "serve", "--ack-timeout", "1s", "--config", file.to_str().unwrap()])
+            .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

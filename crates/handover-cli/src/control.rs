@@ -29,6 +29,8 @@ pub(crate) enum Command {
     /// Reload, answered with a [`Reply`] once every worker has been replaced.
     ReloadWait,
     Stop,
+    /// Stop, answered with [`Stopped`] once the supervisor has cleaned up and is about to exit.
+    StopWait,
     Upgrade,
     /// Change the number of workers of `program` (the only program if `None`).
     Scale {
@@ -44,6 +46,7 @@ impl Command {
             Command::Reload => b"reload".to_vec(),
             Command::ReloadWait => b"reload wait".to_vec(),
             Command::Stop => b"stop".to_vec(),
+            Command::StopWait => b"stop wait".to_vec(),
             Command::Upgrade => b"upgrade".to_vec(),
             Command::Scale { program: Some(p), how } => {
                 format!("scale {p} {}", how.to_arg()).into()
@@ -58,6 +61,7 @@ impl Command {
             b"reload" => Some(Command::Reload),
             b"reload wait" => Some(Command::ReloadWait),
             b"stop" => Some(Command::Stop),
+            b"stop wait" => Some(Command::StopWait),
             b"upgrade" => Some(Command::Upgrade),
             _ => {
                 let text = std::str::from_utf8(b).ok()?;
@@ -78,6 +82,16 @@ impl Command {
 pub(crate) struct Reply {
     pub(crate) ok: bool,
     pub(crate) message: String,
+}
+
+/// The answer to `stop wait`, sent as the supervisor exits: its listeners, control socket and
+/// pid file are gone by then, so another supervisor can start at once.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Stopped {
+    /// The supervisor's exit status.
+    pub(crate) code: i32,
+    /// Why it is not 0, when there is more to say.
+    pub(crate) message: Option<String>,
 }
 
 /// The bound control socket. The path may have been taken over by the next generation, so the
@@ -170,6 +184,15 @@ fn bind_at(path: &Path) -> Result<handover::tokio::ChannelListener> {
 
 /// Sends one request and returns the answer, waiting up to `patience` for it.
 pub(crate) fn request_within(path: &Path, cmd: Command, patience: Duration) -> Result<Vec<u8>> {
+    let channel = send(path, cmd)?;
+    let reply = channel
+        .recv_timeout(patience)
+        .with_context(|| format!("no answer from the supervisor at {}", path.display()))?;
+    Ok(reply.bytes)
+}
+
+/// Connects and sends one request.
+fn send(path: &Path, cmd: Command) -> Result<handover::Channel> {
     let channel = handover::Channel::connect(path).map_err(|e| {
         anyhow!(
             "cannot reach a supervisor at {}: {e} (is `handover serve` running? see --control)",
@@ -177,10 +200,41 @@ pub(crate) fn request_within(path: &Path, cmd: Command, patience: Duration) -> R
         )
     })?;
     channel.send(&cmd.to_bytes(), &[])?;
-    let reply = channel
-        .recv_timeout(patience)
-        .with_context(|| format!("no answer from the supervisor at {}", path.display()))?;
-    Ok(reply.bytes)
+    Ok(channel)
+}
+
+/// Asks the supervisor to stop and waits until it has exited, calling `waiting` with the time
+/// so far every `every` meanwhile; returns the exit status it reported.
+pub(crate) fn stop_and_wait(
+    path: &Path,
+    every: Duration,
+    mut waiting: impl FnMut(Duration),
+) -> Result<Stopped> {
+    let channel = send(path, Command::StopWait)?;
+    let started = std::time::Instant::now();
+    let bytes = loop {
+        match channel.recv_timeout(every) {
+            Ok(m) => break m.bytes,
+            Err(handover::Error::TimedOut) => waiting(started.elapsed()),
+            Err(handover::Error::PeerClosed) => bail!(
+                "the supervisor at {} closed the connection without saying how it exited \
+                 (killed?)",
+                path.display()
+            ),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("lost the supervisor at {} while it stopped", path.display())
+                })
+            }
+        }
+    };
+    let stopped: Stopped = serde_json::from_slice(&bytes).map_err(|_| {
+        anyhow!("unexpected answer from the supervisor: {}", String::from_utf8_lossy(&bytes))
+    })?;
+    // The connection ends when the supervisor's process does (it writes out the workers' last
+    // lines first, for up to a second).
+    let _ = channel.recv_timeout(Duration::from_secs(5));
+    Ok(stopped)
 }
 
 /// Sends one request and returns the answer.
@@ -214,6 +268,7 @@ mod tests {
             Command::Reload,
             Command::ReloadWait,
             Command::Stop,
+            Command::StopWait,
             Command::Upgrade,
             Command::Scale { program: None, how: Scale::To(6) },
             Command::Scale { program: Some("web".into()), how: Scale::By(-1) },

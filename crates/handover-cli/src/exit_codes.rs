@@ -13,9 +13,12 @@ pub(crate) enum ExitCode {
     CrashLoop,
     /// Draining took longer than `--drain-timeout`: the remaining workers were killed.
     DrainTimedOut,
-    /// A second terminating signal cut the drain short (exit status 128 + signal number,
-    /// as a shell reports a process killed by that signal).
+    /// A second `SIGTERM`/`SIGINT` cut the drain short, or `SIGQUIT` asked for a fast
+    /// shutdown (exit status 128 + signal number, as a shell reports a process killed by that
+    /// signal: 143, 130, 131).
     KilledBySignal(i32),
+    /// `handover stop`: the exit status the stopped supervisor reported, passed on.
+    Reported(i32),
 }
 
 impl ExitCode {
@@ -28,6 +31,7 @@ impl ExitCode {
             ExitCode::CrashLoop => 3,
             ExitCode::DrainTimedOut => 4,
             ExitCode::KilledBySignal(sig) => 128 + sig,
+            ExitCode::Reported(code) => code,
         }
     }
 
@@ -60,9 +64,11 @@ mod tests {
             ExitCode::CrashLoop,
             ExitCode::DrainTimedOut,
             ExitCode::KilledBySignal(15),
+            ExitCode::KilledBySignal(3),
+            ExitCode::Reported(4),
         ];
         let codes: Vec<i32> = all.iter().map(|c| c.code()).collect();
-        assert_eq!(codes, [0, 1, 2, 3, 4, 143]);
+        assert_eq!(codes, [0, 1, 2, 3, 4, 143, 131, 4]);
         assert_eq!(ExitCode::Success.or(ExitCode::CrashLoop), ExitCode::CrashLoop);
         assert_eq!(ExitCode::Failure.or(ExitCode::CrashLoop), ExitCode::Failure);
     }

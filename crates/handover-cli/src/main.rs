@@ -15,6 +15,7 @@ mod engine;
 mod exit_codes;
 mod generate;
 mod listener;
+mod logging;
 mod metrics;
 mod output;
 mod prefork;
@@ -54,7 +55,7 @@ fn print_error(err: &anyhow::Error) {
             line.push_str(&c);
         }
     }
-    eprintln!("handover: {line}");
+    logging::last_words(&format!("handover: {line}"));
 }
 
 fn run() -> Result<ExitCode, (ExitCode, anyhow::Error)> {
@@ -85,12 +86,19 @@ fn run() -> Result<ExitCode, (ExitCode, anyhow::Error)> {
                     return Err((ExitCode::Usage, e));
                 }
             };
-            // After the configuration, which may ask for JSON.
+            if let Some(path) = &config.log_file {
+                if let Err(e) = logging::set_file(path) {
+                    let e = anyhow::anyhow!("cannot open the log file {}: {e}", path.display());
+                    startup.fail(&format!("{e:#}"));
+                    return Err((ExitCode::Failure, e));
+                }
+            }
+            // After the configuration, which may ask for JSON or a log file.
             init_logging(log.as_deref(), &env, config.log_format);
             let outcome = supervisor::serve(config, startup).map_err(failure)?;
             if let Some(msg) = &outcome.message {
                 if outcome.code != ExitCode::Success {
-                    eprintln!("handover: {msg}");
+                    logging::last_words(&format!("handover: {msg}"));
                 }
             }
             Ok(outcome.code)
@@ -133,9 +141,26 @@ fn run() -> Result<ExitCode, (ExitCode, anyhow::Error)> {
             reply(control::ask(&path, control::Command::Upgrade).map_err(failure)?)
         }
         Command::Stop(args) => {
-            let path = control_path(args.control, &env);
-            control::request(&path, control::Command::Stop).map_err(failure)?;
-            Ok(ExitCode::Success)
+            let path = control_path(args.control.control, &env);
+            if args.no_wait {
+                control::request(&path, control::Command::Stop).map_err(failure)?;
+                return Ok(ExitCode::Success);
+            }
+            let every = std::time::Duration::from_secs(5);
+            let stopped = control::stop_and_wait(&path, every, |so_far| {
+                logging::last_words(&format!(
+                    "handover: the supervisor is still draining after {}s",
+                    so_far.as_secs()
+                ));
+            })
+            .map_err(failure)?;
+            if let Some(why) = stopped.message.filter(|_| stopped.code != 0) {
+                logging::last_words(&format!(
+                    "handover: the supervisor exited {}: {why}",
+                    stopped.code
+                ));
+            }
+            Ok(ExitCode::Reported(stopped.code))
         }
         Command::Completions(args) => {
             generate::completions(args.shell, &mut std::io::stdout().lock());
@@ -159,8 +184,27 @@ fn reply(r: control::Reply) -> Result<ExitCode, (ExitCode, anyhow::Error)> {
     }
 }
 
+/// The control socket a client command talks to: `--control`, else the first default path
+/// that exists (saying so on stderr when it is not the first), else the first.
 fn control_path(given: Option<std::path::PathBuf>, env: &Env) -> std::path::PathBuf {
-    given.unwrap_or_else(|| config::default_control_path(env))
+    if let Some(path) = given {
+        return path;
+    }
+    let candidates = config::default_control_paths(env);
+    let reached = candidates.iter().position(|p| p.exists());
+    match reached {
+        Some(0) | None => candidates.into_iter().next().unwrap_or_default(),
+        Some(i) => {
+            let (first, path) = (&candidates[0], candidates[i].clone());
+            logging::last_words(&format!(
+                "handover: no control socket at {}; using {} (a supervisor started without \
+                 XDG_RUNTIME_DIR, as under systemd-socket-activate, or LOCALAPPDATA binds there)",
+                first.display(),
+                path.display()
+            ));
+            path
+        }
+    }
 }
 
 fn init_logging(flag: Option<&str>, env: &Env, format: cli::LogFormat) {
@@ -170,14 +214,19 @@ fn init_logging(flag: Option<&str>, env: &Env, format: cli::LogFormat) {
         .or_else(|| env.get("RUST_LOG").and_then(|v| v.to_str()).map(str::to_owned))
         .unwrap_or_else(|| "info".to_owned());
     let filter = EnvFilter::try_new(&spec).unwrap_or_else(|e| {
-        eprintln!("handover: bad log filter {spec:?} ({e}); using info");
+        logging::last_words(&format!("handover: bad log filter {spec:?} ({e}); using info"));
         EnvFilter::new("info")
     });
     use std::io::IsTerminal;
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A closed stderr drops and counts lines, never panics (see `logging`).
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(logging::MakeLogWriter)
+        .log_internal_errors(false);
     match format {
         cli::LogFormat::Text => {
-            fmt.with_ansi(std::io::stderr().is_terminal()).with_target(false).init()
+            let ansi = !logging::to_file() && std::io::stderr().is_terminal();
+            fmt.with_ansi(ansi).with_target(false).init()
         }
         cli::LogFormat::Json => fmt.json().flatten_event(true).with_target(false).init(),
     }

@@ -1,5 +1,6 @@
 //! `--metrics HOST:PORT`: Prometheus metrics (OpenMetrics text format, `prometheus-client`) on a
-//! tiny HTTP/1.x listener that answers `GET /metrics`.
+//! tiny HTTP/1.x listener that answers `GET /metrics`, and `GET /ready` for load balancers and
+//! orchestrators (200 when ready to serve, 503 otherwise; see [`readiness`]).
 //!
 //! Almost everything is read at scrape time from the same status the control socket reports,
 //! so the dispatch path pays nothing for it. Per-worker series are labelled by program and
@@ -41,6 +42,7 @@ pub(crate) struct Metrics {
     restarts: Counter,
     upgrades: Counter,
     upgrades_failed: Counter,
+    log_writes_dropped: Counter,
     generation: Gauge,
     live: Gauge,
     timed_out: Counter,
@@ -69,6 +71,7 @@ impl Metrics {
             restarts: Counter::default(),
             upgrades: Counter::default(),
             upgrades_failed: Counter::default(),
+            log_writes_dropped: Counter::default(),
             generation: Gauge::default(),
             live: Gauge::default(),
             timed_out: Counter::default(),
@@ -172,6 +175,11 @@ impl Metrics {
             m.upgrades_failed.clone(),
         );
         r.register(
+            "log_writes_dropped",
+            "Writes of log lines or worker output dropped because the stream or log file failed (a closed stderr)",
+            m.log_writes_dropped.clone(),
+        );
+        r.register(
             "generation",
             "This supervisor's generation (1, plus one per upgrade)",
             m.generation.clone(),
@@ -199,6 +207,7 @@ impl Metrics {
         advance(&self.restarts, t.restarts);
         advance(&self.upgrades, s.upgrades);
         advance(&self.upgrades_failed, s.upgrades_failed);
+        advance(&self.log_writes_dropped, s.log_writes_dropped);
         advance(&self.timed_out, t.timed_out);
         self.generation.set(s.generation as i64);
         self.live.set(t.live as i64);
@@ -269,7 +278,7 @@ const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 /// Connections answered at once; more get `503` at once instead of holding a descriptor.
 const MAX_IN_FLIGHT: usize = 64;
 
-/// Serves `GET /metrics` until the task is dropped.
+/// Serves `GET /metrics` and `GET /ready` until the task is dropped.
 pub(crate) async fn serve<S: StatusSource + 'static>(
     listener: tokio::net::TcpListener,
     metrics: Rc<Metrics>,
@@ -335,8 +344,17 @@ async fn answer<S: StatusSource>(
         return respond(&mut stream, "405 Method Not Allowed", "text/plain", "GET only\n").await;
     }
     let path = path.split('?').next().unwrap_or("");
+    if path == "/ready" {
+        let (status, body) = match readiness(&source.status().await) {
+            Ok(()) => ("200 OK", "ready\n".to_owned()),
+            Err(why) => ("503 Service Unavailable", format!("not ready: {why}\n")),
+        };
+        let body = if method == "HEAD" { String::new() } else { body };
+        return respond(&mut stream, status, "text/plain", &body).await;
+    }
     if path != "/metrics" && path != "/" {
-        return respond(&mut stream, "404 Not Found", "text/plain", "see /metrics\n").await;
+        return respond(&mut stream, "404 Not Found", "text/plain", "see /metrics or /ready\n")
+            .await;
     }
     let body = metrics.render(&source.status().await);
     let body = if method == "HEAD" { String::new() } else { body };
@@ -347,6 +365,28 @@ async fn answer<S: StatusSource>(
         &body,
     )
     .await
+}
+
+/// `GET /ready`: whether this supervisor should get traffic (a Kubernetes readiness probe, an
+/// HAProxy `option httpchk`). Ready when it serves (not starting as a new generation that has
+/// not taken over, not draining, not superseded by an upgrade) and every program has a worker
+/// ready to take a connection (prefork: said hello; shared: stayed up `--min-uptime`; spawn:
+/// a child starts per connection, so always). Otherwise the reason.
+fn readiness(s: &Status) -> Result<(), String> {
+    if s.state != "running" && s.state != "upgrading" {
+        return Err(format!("the supervisor is {}", s.state));
+    }
+    for p in &s.programs {
+        if p.state == "draining" {
+            return Err(format!("program {:?} is draining", p.name));
+        }
+        let ready = p.mode == "spawn"
+            || p.workers.iter().any(|w| w.state == "ready" || w.state == "running");
+        if !ready {
+            return Err(format!("program {:?} has no ready worker yet", p.name));
+        }
+    }
+    Ok(())
 }
 
 async fn respond(
@@ -362,4 +402,54 @@ async fn respond(
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{ProgramStatus, WorkerStatus};
+
+    fn program(mode: &str, state: &str, workers: &[&str]) -> ProgramStatus {
+        ProgramStatus {
+            name: mode.to_owned(),
+            mode: mode.to_owned(),
+            state: state.to_owned(),
+            workers: workers
+                .iter()
+                .map(|w| WorkerStatus { state: (*w).to_owned(), ..WorkerStatus::default() })
+                .collect(),
+            ..ProgramStatus::default()
+        }
+    }
+
+    fn status(state: &str, programs: Vec<ProgramStatus>) -> Status {
+        Status { state: state.to_owned(), programs, ..Status::default() }
+    }
+
+    #[test]
+    fn ready_once_every_program_has_a_ready_worker_and_not_while_draining() {
+        let serving = || {
+            vec![
+                program("prefork", "running", &["starting", "ready"]),
+                program("shared", "running", &["running", "backoff"]),
+                program("spawn", "running", &[]),
+            ]
+        };
+        assert_eq!(readiness(&status("running", serving())), Ok(()));
+        assert_eq!(readiness(&status("upgrading", serving())), Ok(()), "still serving");
+        for state in ["draining", "starting", "upgraded"] {
+            let e = readiness(&status(state, serving())).unwrap_err();
+            assert!(e.contains(state), "{e}");
+        }
+        let mut p = serving();
+        p[0] = program("prefork", "running", &["starting", "starting"]);
+        let e = readiness(&status("running", p)).unwrap_err();
+        assert!(e.contains("\"prefork\" has no ready worker"), "{e}");
+        let mut p = serving();
+        p[1] = program("shared", "running", &["starting", "crash-looping"]);
+        assert!(readiness(&status("running", p)).is_err());
+        let mut p = serving();
+        p[2] = program("spawn", "draining", &[]);
+        assert!(readiness(&status("running", p)).unwrap_err().contains("draining"));
+    }
 }

@@ -17,7 +17,6 @@
 
 use std::cell::Cell;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -25,6 +24,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::cli::LogFormat;
+use crate::logging::Stream;
 use crate::sys;
 
 /// Longest line written as one; longer lines are cut.
@@ -32,21 +32,6 @@ pub(crate) const MAX_LINE: usize = 16 * 1024;
 /// Chunks (each up to one read of a pipe, formatted) queued for the writer thread.
 const QUEUE: usize = 32;
 const READ: usize = 16 * 1024;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stream {
-    Stdout,
-    Stderr,
-}
-
-impl Stream {
-    fn name(self) -> &'static str {
-        match self {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-        }
-    }
-}
 
 #[derive(Debug)]
 struct Chunk {
@@ -98,15 +83,10 @@ impl Output {
         let (tx, mut rx) = mpsc::channel::<Chunk>(QUEUE);
         let (done_tx, done) = std::sync::mpsc::channel();
         std::thread::Builder::new().name("worker-output".into()).spawn(move || {
-            // Write errors (a closed stdout) drop the lines: nobody is there to read them.
+            // Write errors (a closed stdout) drop the lines, counted: nobody is there to read
+            // them.
             while let Some(c) = rx.blocking_recv() {
-                let _ = match c.stream {
-                    Stream::Stdout => {
-                        let mut out = std::io::stdout().lock();
-                        out.write_all(&c.bytes).and_then(|()| out.flush())
-                    }
-                    Stream::Stderr => std::io::stderr().lock().write_all(&c.bytes),
-                };
+                crate::logging::write(c.stream, &c.bytes);
             }
             let _ = done_tx.send(());
         })?;

@@ -20,6 +20,10 @@ pub(crate) struct Status {
     pub(crate) upgrades: u64,
     #[serde(default)]
     pub(crate) upgrades_failed: u64,
+    /// Writes of log lines or worker output dropped because the stream (a closed stderr, say)
+    /// or the log file failed.
+    #[serde(default)]
+    pub(crate) log_writes_dropped: u64,
     pub(crate) listeners: Vec<ListenerStatus>,
     pub(crate) programs: Vec<ProgramStatus>,
     pub(crate) totals: Totals,

@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::cli::{Mode, WorkerOutput};
 use crate::config::{Config, ListenerConfig};
-use crate::control::{Command, ControlSocket, Reply};
+use crate::control::{Command, ControlSocket, Reply, Stopped};
 use crate::engine::{self, Context as EngineContext, Core, Outcome, Request, Scale};
 use crate::exit_codes::ExitCode;
 use crate::listener::{self, Bound, Listener};
@@ -75,6 +75,7 @@ impl Shared {
             generation: self.generation,
             upgrades: self.generation.saturating_sub(1),
             upgrades_failed: self.upgrades_failed.get(),
+            log_writes_dropped: crate::logging::dropped(),
             ..Status::default()
         };
         let mut totals = Totals::default();
@@ -188,7 +189,8 @@ impl metrics::StatusSource for Shared {
 enum Control {
     /// A reload; the answer, if asked for, once it is done.
     Reload(Option<oneshot::Sender<Reply>>),
-    Stop,
+    /// A stop; the connection, if the client waits, is told how the supervisor exits.
+    Stop(Option<Box<handover::tokio::Channel>>),
     Upgrade(oneshot::Sender<Reply>),
     Scale {
         program: Option<String>,
@@ -309,6 +311,8 @@ struct Supervisor {
     owned_paths: Vec<PathBuf>,
     code: ExitCode,
     message: Option<String>,
+    /// `handover stop` clients waiting to hear how this supervisor exits.
+    stop_waiters: Vec<handover::tokio::Channel>,
 }
 
 /// What the loop does after an event.
@@ -514,11 +518,21 @@ impl Supervisor {
                 Some((Rc::new(Metrics::new()), listener, (local, dup)))
             }
         };
+        if config.control == crate::config::default_control_path(&config.env) {
+            // `%LOCALAPPDATA%\handover\` on first use (Unix's defaults are directories that
+            // exist).
+            if let Some(dir) = config.control.parent().filter(|d| !d.exists()) {
+                std::fs::create_dir_all(dir).with_context(|| {
+                    format!("cannot create the control socket's directory {}", dir.display())
+                })?;
+            }
+        }
         let control = if parent.is_some() {
             ControlSocket::bind_staged(&config.control)?
         } else {
             ControlSocket::bind(&config.control)?
         };
+        info!("control socket at {} (handover status --control PATH)", config.control.display());
         if parent.is_none() {
             if let Some(p) = &config.pid_file {
                 write_pid_file(p)?;
@@ -570,6 +584,7 @@ impl Supervisor {
             owned_paths,
             code: ExitCode::Success,
             message: None,
+            stop_waiters: Vec::new(),
         })
     }
 
@@ -621,10 +636,23 @@ impl Supervisor {
             }
             Signal::Terminate | Signal::Interrupt if self.draining => {
                 warn!("second {sig:?} while draining: killing the workers");
-                self.shared.broadcast(|| Request::Kill);
-                while self.engines.join_next().await.is_some() {}
-                self.code = ExitCode::KilledBySignal(sig.number());
-                return Flow::Exit;
+                return self.kill_all(sig).await;
+            }
+            Signal::Quit => {
+                warn!("SIGQUIT: fast shutdown, killing the workers now");
+                return self.kill_all(sig).await;
+            }
+            Signal::ReopenLogs => match crate::logging::reopen() {
+                Ok(Some(path)) => info!("SIGUSR1: reopened the log file {}", path.display()),
+                Ok(None) => info!("SIGUSR1: no --log-file to reopen"),
+                Err(e) => {
+                    error!("SIGUSR1: cannot reopen the log file ({e}); writing on to the old one")
+                }
+            },
+            Signal::Ignored(name) => {
+                info!(
+                    "{name}: ignored (it means nothing to handover; see the README's signal table)"
+                );
             }
             Signal::Terminate | Signal::Interrupt => {
                 info!("{sig:?}: draining (again to kill the workers now)");
@@ -634,11 +662,24 @@ impl Supervisor {
         Flow::Continue
     }
 
+    /// Kills every worker now and exits with 128 + the signal's number, as a shell reports a
+    /// process that signal killed: a second `SIGTERM`/`SIGINT` during a drain, or `SIGQUIT`.
+    async fn kill_all(&mut self, sig: Signal) -> Flow {
+        self.drain();
+        self.shared.broadcast(|| Request::Kill);
+        while self.engines.join_next().await.is_some() {}
+        self.code = ExitCode::KilledBySignal(sig.number());
+        Flow::Exit
+    }
+
     fn on_control(&mut self, cmd: Control) -> Flow {
         match cmd {
             Control::Reload(None) => self.shared.broadcast(|| Request::Reload(None)),
             Control::Reload(Some(reply)) => self.shared.reload(reply),
-            Control::Stop => self.drain(),
+            Control::Stop(waiter) => {
+                self.stop_waiters.extend(waiter.map(|w| *w));
+                self.drain();
+            }
             Control::Upgrade(reply) => self.upgrade(Some(reply)),
             Control::Scale { program, how, reply } => {
                 self.shared.scale(program.as_deref(), how, false, Some(reply))
@@ -916,7 +957,20 @@ impl Supervisor {
         }
         if let Some(m) = self.metrics {
             m.task.abort();
+            // Its listener is closed once the task is dropped, before anyone is told.
+            let _ = m.task.await;
         }
+        // Every listener is closed now (the engines have ended, the copies for an upgrade were
+        // dropped when the drain began), and so are the control socket and pid file: a waiting
+        // `handover stop` may start the next supervisor at once.
+        let stopped = Stopped { code: self.code.code(), message: self.message.clone() };
+        let report = serde_json::to_vec(&stopped).unwrap_or_default();
+        for w in &self.stop_waiters {
+            let _ = tokio::time::timeout(Duration::from_secs(1), w.send(&report, &[])).await;
+        }
+        // Their connections stay open until the process has exited, which is how a waiting
+        // `handover stop` knows it has (the end of the stream), on every OS.
+        std::mem::forget(self.stop_waiters);
         Outcome { code: self.code, message: self.message }
     }
 }
@@ -1009,10 +1063,15 @@ async fn answer(
             serde_json::to_vec(&r).unwrap_or_default()
         }
         Some(Command::Stop) => {
-            let _ = ctl.send(Control::Stop);
+            let _ = ctl.send(Control::Stop(None));
             b"ok".to_vec()
         }
-        None => b"unknown request (expected status, reload, reload wait, scale, upgrade or stop)"
+        Some(Command::StopWait) => {
+            // Answered by `Supervisor::finish`, as the supervisor exits.
+            let _ = ctl.send(Control::Stop(Some(Box::new(ch))));
+            return;
+        }
+        None => b"unknown request (expected status, reload, reload wait, scale, upgrade, stop or stop wait)"
             .to_vec(),
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), ch.send(&reply, &[])).await;

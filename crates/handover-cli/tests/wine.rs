@@ -569,3 +569,38 @@ fn unix_listeners_are_refused_with_a_clear_error() {
     assert_eq!(st.code(), Some(2), "{}", env.log_text());
     assert!(env.log_text().contains("not supported on Windows"), "{}", env.log_text());
 }
+
+#[test]
+#[ignore = "needs Wine and the Windows build: scripts/test.sh runs it"]
+fn the_default_control_file_s_directory_is_created_on_first_use() {
+    let mut env = WineEnv::new("default-control");
+    let worker = env.program("handover-demo-worker");
+    // A fresh %LOCALAPPDATA%, without its handover\ directory.
+    let appdata = env.dir.join("appdata");
+    std::fs::create_dir(&appdata).unwrap();
+    let log = std::fs::File::create(&env.log).unwrap();
+    let mut c = Command::new("wine");
+    c.arg(windows_exe("handover")).args(["serve", "-l", "tcp://127.0.0.1:0", "-w", "1", "--"]);
+    c.arg(&worker).env("LOCALAPPDATA", win(&appdata)).env("RUST_LOG", "info");
+    c.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+    env.child = Some(c.spawn().expect("start wine"));
+    let ctl = appdata.join("handover").join("handover.ctl");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !ctl.exists() {
+        assert!(Instant::now() < deadline, "no {}:\n{}", ctl.display(), env.log_text());
+        assert!(env.child.as_mut().unwrap().try_wait().unwrap().is_none(), "{}", env.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(env.log_text().contains("control socket at"), "{}", env.log_text());
+    let stop = Command::new("wine")
+        .arg(windows_exe("handover"))
+        .arg("stop")
+        .env("LOCALAPPDATA", win(&appdata))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(stop.success(), "{}", env.log_text());
+    assert!(env.wait_exit(Duration::from_secs(20)).success(), "{}", env.log_text());
+}

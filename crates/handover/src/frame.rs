@@ -284,12 +284,22 @@ impl<H> Decoder<H> {
         }
     }
 
-    /// Returns the next whole message, `Ok(None)` if more input is needed.
+    /// Returns the next whole message, `Ok(false)` if more input is needed.
     ///
     /// The message's payload is appended to `out.payload`, its handles to `out.handles`.
+    ///
+    /// Out-of-band handles arrive with the first byte of the frame that declares them (the
+    /// sender attaches them to the write that starts the frame), so handles still queued once
+    /// every byte that came with them has been decoded belong to no frame: a sender that
+    /// attached descriptors to a frame declaring none. That is an error at once, on the call
+    /// after the message they came with, rather than at the end of the stream: the caller
+    /// closes them (and the peer, if it likes) instead of holding them for the channel's life.
     pub(crate) fn next_into(&mut self, out: &mut Decoded<H>) -> Result<bool, DecodeError> {
         loop {
             let avail = &self.buf[self.start..];
+            if avail.is_empty() && !self.queued.is_empty() {
+                return Err(DecodeError::UnexpectedHandles);
+            }
             let Some(head) = avail.get(..HEADER_LEN) else { return Ok(false) };
             let header = Header::decode(head.try_into().expect("slice of HEADER_LEN"))?;
             let payload_len = header.payload_len as usize;
@@ -409,6 +419,32 @@ mod tests {
         encode_message::<()>(&mut out, &mut batches, payload, handles, 253, |_, _, _| Ok(()))
             .unwrap();
         (out, batches)
+    }
+
+    #[test]
+    fn handles_beside_a_frame_that_declares_none_are_refused_once_its_bytes_are_read() {
+        let (bytes, _) = encode(b"ack", 0);
+        let mut d = Decoder::new(limits());
+        // As one recvmsg delivers them: the frame's bytes and 50 descriptors it never claims.
+        d.push_handles(0..50).unwrap();
+        d.push_bytes(&bytes);
+        let mut out = Decoded::default();
+        assert_eq!(d.next_into(&mut out), Ok(true), "the message itself is well formed");
+        assert_eq!(out.payload, b"ack");
+        assert!(out.handles.is_empty());
+        assert_eq!(d.next_into(&mut out), Err(DecodeError::UnexpectedHandles));
+
+        // Handles for a frame whose bytes have only partly arrived are waited for.
+        let (bytes, _) = encode(b"hello", 2);
+        let mut d = Decoder::new(limits());
+        d.push_handles([1, 2]).unwrap();
+        d.push_bytes(&bytes[..3]);
+        let mut out = Decoded::default();
+        assert_eq!(d.next_into(&mut out), Ok(false));
+        d.push_bytes(&bytes[3..]);
+        assert_eq!(d.next_into(&mut out), Ok(true));
+        assert_eq!(out.handles, [1, 2]);
+        assert_eq!(d.next_into(&mut out), Ok(false));
     }
 
     #[test]

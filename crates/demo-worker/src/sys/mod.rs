@@ -9,7 +9,12 @@
 //!   supervisor asks the worker to stop. Listening starts when it is called (inside the
 //!   runtime), so a request that comes before the future is first polled is not lost.
 //!
-//! Everything else (prefork, spawn, `--misbehave`) is the same code on both.
+//! and, for `--misbehave stray-fds`, `send_with_stray_fds(&[u8], usize) -> io::Result<()>`:
+//! sends a message as one well-formed frame on the inherited control channel, with that many
+//! descriptors attached that the frame does not declare (Unix `SCM_RIGHTS`; `Unsupported` on
+//! Windows, where sockets travel inline).
+//!
+//! Everything else (prefork, spawn, the other `--misbehave` modes) is the same code on both.
 
 #[cfg(unix)]
 mod unix;

@@ -31,3 +31,8 @@ pub(crate) fn stop_requested() -> io::Result<impl Future<Output = ()>> {
         }
     })
 }
+
+/// Windows sends sockets inline, declared by the frame: there is no stray descriptor to send.
+pub(crate) fn send_with_stray_fds(_payload: &[u8], _count: usize) -> io::Result<()> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "stray descriptors are a Unix notion"))
+}

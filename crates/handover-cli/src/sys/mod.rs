@@ -2,7 +2,9 @@
 //!
 //! Both backends provide:
 //!
-//! - `default_control_path(&Env) -> PathBuf`: where the control socket is by default;
+//! - `default_control_paths(&Env) -> Vec<PathBuf>`: where the control socket is by default,
+//!   the supervisor's choice first, then the fallback a supervisor started without the
+//!   variable that names the first would have used (clients try each);
 //! - `program_candidates(&OsStr, &Env) -> Vec<PathBuf>`: where to look for a worker command
 //!   (`PATH`; on Windows with each `PATHEXT` extension too), and
 //!   `check_executable(&Path) -> Result<(), String>` for each;
@@ -22,8 +24,10 @@
 //! - `killed_from_outside(&ExitStatus) -> bool`: a death by a signal someone else sent to stop
 //!   the process (restarted at once), not the program's own crash;
 //! - `Signals::new()?` and `Signals::recv().await -> Signal`: terminate, interrupt, reload,
-//!   upgrade (Windows: Ctrl-C, Ctrl-Break, console close, shutdown); `ChildExits::recv()`: a
-//!   child may have exited (`SIGCHLD`; Windows: a 50 ms timer);
+//!   upgrade, reopen logs, quit, and the signals that are only logged (Windows: Ctrl-C,
+//!   Ctrl-Break, console close, shutdown); `SIGPIPE` is ignored outright (a closed pipe is a
+//!   failed write, never a death); `ChildExits::recv()`: a child may have exited (`SIGCHLD`;
+//!   Windows: a 50 ms timer);
 //! - `AsyncListener`: a listening socket accepted on through the reactor, handing out blocking
 //!   sockets never registered with it;
 //! - `notify(&[Notify])`: the service manager's readiness protocol (systemd `sd_notify` through
@@ -105,6 +109,13 @@ pub(crate) enum Signal {
     AddWorker,
     /// `SIGTTOU`: one worker fewer (as gunicorn does).
     RemoveWorker,
+    /// `SIGUSR1`: reopen the log file (as nginx and gunicorn do, for logrotate).
+    ReopenLogs,
+    /// `SIGQUIT`: fast shutdown, the workers killed at once (gunicorn's `QUIT`, nginx's `TERM`).
+    Quit,
+    /// A signal whose default action would end the process but that means nothing to the
+    /// supervisor (`SIGWINCH`, `SIGALRM`, ...): logged and ignored. The name is the signal's.
+    Ignored(&'static str),
 }
 
 /// A state reported to the service manager (`sd_notify`).
@@ -132,6 +143,9 @@ impl Signal {
             Signal::Upgrade => 12,
             Signal::AddWorker => 21,
             Signal::RemoveWorker => 22,
+            Signal::ReopenLogs => 10,
+            Signal::Quit => 3,
+            Signal::Ignored(_) => 0,
         }
     }
 }

@@ -21,11 +21,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use super::{Notify, Signal, Stop, TreeKind};
 use crate::config::{Env, ListenAddr};
 
-/// `$XDG_RUNTIME_DIR/handover.sock`, else `/tmp/handover-UID.sock`.
-pub(crate) fn default_control_path(env: &Env) -> PathBuf {
+/// `$XDG_RUNTIME_DIR/handover.sock`, else `/tmp/handover-UID.sock` (the fallback comes second
+/// when `XDG_RUNTIME_DIR` is set: a supervisor started without it, as under
+/// `systemd-socket-activate`, is found there).
+pub(crate) fn default_control_paths(env: &Env) -> Vec<PathBuf> {
+    let fallback = PathBuf::from(format!("/tmp/handover-{}.sock", nix::unistd::geteuid().as_raw()));
     match env.get("XDG_RUNTIME_DIR") {
-        Some(dir) if !dir.is_empty() => Path::new(dir).join("handover.sock"),
-        _ => PathBuf::from(format!("/tmp/handover-{}.sock", nix::unistd::geteuid().as_raw())),
+        Some(dir) if !dir.is_empty() => vec![Path::new(dir).join("handover.sock"), fallback],
+        _ => vec![fallback],
     }
 }
 
@@ -156,39 +159,90 @@ pub(crate) fn file_identity(path: &Path) -> Option<(u64, u64)> {
     std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
+/// Signals whose default action ends the process, that people or the system send to servers,
+/// and that the supervisor has no use for: each is logged and otherwise ignored, so a stray
+/// `kill -WINCH` (gunicorn's "stop the workers") or an expired alarm cannot take the service
+/// down. `SIGPIPE` is not here: it is ignored outright ([`ignore_sigpipe`]), since logging it
+/// could fail the same way again.
+const IGNORED: [(&str, i32); 9] = [
+    ("SIGWINCH", nix::libc::SIGWINCH),
+    ("SIGALRM", nix::libc::SIGALRM),
+    ("SIGVTALRM", nix::libc::SIGVTALRM),
+    ("SIGPROF", nix::libc::SIGPROF),
+    ("SIGIO", nix::libc::SIGIO),
+    ("SIGXCPU", nix::libc::SIGXCPU),
+    ("SIGXFSZ", nix::libc::SIGXFSZ),
+    ("SIGPWR", nix::libc::SIGPWR),
+    ("SIGSTKFLT", nix::libc::SIGSTKFLT),
+];
+
 /// The signals the supervisor handles, registered once.
 #[derive(Debug)]
 pub(crate) struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
     usr2: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
     ttin: tokio::signal::unix::Signal,
     ttou: tokio::signal::unix::Signal,
+    ignored: Vec<(&'static str, tokio::signal::unix::Signal)>,
 }
 
 impl Signals {
     pub(crate) fn new() -> io::Result<Signals> {
+        ignore_sigpipe()?;
+        let ignored = IGNORED
+            .iter()
+            .map(|&(name, n)| Ok((name, signal(SignalKind::from_raw(n))?)))
+            .collect::<io::Result<Vec<_>>>()?;
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
             usr2: signal(SignalKind::user_defined2())?,
+            quit: signal(SignalKind::quit())?,
             ttin: signal(SignalKind::from_raw(NixSignal::SIGTTIN as i32))?,
             ttou: signal(SignalKind::from_raw(NixSignal::SIGTTOU as i32))?,
+            ignored,
         })
     }
 
     pub(crate) async fn recv(&mut self) -> Signal {
+        let ignored = &mut self.ignored;
+        let any_ignored = std::future::poll_fn(|cx| {
+            for (name, s) in ignored.iter_mut() {
+                if s.poll_recv(cx).is_ready() {
+                    return Poll::Ready(*name);
+                }
+            }
+            Poll::Pending
+        });
         tokio::select! {
             _ = self.term.recv() => Signal::Terminate,
             _ = self.int.recv() => Signal::Interrupt,
             _ = self.hup.recv() => Signal::Reload,
+            _ = self.usr1.recv() => Signal::ReopenLogs,
             _ = self.usr2.recv() => Signal::Upgrade,
+            _ = self.quit.recv() => Signal::Quit,
             _ = self.ttin.recv() => Signal::AddWorker,
             _ = self.ttou.recv() => Signal::RemoveWorker,
+            name = any_ignored => Signal::Ignored(name),
         }
     }
+}
+
+/// `SIGPIPE` ignored: a write to a closed pipe or socket fails with `EPIPE` instead of ending
+/// the process (Rust's runtime does this before `main` too; this does not depend on it).
+/// Children get the default action back (std's `Command`, which starts every child, resets it).
+fn ignore_sigpipe() -> io::Result<()> {
+    use nix::sys::signal::{signal as set_handler, SigHandler};
+    // SAFETY: `SigIgn` installs no handler code, so no async-signal-safety requirement applies,
+    // and nothing else in this process relies on a SIGPIPE handler of its own.
+    unsafe { set_handler(NixSignal::SIGPIPE, SigHandler::SigIgn) }.map_err(io::Error::from)?;
+    Ok(())
 }
 
 /// Wakes when a child process may have exited (`SIGCHLD`).

@@ -24,13 +24,16 @@ use windows_sys::Win32::System::Threading::{
 use super::{Notify, Signal, Stop, TreeKind};
 use crate::config::{Env, ListenAddr};
 
-/// `%LOCALAPPDATA%\handover\handover.ctl` (the directory is created on bind), else the same
-/// name in the temporary directory. The file names a named pipe, owner-only (the handover
-/// library's rendezvous).
-pub(crate) fn default_control_path(env: &Env) -> PathBuf {
+/// `%LOCALAPPDATA%\handover\handover.ctl` (the supervisor creates the directory), else the
+/// same name in the temporary directory, which comes second when `LOCALAPPDATA` is set. The
+/// file names a named pipe, owner-only (the handover library's rendezvous).
+pub(crate) fn default_control_paths(env: &Env) -> Vec<PathBuf> {
+    let fallback = std::env::temp_dir().join("handover.ctl");
     match env.get("LOCALAPPDATA") {
-        Some(dir) if !dir.is_empty() => Path::new(dir).join("handover").join("handover.ctl"),
-        _ => std::env::temp_dir().join("handover.ctl"),
+        Some(dir) if !dir.is_empty() => {
+            vec![Path::new(dir).join("handover").join("handover.ctl"), fallback]
+        }
+        _ => vec![fallback],
     }
 }
 
