@@ -33,6 +33,8 @@ command -v systemd-socket-activate >/dev/null || [ -x /usr/lib/systemd/systemd-s
     || missing+=(systemd)
 # man (package man-db) renders the generated man page in the supervisor's tests.
 command -v man >/dev/null || missing+=(man-db)
+# HAProxy (send-proxy-v2) in front of the supervisor in the PROXY protocol test.
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 if ((${#missing[@]})); then
     sudo=()
     [ "$(id -u)" -eq 0 ] || sudo=(sudo)

@@ -39,13 +39,15 @@
 //! writes a line to stdout per request (and to stderr at start and exit), `--flood-stdout`
 //! writes to stdout without end, `--start-delay-ms N` waits before its hello (or before
 //! accepting). A request for `/sleep/MS` is answered after MS milliseconds (instead of
-//! `--delay-ms`).
+//! `--delay-ms`); one for `/peer` is answered with the client's address as the worker was
+//! given it (the CONNECTION message, `REMOTE_ADDR`/`REMOTE_PORT`, or the socket's peer).
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr, clippy::exit)] // a program, not a library
 
 mod sys;
 
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{mpsc, Arc, Mutex};
@@ -171,11 +173,11 @@ fn run(mut opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
     if !inherited.sockets.is_empty() {
         let (_, socket) = inherited.sockets.remove(0);
         let s = socket.into_socket2();
-        return serve(&mut &s, &mut &s, opts.delay);
+        return serve(&mut &s, &mut &s, opts.delay, remote_addr());
     }
     if let Some(socket) = handover::stdin_socket()? {
         let s = socket.into_socket2();
-        return serve(&mut &s, &mut std::io::stdout(), opts.delay);
+        return serve(&mut &s, &mut std::io::stdout(), opts.delay, remote_addr());
     }
     Err("not started by `handover serve` (no channel, no sockets, stdin is not a socket)".into())
 }
@@ -185,10 +187,10 @@ fn head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
 }
 
-/// What a request head asks for: how long to take (`GET /sleep/MS`), and whether the
-/// connection ends after the response (`Connection: close`, or HTTP/1.0 without
-/// `Connection: keep-alive`).
-fn parse_head(head: &[u8]) -> (Option<Duration>, bool) {
+/// What a request head asks for: how long to take (`GET /sleep/MS`), whether the connection
+/// ends after the response (`Connection: close`, or HTTP/1.0 without `Connection:
+/// keep-alive`), and whether it asks for the peer address the worker was given (`GET /peer`).
+fn parse_head(head: &[u8]) -> (Option<Duration>, bool, bool) {
     let head = String::from_utf8_lossy(head);
     let mut lines = head.split("\r\n");
     let first = lines.next().unwrap_or_default();
@@ -205,11 +207,17 @@ fn parse_head(head: &[u8]) -> (Option<Duration>, bool) {
         connection.as_deref().is_some_and(|v| v.split(',').any(|t| t.trim() == token))
     };
     let close = has("close") || (first.ends_with("HTTP/1.0") && !has("keep-alive"));
-    (sleep, close)
+    let peer = first.split(' ').nth(1) == Some("/peer");
+    (sleep, close, peer)
 }
 
-fn response(worker: &str, close: bool) -> String {
-    let body = format!("hello from the rust {worker} {}\n", std::process::id());
+/// The response: a greeting, or (`/peer`) the client's address as the worker was given it.
+fn response(worker: &str, close: bool, peer: Option<Option<SocketAddr>>) -> String {
+    let body = match peer {
+        Some(Some(addr)) => format!("peer {addr}\n"),
+        Some(None) => "peer unknown\n".to_owned(),
+        None => format!("hello from the rust {worker} {}\n", std::process::id()),
+    };
     let connection = if close { "Connection: close\r\n" } else { "" };
     format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{connection}\r\n{body}",
@@ -223,6 +231,7 @@ fn serve(
     input: &mut impl Read,
     output: &mut impl Write,
     delay: Duration,
+    peer: Option<SocketAddr>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let mut buf = [0u8; 8192];
     let mut len = 0;
@@ -251,12 +260,12 @@ fn serve(
             len += n;
         }
         let end = head_end(&buf[..len]).unwrap_or(len);
-        let (asked, close) = parse_head(&buf[..end]);
+        let (asked, close, ask_peer) = parse_head(&buf[..end]);
         let delay = asked.unwrap_or(delay);
         if !delay.is_zero() {
             thread::sleep(delay);
         }
-        output.write_all(response("worker", close).as_bytes())?;
+        output.write_all(response("worker", close, ask_peer.then_some(peer)).as_bytes())?;
         output.flush()?;
         served();
         if close {
@@ -265,6 +274,13 @@ fn serve(
         buf.copy_within(end..len, 0);
         len -= end;
     }
+}
+
+/// The client's address in spawn mode, as the supervisor set it (`REMOTE_ADDR`, `REMOTE_PORT`).
+fn remote_addr() -> Option<SocketAddr> {
+    let ip = std::env::var("REMOTE_ADDR").ok()?.parse().ok()?;
+    let port = std::env::var("REMOTE_PORT").ok()?.parse().ok()?;
+    Some(SocketAddr::new(ip, port))
 }
 
 /// What `--leak-kb` and `--log-requests` do after each request.
@@ -302,7 +318,7 @@ fn prefork(mut worker: Worker, opts: &Opts) -> Result<(), Box<dyn std::error::Er
                 let Ok(Ok(conn)) = next else { return };
                 let _ = conn.socket().set_read_timeout(Some(Duration::from_secs(10)));
                 let (mut r, mut w) = (conn.socket(), conn.socket());
-                if let Err(e) = serve(&mut r, &mut w, delay) {
+                if let Err(e) = serve(&mut r, &mut w, delay, conn.peer_addr()) {
                     eprintln!("handover-demo-worker: connection {}: {e}", conn.id());
                 }
                 // Dropping `conn` reports it finished, then shuts it down and closes it.
@@ -356,6 +372,7 @@ fn prefork_tokio(channel: Channel, opts: &Opts) -> Result<(), Box<dyn std::error
             match worker.recv().await? {
                 handover_worker::tokio::Event::Connection(conn) => {
                     tasks.spawn(async move {
+                        let peer = conn.peer_addr();
                         let (mut stream, finisher) = conn.into_tcp()?;
                         let mut buf = [0u8; 8192];
                         let mut len = 0;
@@ -373,13 +390,14 @@ fn prefork_tokio(channel: Channel, opts: &Opts) -> Result<(), Box<dyn std::error
                                 }
                             }
                             let end = head_end(&buf[..len]).unwrap_or(len);
-                            let (asked, close) = parse_head(&buf[..end]);
+                            let (asked, close, ask_peer) = parse_head(&buf[..end]);
                             let delay = asked.unwrap_or(delay);
                             // A zero sleep would still wait for the timer wheel (about 1 ms).
                             if !delay.is_zero() {
                                 tokio::time::sleep(delay).await;
                             }
-                            stream.write_all(response("tokio worker", close).as_bytes()).await?;
+                            let reply = response("tokio worker", close, ask_peer.then_some(peer));
+                            stream.write_all(reply.as_bytes()).await?;
                             served();
                             if close {
                                 break;
@@ -445,7 +463,8 @@ fn shared(
                 tasks.spawn_blocking(move || {
                     let _ = s.set_nonblocking(false);
                     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-                    let _ = serve(&mut &s, &mut &s, delay);
+                    let peer = s.peer_addr().ok().and_then(|a| a.as_socket());
+                    let _ = serve(&mut &s, &mut &s, delay, peer);
                 });
             }
             while tasks.try_join_next().is_some() {}
@@ -508,7 +527,7 @@ fn misbehave(ch: Channel, mode: &str, opts: &Opts) -> Result<(), Box<dyn std::er
                 send(&ch, WorkerMessage::Ack(id))?;
                 let socket = held.last_mut().and_then(Vec::pop).ok_or("no socket")?;
                 let s = socket.into_socket2();
-                serve(&mut &s, &mut &s, opts.delay)?;
+                serve(&mut &s, &mut &s, opts.delay, None)?;
                 send(&ch, WorkerMessage::Finished(id))?;
                 std::process::exit(3);
             }

@@ -138,6 +138,13 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_enum)]
     pub(crate) policy: Option<Policy>,
 
+    /// Every --listen address's connections start with a PROXY protocol header (behind
+    /// HAProxy's send-proxy/send-proxy-v2 or a cloud L4 balancer): the supervisor reads it
+    /// before the connection reaches a worker, which then sees the real client's address.
+    /// prefork and spawn modes; TCP listeners.
+    #[arg(long, value_enum, value_name = "VERSION")]
+    pub(crate) proxy_protocol: Option<ProxyProtocol>,
+
     /// spawn: how the child gets its connection (stdio, fd3, channel). Default stdio.
     #[arg(long, value_enum)]
     pub(crate) socket: Option<SpawnSocket>,
@@ -351,6 +358,18 @@ pub(crate) enum Policy {
     LeastConnections,
     /// The same client address goes to the same worker while it is up (sticky sessions).
     SourceHash,
+}
+
+/// Which PROXY protocol header (HAProxy's) a listener's connections start with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum ProxyProtocol {
+    /// The text header (`PROXY TCP4 ...`), HAProxy's `send-proxy`.
+    V1,
+    /// The binary header, HAProxy's `send-proxy-v2` (cloud L4 balancers send this one).
+    V2,
+    /// Either.
+    Any,
 }
 
 /// The policy's name as written on the command line.

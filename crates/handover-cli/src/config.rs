@@ -46,7 +46,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
-use crate::cli::{Compat, LogFormat, Mode, Policy, ServeArgs, SpawnSocket, WorkerOutput};
+use crate::cli::{
+    Compat, LogFormat, Mode, Policy, ProxyProtocol, ServeArgs, SpawnSocket, WorkerOutput,
+};
 
 /// The process environment, read once at start. Children's environments are built from this
 /// snapshot; the process environment itself is never changed.
@@ -108,6 +110,8 @@ pub(crate) struct ListenerConfig {
     pub(crate) addr: ListenAddr,
     pub(crate) policy: Policy,
     pub(crate) backlog: i32,
+    /// Its connections start with a PROXY header (see `proxy`).
+    pub(crate) proxy: Option<ProxyProtocol>,
 }
 
 #[derive(Debug, Clone)]
@@ -224,6 +228,7 @@ struct FileListener {
     address: String,
     policy: Option<Policy>,
     backlog: Option<i32>,
+    proxy_protocol: Option<ProxyProtocol>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -493,6 +498,7 @@ impl Controls {
 #[derive(Debug, Default, Clone, Copy)]
 struct ModeOnly {
     policy: bool,
+    proxy: bool,
     socket: bool,
     ack_timeout: bool,
     start_timeout: bool,
@@ -524,6 +530,11 @@ impl ModeOnly {
             Mode::Spawn if self.policy => {
                 refuse("--policy", "every connection gets a process of its own")
             }
+            Mode::Shared if self.proxy => refuse(
+                "--proxy-protocol",
+                "its workers accept connections themselves, so the supervisor never reads a \
+                 header (a worker must read the PROXY header itself)",
+            ),
             Mode::Shared | Mode::Spawn if self.ack_timeout => refuse("--ack-timeout", protocol),
             Mode::Shared | Mode::Spawn if self.start_timeout => refuse("--start-timeout", protocol),
             Mode::Shared | Mode::Spawn if self.heartbeat_timeout => {
@@ -532,6 +543,17 @@ impl ModeOnly {
             _ => Ok(()),
         }
     }
+}
+
+/// The PROXY protocol is read on TCP listeners only.
+fn check_proxy(name: &str, addr: &ListenAddr, proxy: Option<ProxyProtocol>) -> Result<()> {
+    if proxy.is_some() && matches!(addr, ListenAddr::Unix(_)) {
+        bail!(
+            "listener {name:?}: the PROXY protocol is read on TCP listeners only ({addr} is a \
+             Unix socket, whose peers are local)"
+        );
+    }
+    Ok(())
 }
 
 fn mode_name(m: Mode) -> &'static str {
@@ -552,17 +574,20 @@ fn from_flags(
     let mut listeners = Vec::new();
     for (i, s) in args.listen.iter().enumerate() {
         let (name, addr) = parse_listen_flag(s, i)?;
+        check_proxy(&name, &addr, args.proxy_protocol)?;
         listeners.push(ListenerConfig {
             name,
             addr,
             policy: args.policy.unwrap_or(Policy::RoundRobin),
             backlog: args.backlog.unwrap_or(DEFAULT_BACKLOG),
+            proxy: args.proxy_protocol,
         });
     }
     let mut programs = Vec::new();
     if let Some((cmd, rest)) = args.command.split_first() {
         let given = ModeOnly {
             policy: args.policy.is_some(),
+            proxy: args.proxy_protocol.is_some(),
             socket: args.socket.is_some(),
             ack_timeout: args.ack_timeout.is_some(),
             start_timeout: args.start_timeout.is_some(),
@@ -623,12 +648,16 @@ fn from_file(
     let control = if args.control.is_some() { control } else { file.control.unwrap_or(control) };
     let mut listeners = Vec::new();
     for l in &file.listener {
+        let addr =
+            ListenAddr::parse(&l.address).with_context(|| format!("listener {:?}", l.name))?;
+        let proxy = l.proxy_protocol.or(args.proxy_protocol);
+        check_proxy(&l.name, &addr, proxy)?;
         listeners.push(ListenerConfig {
             name: l.name.clone(),
-            addr: ListenAddr::parse(&l.address)
-                .with_context(|| format!("listener {:?}", l.name))?,
+            addr,
             policy: l.policy.unwrap_or(Policy::RoundRobin),
             backlog: l.backlog.or(args.backlog).unwrap_or(DEFAULT_BACKLOG),
+            proxy,
         });
     }
     let mut programs = Vec::new();
@@ -654,6 +683,7 @@ fn from_file(
         // file's own keys are the program's.
         let given = ModeOnly {
             policy: idx.iter().any(|&i| file.listener[i].policy.is_some()),
+            proxy: idx.iter().any(|&i| listeners[i].proxy.is_some()),
             socket: p.socket.is_some(),
             ack_timeout: p.ack_timeout.is_some(),
             start_timeout: p.start_timeout.is_some(),

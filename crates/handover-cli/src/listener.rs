@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::cli::Policy;
+use crate::cli::{Policy, ProxyProtocol};
 use crate::config::{ListenAddr, ListenerConfig};
 
 /// A bound, listening socket and what the status report says about it.
@@ -25,6 +25,8 @@ pub(crate) struct Bound {
     /// The address actually bound (port 0 resolved).
     pub(crate) local: String,
     pub(crate) policy: Policy,
+    /// Its connections start with a PROXY header.
+    pub(crate) proxy: Option<ProxyProtocol>,
     /// The socket file this supervisor created (and removes when it exits for good); `None`
     /// for TCP and for sockets systemd created.
     pub(crate) unix_path: Option<PathBuf>,
@@ -46,7 +48,14 @@ impl Bound {
         }
         let socket = socket.into_socket2();
         let local = describe_local(&socket, &l.addr);
-        Ok(Bound { name: l.name.clone(), socket, local, policy: l.policy, unix_path: owned_path })
+        Ok(Bound {
+            name: l.name.clone(),
+            socket,
+            local,
+            policy: l.policy,
+            proxy: l.proxy,
+            unix_path: owned_path,
+        })
     }
 
     /// Whether this socket listens where `addr` says (a TCP port 0 matches any port).
@@ -97,7 +106,7 @@ pub(crate) fn bind(l: &ListenerConfig) -> Result<Bound> {
     };
     socket.listen(l.backlog).with_context(what)?;
     let local = describe_local(&socket, &l.addr);
-    Ok(Bound { name: l.name.clone(), socket, local, policy: l.policy, unix_path })
+    Ok(Bound { name: l.name.clone(), socket, local, policy: l.policy, proxy: l.proxy, unix_path })
 }
 
 fn explain(e: io::Error) -> io::Error {
@@ -129,6 +138,8 @@ fn remove_stale_unix_socket(path: &std::path::Path) -> Result<()> {
 pub(crate) struct Listener {
     pub(crate) index: u16,
     pub(crate) policy: Policy,
+    /// Its connections start with a PROXY header, read before they are handed on.
+    pub(crate) proxy: Option<ProxyProtocol>,
     io: crate::sys::AsyncListener,
 }
 
@@ -142,8 +153,8 @@ pub(crate) struct Accepted {
 
 impl Listener {
     pub(crate) fn new(index: u16, bound: Bound) -> io::Result<Listener> {
-        let Bound { socket, policy, .. } = bound;
-        Ok(Listener { index, policy, io: crate::sys::AsyncListener::new(socket)? })
+        let Bound { socket, policy, proxy, .. } = bound;
+        Ok(Listener { index, policy, proxy, io: crate::sys::AsyncListener::new(socket)? })
     }
 
     fn accepted(&self, (socket, addr): (Socket, SockAddr)) -> Accepted {

@@ -19,6 +19,7 @@ mod logging;
 mod metrics;
 mod output;
 mod prefork;
+mod proxy;
 mod shared;
 mod spawn;
 mod status;

@@ -46,6 +46,7 @@ pub(crate) struct Metrics {
     generation: Gauge,
     live: Gauge,
     timed_out: Counter,
+    proxy_refused: Counter,
     workers: Family<Labels, Gauge>,
     workers_wanted: Family<Labels, Gauge>,
     queue: Family<Labels, Gauge>,
@@ -75,6 +76,7 @@ impl Metrics {
             generation: Gauge::default(),
             live: Gauge::default(),
             timed_out: Counter::default(),
+            proxy_refused: Counter::default(),
             workers: Family::default(),
             workers_wanted: Family::default(),
             queue: Family::default(),
@@ -122,6 +124,11 @@ impl Metrics {
             "connections_timed_out",
             "Connections reset because a worker held them past --connection-timeout",
             m.timed_out.clone(),
+        );
+        r.register(
+            "proxy_headers_refused",
+            "Connections closed because their PROXY protocol header was missing, malformed, too long or too late",
+            m.proxy_refused.clone(),
         );
         r.register(
             "worker_restarts",
@@ -209,6 +216,7 @@ impl Metrics {
         advance(&self.upgrades_failed, s.upgrades_failed);
         advance(&self.log_writes_dropped, s.log_writes_dropped);
         advance(&self.timed_out, t.timed_out);
+        advance(&self.proxy_refused, t.proxy_refused);
         self.generation.set(s.generation as i64);
         self.live.set(t.live as i64);
         self.workers.clear();

@@ -207,6 +207,10 @@ pub(crate) struct Totals {
     pub(crate) timed_out: u64,
     /// Workers killed for breaking the protocol or a timeout.
     pub(crate) misbehaving_killed: u64,
+    /// Connections closed because their PROXY protocol header was missing, malformed, too long
+    /// or too late.
+    #[serde(default)]
+    pub(crate) proxy_refused: u64,
     /// Connections currently held by workers or waiting for one.
     pub(crate) live: u64,
 }
@@ -223,6 +227,7 @@ impl Totals {
         self.restarts_by_cause.add(&o.restarts_by_cause);
         self.timed_out += o.timed_out;
         self.misbehaving_killed += o.misbehaving_killed;
+        self.proxy_refused += o.proxy_refused;
         self.live += o.live;
     }
 }
@@ -300,6 +305,9 @@ pub(crate) fn render(s: &Status) -> String {
         t.accepted, t.dispatched, t.handled, t.live, t.redispatched, t.lost_mid_request, t.timed_out,
         t.dropped, t.misbehaving_killed
     );
+    if t.proxy_refused > 0 {
+        let _ = writeln!(out, "PROXY headers refused: {}", t.proxy_refused);
+    }
     let causes: Vec<String> = Cause::ALL
         .iter()
         .filter(|c| t.restarts_by_cause.get(**c) > 0)

@@ -19,13 +19,15 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use crate::cli::ProxyProtocol;
 use crate::cli::WorkerOutput;
 use crate::config::{Env, ProgramConfig};
 use crate::exit_codes::ExitCode;
 use crate::listener::{self, Accepted, Listener};
 use crate::output::{Label, Output, Pending};
+use crate::proxy;
 use crate::status::{ListenerStatus, ProgramStatus, Totals, WorkerStatus};
 use crate::sys;
 
@@ -256,6 +258,21 @@ pub(crate) struct Core {
     output: Option<Output>,
     /// Piping workers' output failed once (said so; they inherit it from then on).
     output_failed: bool,
+    /// Each listener's PROXY protocol setting, by index (kept when the listeners close for a
+    /// drain: the backlog they leave is read too).
+    proxy: Vec<Option<ProxyProtocol>>,
+    /// Connections whose PROXY header is being read, and where the readers report.
+    pub(crate) proxy_pending: usize,
+    proxied_tx: mpsc::UnboundedSender<ProxyRead>,
+    proxied_rx: Option<mpsc::UnboundedReceiver<ProxyRead>>,
+}
+
+/// A PROXY header read (or not) for a connection accepted on `listener` from `peer`.
+#[derive(Debug)]
+struct ProxyRead {
+    listener: u16,
+    peer: Option<std::net::SocketAddr>,
+    result: Result<(socket2::Socket, Option<std::net::SocketAddr>), String>,
 }
 
 impl Core {
@@ -268,6 +285,8 @@ impl Core {
         listener_status: Vec<ListenerStatus>,
         ctx: Context,
     ) -> Core {
+        let (proxied_tx, proxied_rx) = mpsc::unbounded_channel();
+        let proxy = listeners.iter().map(|l| l.proxy).collect();
         Core {
             prog,
             env,
@@ -286,6 +305,44 @@ impl Core {
             handoff_latency: ctx.handoff_latency,
             output: ctx.output,
             output_failed: false,
+            proxy,
+            proxy_pending: 0,
+            proxied_tx,
+            proxied_rx: Some(proxied_rx),
+        }
+    }
+
+    /// An accepted connection goes to the mode, or, on a listener whose connections start
+    /// with a PROXY header, to a task that reads that header first (off the accept path;
+    /// [`Core::on_proxy_read`] takes it from there).
+    fn hand_on<M: Mode>(&mut self, mode: &mut M, a: Accepted) {
+        match self.proxy.get(a.listener as usize).copied().flatten() {
+            None => mode.on_accept(self, a),
+            Some(want) => {
+                self.proxy_pending += 1;
+                let tx = self.proxied_tx.clone();
+                tokio::task::spawn_local(async move {
+                    let result = proxy::read_header(a.socket, want).await;
+                    let _ = tx.send(ProxyRead { listener: a.listener, peer: a.peer, result });
+                });
+            }
+        }
+    }
+
+    /// A PROXY header was read: the connection goes on with the client it names; or it was
+    /// refused (closed, counted).
+    fn on_proxy_read<M: Mode>(&mut self, mode: &mut M, r: ProxyRead) {
+        self.proxy_pending -= 1;
+        match r.result {
+            Ok((socket, client)) => {
+                let peer = client.or(r.peer);
+                mode.on_accept(self, Accepted { listener: r.listener, socket, peer });
+            }
+            Err(why) => {
+                self.totals.proxy_refused += 1;
+                let peer = r.peer.map(|p| p.to_string()).unwrap_or_default();
+                debug!(program = %self.prog.name, %peer, "connection refused: {why}");
+            }
         }
     }
 
@@ -354,7 +411,11 @@ impl Core {
     }
 
     fn accepting(&self) -> bool {
-        self.running() && !self.held && !self.listeners.is_empty() && !self.accept_errors.paused()
+        self.running()
+            && !self.held
+            && !self.listeners.is_empty()
+            && !self.accept_errors.paused()
+            && self.proxy_pending < proxy::MAX_PENDING
     }
 
     fn on_accept(&mut self, r: std::io::Result<Accepted>) -> Option<Accepted> {
@@ -405,6 +466,7 @@ pub(crate) async fn run<M: Mode>(mut core: Core, mut mode: M, mut requests: Requ
             return Outcome { code: ExitCode::Failure, message };
         }
     };
+    let mut proxied = core.proxied_rx.take().expect("an engine runs once");
     mode.start(&mut core);
     let mut tick = tokio::time::interval(M::TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -483,9 +545,10 @@ pub(crate) async fn run<M: Mode>(mut core: Core, mut mode: M, mut requests: Requ
             () = std::future::poll_fn(|cx| mode.poll_channels(cx)) => mode.on_channels(&mut core),
             r = listener::accept_any(&core.listeners, &mut core.next_listener), if accepting => {
                 if let Some(a) = core.on_accept(r) {
-                    mode.on_accept(&mut core, a);
+                    core.hand_on(&mut mode, a);
                 }
             }
+            Some(r) = proxied.recv() => core.on_proxy_read(&mut mode, r),
             _ = sleep_until(wake_at) => mode.on_wake(&mut core),
             _ = tick.tick() => mode.on_tick(&mut core),
         }
@@ -526,13 +589,27 @@ fn begin_drain<M: Mode>(core: &mut Core, mode: &mut M) {
     for a in &backlog {
         core.count_accept(a.listener);
     }
+    // What the kernel had accepted on a PROXY listener is read like the rest (and reaches the
+    // mode when its header has been).
+    let (proxied, backlog): (Vec<_>, Vec<_>) = backlog
+        .into_iter()
+        .partition(|a| core.proxy.get(a.listener as usize).copied().flatten().is_some());
     mode.drain(core, backlog);
+    for a in proxied {
+        core.hand_on(mode, a);
+    }
 }
 
 /// The outcome, once a draining engine is done or its deadline has passed.
 fn finished<M: Mode>(core: &mut Core, mode: &mut M) -> Option<Outcome> {
     let Phase::Draining { deadline } = core.phase else { return None };
-    match mode.drained(core) {
+    let drained = match mode.drained(core) {
+        // Connections whose PROXY header is being read are still to be served (each for at
+        // most proxy::HEADER_TIMEOUT).
+        Drained::Done | Drained::Reaping if core.proxy_pending > 0 => Drained::Busy,
+        d => d,
+    };
+    match drained {
         Drained::Done => Some(core.outcome(core.code())),
         Drained::Busy if Instant::now() >= deadline => {
             warn!(program = %core.prog.name, "drain timed out: killing what is left");

@@ -666,7 +666,8 @@ impl Prefork {
             }
         }
         let unacked = members.iter().any(|w| self.ledger.load(w.id()).unacked > 0);
-        if self.ledger.waiting() > 0 || unacked {
+        // (Connections whose PROXY header is being read come to the workers too.)
+        if self.ledger.waiting() > 0 || unacked || core.proxy_pending > 0 {
             return;
         }
         self.drain_sent = true;
