@@ -63,7 +63,9 @@ sed 's/^/   /' "$out"
 grep -q '^hello from the python worker [0-9]' "$out" || { echo "install-test: no answer from a worker" >&2; exit 1; }
 # Both workers in the status table; the one that answered is ready (the other may still be
 # starting on a loaded machine).
-[ "$(grep -cE ' (ready|starting) ' "$out")" -ge 2 ] && grep -q ' ready ' "$out" \
-    || { echo "install-test: status does not show the two workers" >&2; exit 1; }
+if [ "$(grep -cE ' (ready|starting) ' "$out")" -lt 2 ] || ! grep -q ' ready ' "$out"; then
+    echo "install-test: status does not show the two workers" >&2
+    exit 1
+fi
 grep -q '^install-test: supervisor exited 0$' "$out" || { echo "install-test: the supervisor did not exit 0" >&2; exit 1; }
 echo "install-test: ok"
