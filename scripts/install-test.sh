@@ -6,7 +6,8 @@
 #     with PATH = that bin + /usr/bin:/bin (python3, curl), a private XDG_RUNTIME_DIR (so the
 #     default control socket is this run's own) and port 8080 replaced by a free one (other
 #     programs on the machine may hold 8080); its output must show a worker's answer and
-#     two ready workers, and the supervisor must have exited 0 after `handover stop`.
+#     both workers in the status table, and the supervisor must have exited 0 after
+#     `handover stop`.
 # Bounded: the install by `timeout 600` (a first build on a fresh machine), the block by 60 s.
 #
 # --debug and the workspace's target directory: the install reuses what the build and the
@@ -60,6 +61,11 @@ if ! env -i PATH="$tmp/root/bin:/usr/bin:/bin" HOME="$tmp" XDG_RUNTIME_DIR="$tmp
 fi
 sed 's/^/   /' "$out"
 grep -q '^hello from the python worker [0-9]' "$out" || { echo "install-test: no answer from a worker" >&2; exit 1; }
-[ "$(grep -c ' ready ' "$out")" -ge 2 ] || { echo "install-test: status shows fewer than 2 ready workers" >&2; exit 1; }
+# Both workers in the status table; the one that answered is ready (the other may still be
+# starting on a loaded machine).
+if [ "$(grep -cE ' (ready|starting) ' "$out")" -lt 2 ] || ! grep -q ' ready ' "$out"; then
+    echo "install-test: status does not show the two workers" >&2
+    exit 1
+fi
 grep -q '^install-test: supervisor exited 0$' "$out" || { echo "install-test: the supervisor did not exit 0" >&2; exit 1; }
 echo "install-test: ok"

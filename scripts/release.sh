@@ -2,15 +2,19 @@
 # Builds the release archives of `handover` into dist/ (or $1), then checks them:
 #
 #   handover-VERSION-x86_64-unknown-linux-musl.tar.gz   static Linux binary (rustup target)
+#   handover-VERSION-aarch64-unknown-linux-musl.tar.gz  the same for 64-bit ARM, where the
+#                                                       toolchain allows (see below)
 #   handover-VERSION-x86_64-pc-windows-gnu.zip          handover.exe (mingw-w64, as the tests)
 #   SHA256SUMS                                          sha256sum -c checks them
 #
 # Each holds handover[.exe], LICENSE-MIT, LICENSE-APACHE, README.md, completions/ (bash, zsh,
 # fish, PowerShell, elvish) and man/ (handover.1 and one page per subcommand), all generated
 # by the binary itself. The check unpacks each archive, verifies the checksums, confirms the
-# Linux binary is static and runs it (--version, man, completions), and runs the Windows one
-# under Wine (--version). aarch64 Linux is not built: it needs a cross linker this script
-# does not set up yet.
+# Linux binaries are static, runs the x86_64 one (--version, man), the aarch64 one under
+# qemu-aarch64 when that is installed (else checks its ELF header only), and the Windows one
+# under Wine (--version). aarch64 needs the rustup target and Debian's cross linker
+# (gcc-aarch64-linux-gnu, installed here when missing); it is skipped, with a message, when
+# either cannot be had.
 #
 # Archives are reproducible for a commit: file times are the commit's (SOURCE_DATE_EPOCH, also
 # the build date `--version` shows), owners and order fixed.
@@ -29,6 +33,20 @@ rustup target list --installed | grep -qx x86_64-unknown-linux-musl \
     || { log "rustup target add x86_64-unknown-linux-musl"; rustup target add x86_64-unknown-linux-musl; }
 # shellcheck source=/dev/null
 . .ci/wine-env.sh
+aarch64=1
+if ! rustup target list --installed | grep -qx aarch64-unknown-linux-musl \
+    && ! rustup target add aarch64-unknown-linux-musl >/dev/null 2>&1; then
+    aarch64=
+fi
+if [ -n "$aarch64" ] && ! command -v aarch64-linux-gnu-gcc >/dev/null; then
+    sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    log "apt-get install gcc-aarch64-linux-gnu"
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+        gcc-aarch64-linux-gnu >/dev/null 2>&1 || aarch64=
+fi
+[ -n "$aarch64" ] || log "aarch64: skipped (no aarch64-unknown-linux-musl target or cross linker)"
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc
 
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' crates/handover-cli/Cargo.toml | head -n 1)
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
@@ -39,6 +57,9 @@ tdir=${CARGO_TARGET_DIR:-$repo/target}
 log "cargo build --release (x86_64-unknown-linux-musl, x86_64-pc-windows-gnu)"
 cargo build --quiet --release --locked -p handover-cli --target x86_64-unknown-linux-musl
 cargo build --quiet --release --locked -p handover-cli --target x86_64-pc-windows-gnu
+if [ -n "$aarch64" ]; then
+    cargo build --quiet --release --locked -p handover-cli --target aarch64-unknown-linux-musl
+fi
 linux_bin=$tdir/x86_64-unknown-linux-musl/release/handover
 windows_bin=$tdir/x86_64-pc-windows-gnu/release/handover.exe
 
@@ -74,16 +95,27 @@ stage_dir() {
     find "$dir" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 }
 
+# tarball NAME BINARY
+tarball() {
+    stage_dir "$1" "$2"
+    tar -C "$stage" --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$SOURCE_DATE_EPOCH" \
+        -cf - "$1" | gzip -n -9 >"$out/$1.tar.gz"
+}
 linux=handover-$version-x86_64-unknown-linux-musl
-stage_dir "$linux" "$linux_bin"
-tar -C "$stage" --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$SOURCE_DATE_EPOCH" \
-    -cf - "$linux" | gzip -n -9 >"$out/$linux.tar.gz"
+tarball "$linux" "$linux_bin"
+archives=("$linux.tar.gz")
+arm=handover-$version-aarch64-unknown-linux-musl
+if [ -n "$aarch64" ]; then
+    tarball "$arm" "$tdir/aarch64-unknown-linux-musl/release/handover"
+    archives+=("$arm.tar.gz")
+fi
 
 windows=handover-$version-x86_64-pc-windows-gnu
 stage_dir "$windows" "$windows_bin"
 (cd "$stage" && find "$windows" -print | LC_ALL=C sort | zip -q -X -@ "$out/$windows.zip")
 
-(cd "$out" && sha256sum "$linux.tar.gz" "$windows.zip" >SHA256SUMS)
+archives+=("$windows.zip")
+(cd "$out" && sha256sum "${archives[@]}" >SHA256SUMS)
 log "built:"
 (cd "$out" && ls -l && cat SHA256SUMS) | sed 's/^/  /'
 
@@ -93,24 +125,47 @@ mkdir -p "$check"
 (cd "$out" && sha256sum --quiet -c SHA256SUMS)
 tar -C "$check" -xzf "$out/$linux.tar.gz"
 unzip -q "$out/$windows.zip" -d "$check"
-for a in "$linux" "$windows"; do
+unpacked=("$linux" "$windows")
+if [ -n "$aarch64" ]; then
+    tar -C "$check" -xzf "$out/$arm.tar.gz"
+    unpacked+=("$arm")
+fi
+for a in "${unpacked[@]}"; do
     for f in LICENSE-MIT LICENSE-APACHE README.md completions/handover.bash man/handover.1 \
         man/handover-serve.1; do
         [ -s "$check/$a/$f" ] || { log "$a lacks $f" >&2; exit 1; }
     done
 done
+# static FILE: no program interpreter, no shared libraries.
+static() {
+    if readelf -l "$1" | grep -q 'INTERP' || readelf -d "$1" | grep -q 'NEEDED'; then
+        log "$1 is not statically linked" >&2
+        exit 1
+    fi
+}
 exe=$check/$linux/handover
-# Static: no program interpreter, no shared libraries.
-if readelf -l "$exe" | grep -q 'INTERP' || readelf -d "$exe" | grep -q 'NEEDED'; then
-    log "$linux/handover is not statically linked" >&2
-    exit 1
-fi
+static "$exe"
 got=$("$exe" --version)
 case $got in
     "handover $version"*) log "linux: $got (static)" ;;
     *) log "linux: unexpected --version: $got" >&2; exit 1 ;;
 esac
 "$exe" man serve | grep -q '^\.TH handover-serve 1' || { log "linux: no man page" >&2; exit 1; }
+if [ -n "$aarch64" ]; then
+    exe=$check/$arm/handover
+    static "$exe"
+    readelf -h "$exe" | grep -q 'Machine:.*AArch64' || { log "$arm: not an AArch64 binary" >&2; exit 1; }
+    qemu=$(command -v qemu-aarch64 || command -v qemu-aarch64-static || true)
+    if [ -n "$qemu" ]; then
+        got=$("$qemu" "$exe" --version)
+        case $got in
+            "handover $version"*) log "aarch64 (under $(basename "$qemu")): $got (static)" ;;
+            *) log "aarch64: unexpected --version: $got" >&2; exit 1 ;;
+        esac
+    else
+        log "aarch64: a static AArch64 executable (not run: no qemu-aarch64 here)"
+    fi
+fi
 wineserver -p </dev/null >/dev/null 2>&1 && wineserver_started=1
 # Through files, not a pipe: Wine's helper processes would hold a pipe open.
 timeout 120 wine "$check/$windows/handover.exe" --version </dev/null >"$stage/wine-version" 2>/dev/null

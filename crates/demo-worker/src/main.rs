@@ -15,6 +15,7 @@
 //! stop is requested) is in `sys/`.
 //!
 //! ```text
+//! cargo build -p handover-demo-worker      # not installed with handover: a package of its own
 //! handover serve --listen tcp://127.0.0.1:8080 -- target/debug/handover-demo-worker
 //! curl http://127.0.0.1:8080/
 //! ```

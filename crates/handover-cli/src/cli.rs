@@ -114,8 +114,19 @@ pub(crate) struct CompletionsArgs {
 #[derive(Debug, Args)]
 pub(crate) struct ManArgs {
     /// The subcommand whose page to print (`serve`, `status`, ...); the main page without.
-    #[arg(value_name = "SUBCOMMAND")]
+    #[arg(value_name = "SUBCOMMAND", value_parser = subcommand_name)]
     pub(crate) subcommand: Option<String>,
+}
+
+/// `handover man`'s argument: one of this command line's subcommands.
+fn subcommand_name(s: &str) -> Result<String, String> {
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    if cli.find_subcommand(s).is_some() {
+        return Ok(s.to_owned());
+    }
+    let names: Vec<&str> = cli.get_subcommands().map(clap::Command::get_name).collect();
+    Err(format!("not a subcommand (one of: {})", names.join(", ")))
 }
 
 #[derive(Debug, Args)]

@@ -9,8 +9,11 @@ use clap::CommandFactory;
 use crate::cli::Cli;
 
 /// `handover completions SHELL`: the script, on `out`.
-pub(crate) fn completions(shell: clap_complete::Shell, out: &mut dyn Write) {
-    clap_complete::generate(shell, &mut Cli::command(), "handover", out);
+pub(crate) fn completions(shell: clap_complete::Shell, out: &mut dyn Write) -> anyhow::Result<()> {
+    // Into memory first: clap_complete panics when its writer fails (`| head`, a full disk).
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "handover", &mut script);
+    out.write_all(&script).and_then(|()| out.flush()).context("write the completions")
 }
 
 /// `handover man [SUBCOMMAND]`: handover(1), or handover-SUBCOMMAND(1), on `out`.
@@ -21,17 +24,8 @@ pub(crate) fn man(subcommand: Option<&str>, out: &mut dyn Write) -> anyhow::Resu
     cmd.build();
     let page = match subcommand {
         None => cmd,
-        Some(name) => match cmd.find_subcommand(name) {
-            Some(sub) => sub.clone(),
-            None => {
-                let names: Vec<&str> = cmd
-                    .get_subcommands()
-                    .map(clap::Command::get_name)
-                    .filter(|n| *n != "help")
-                    .collect();
-                anyhow::bail!("no subcommand {name:?} (one of: {})", names.join(", "));
-            }
-        },
+        // The command line checked the name (`cli::subcommand_name`).
+        Some(name) => cmd.find_subcommand(name).cloned().context("no such subcommand")?,
     };
     // The footer says which handover the page describes, for subcommands' pages too.
     let source = concat!("handover ", env!("CARGO_PKG_VERSION"));

@@ -164,12 +164,12 @@ fn run() -> Result<ExitCode, (ExitCode, anyhow::Error)> {
             Ok(ExitCode::Reported(stopped.code))
         }
         Command::Completions(args) => {
-            generate::completions(args.shell, &mut std::io::stdout().lock());
+            generate::completions(args.shell, &mut std::io::stdout().lock()).map_err(failure)?;
             Ok(ExitCode::Success)
         }
         Command::Man(args) => {
             generate::man(args.subcommand.as_deref(), &mut std::io::stdout().lock())
-                .map_err(|e| (ExitCode::Usage, e))?;
+                .map_err(failure)?;
             Ok(ExitCode::Success)
         }
     }

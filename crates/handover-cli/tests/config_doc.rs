@@ -162,3 +162,30 @@ fn every_key_the_file_takes_is_documented_and_no_other() {
         assert_eq!(keys, docs, "{structure} (left) vs docs/config.md {heading} (right)");
     }
 }
+
+/// The TOML in the docs cannot drift either: the example above is the only TOML block in the
+/// README and docs/ that is not marked `<!-- illustrative -->` on the line before it, so a new
+/// one has to come with a test of its own (or be added here), or say it is not run.
+#[test]
+fn the_tested_example_is_the_only_toml_block_in_the_docs() {
+    let mut files = vec![repo().join("README.md")];
+    for e in std::fs::read_dir(repo().join("docs")).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_some_and(|x| x == "md") {
+            files.push(path);
+        }
+    }
+    let mut blocks = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let marked = i > 0 && lines[i - 1].trim() == "<!-- illustrative -->";
+            if line.trim_start().starts_with("```toml") && !marked {
+                blocks.push(format!("{}:{}", f.strip_prefix(repo()).unwrap().display(), i + 1));
+            }
+        }
+    }
+    assert_eq!(blocks.len(), 1, "TOML blocks: {blocks:?}");
+    assert!(blocks[0].starts_with("docs/config.md:"), "{blocks:?}");
+}

@@ -66,6 +66,10 @@ fn completions_for_every_shell_name_every_subcommand() {
     }
     let out = Command::new(HANDOVER).args(["completions", "tcsh"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "an unknown shell is a usage error");
+    let out = Command::new(HANDOVER).args(["man", "serv"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "so is an unknown subcommand's page");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("one of: serve, status"), "{err}");
 }
 
 /// `man -l` renders the page (man-db, from scripts/setup.sh) with its sections.

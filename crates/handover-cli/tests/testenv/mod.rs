@@ -17,8 +17,10 @@ pub const HANDOVER: &str = env!("CARGO_BIN_EXE_handover");
 pub const DEMO_WORKER: &str = concat!(env!("CARGO_BIN_EXE_handover"), "-demo-worker");
 
 /// Runs `cargo build -p handover-demo-worker`, once per test process, into the target
-/// directory `handover` was built in: a no-op when `cargo test --workspace` built it already,
-/// and it is never stale when only this package's tests are run.
+/// directory `handover` was built in, so the worker is never missing or stale when only this
+/// package's tests are run. Cheap when it is fresh; after `cargo test --workspace
+/// --all-features` the first call may rebuild it once, since its dependencies' features are
+/// then resolved for it alone.
 pub fn build_demo_worker() {
     static BUILT: std::sync::Once = std::sync::Once::new();
     BUILT.call_once(|| {
