@@ -126,6 +126,25 @@ fn a_closed_stdout_and_stderr_never_kill_the_supervisor() {
     assert!(st.success(), "{st}");
 }
 
+#[test]
+fn a_second_term_during_the_drain_kills_the_workers_and_exits_143() {
+    let mut env = TestEnv::new("second-term");
+    env.serve(&["-l", "tcp://127.0.0.1:0", "-w", "1", "--drain-timeout", "60s"], &[DEMO_WORKER]);
+    let addr = env.wait_ready(1);
+    let slow = slow_request(addr, 20_000);
+    env.wait_for("the slow request in a worker", Duration::from_secs(10), |s| {
+        s["totals"]["live"].as_u64() == Some(1)
+    });
+    env.signal("TERM");
+    wait_log(&env, "draining");
+    let started = Instant::now();
+    env.signal("TERM");
+    let st = env.wait_exit(Duration::from_secs(10));
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert_eq!(st.code(), Some(143), "{}", env.log_text());
+    assert!(!slow.join().unwrap().contains("200 OK"), "the request was cut, not answered");
+}
+
 /// Sends `GET /sleep/MS` and returns the whole answer, on a thread.
 fn slow_request(addr: std::net::SocketAddr, ms: u64) -> std::thread::JoinHandle<String> {
     let mut s = TcpStream::connect(addr).unwrap();
