@@ -145,6 +145,37 @@ fn a_second_term_during_the_drain_kills_the_workers_and_exits_143() {
     assert!(!slow.join().unwrap().contains("200 OK"), "the request was cut, not answered");
 }
 
+#[test]
+fn stop_still_stops_a_supervisor_of_an_older_version() {
+    let env = TestEnv::new("stop-older");
+    // What an older supervisor's control socket does: `stop` only.
+    let listener = handover::ChannelListener::bind(&env.control).unwrap();
+    let path = env.control.clone();
+    let older = std::thread::spawn(move || {
+        let mut asked = Vec::new();
+        loop {
+            let ch = listener.accept().unwrap();
+            let Ok(m) = ch.recv_timeout(Duration::from_secs(5)) else { continue };
+            asked.push(String::from_utf8_lossy(&m.bytes).into_owned());
+            if m.bytes == b"stop" {
+                ch.send(b"ok", &[]).unwrap();
+                std::thread::sleep(Duration::from_millis(300)); // its drain
+                std::fs::remove_file(&path).unwrap();
+                return asked;
+            }
+            let unknown =
+                b"unknown request (expected status, reload, reload wait, scale, upgrade or stop)";
+            ch.send(unknown, &[]).unwrap();
+        }
+    });
+    let started = Instant::now();
+    let (ok, out) = env.handover("stop", &[]);
+    assert!(ok, "{out}");
+    assert!(started.elapsed() >= Duration::from_millis(300), "returned before the drain ended");
+    assert_eq!(older.join().unwrap(), ["stop wait", "stop"]);
+    assert!(!env.control.exists());
+}
+
 /// Sends `GET /sleep/MS` and returns the whole answer, on a thread.
 fn slow_request(addr: std::net::SocketAddr, ms: u64) -> std::thread::JoinHandle<String> {
     let mut s = TcpStream::connect(addr).unwrap();
