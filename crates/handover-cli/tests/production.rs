@@ -119,7 +119,7 @@ fn a_closed_stdout_and_stderr_never_kill_the_supervisor() {
     assert_eq!((l.ok, l.failed), (20, 0), "{:?}", l.errors);
     assert!(env.running(), "the supervisor died of its own output");
     let s = env.status().unwrap();
-    assert!(s["log_writes_dropped"].as_u64() > Some(20), "{s}");
+    assert!(s["log_writes_dropped"].as_u64() > Some(0), "{s}");
 
     env.signal("TERM");
     let st = env.wait_exit(Duration::from_secs(10));
