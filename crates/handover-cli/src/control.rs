@@ -228,6 +228,10 @@ pub(crate) fn stop_and_wait(
             }
         }
     };
+    if bytes.starts_with(b"unknown request") {
+        // A supervisor started from an older binary, which knows only `stop`.
+        return stop_older(path, started, every, waiting);
+    }
     let stopped: Stopped = serde_json::from_slice(&bytes).map_err(|_| {
         anyhow!("unexpected answer from the supervisor: {}", String::from_utf8_lossy(&bytes))
     })?;
@@ -235,6 +239,27 @@ pub(crate) fn stop_and_wait(
     // lines first, for up to a second).
     let _ = channel.recv_timeout(Duration::from_secs(5));
     Ok(stopped)
+}
+
+/// `handover stop` for a supervisor that cannot say how it exits: asks it to stop, then waits
+/// until its control socket is gone (it removes it as it exits), reporting exit status 0.
+fn stop_older(
+    path: &Path,
+    started: std::time::Instant,
+    every: Duration,
+    mut waiting: impl FnMut(Duration),
+) -> Result<Stopped> {
+    request(path, Command::Stop)?;
+    let mut next = every;
+    while handover::Channel::connect(path).is_ok() {
+        if started.elapsed() >= next {
+            waiting(started.elapsed());
+            next += every;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let message = "a supervisor of an older version stopped; its exit status is unknown";
+    Ok(Stopped { code: 0, message: Some(message.to_owned()) })
 }
 
 /// Sends one request and returns the answer.

@@ -86,22 +86,21 @@ pub(crate) fn dropped() -> u64 {
 /// Writes `bytes` (whole lines) to the log file, or else to `stream`; a failure drops them and
 /// counts one.
 pub(crate) fn write(stream: Stream, bytes: &[u8]) {
-    let to_file = {
-        let mut guard = lock();
-        guard.as_mut().map(|f| f.file.write_all(bytes))
-    };
-    // The file's lock is not held while writing to stdout or stderr: a stdout nobody reads
-    // blocks the thread that writes workers' output to it, and must not block the event loop's
-    // log lines to stderr behind it.
-    let result = match to_file {
-        Some(r) => r,
-        None => match stream {
-            Stream::Stdout => {
-                let mut out = io::stdout().lock();
-                out.write_all(bytes).and_then(|()| out.flush())
+    let mut file = lock();
+    let result = match file.as_mut() {
+        Some(f) => f.file.write_all(bytes),
+        None => {
+            // Not under the file's lock: a stdout nobody reads blocks only its own writer (the
+            // worker-output thread), never the supervisor's log lines on stderr.
+            drop(file);
+            match stream {
+                Stream::Stdout => {
+                    let mut out = io::stdout().lock();
+                    out.write_all(bytes).and_then(|()| out.flush())
+                }
+                Stream::Stderr => io::stderr().lock().write_all(bytes),
             }
-            Stream::Stderr => io::stderr().lock().write_all(bytes),
-        },
+        }
     };
     if result.is_err() {
         DROPPED.fetch_add(1, Ordering::Relaxed);

@@ -575,27 +575,38 @@ fn unix_listeners_are_refused_with_a_clear_error() {
 fn the_default_control_file_s_directory_is_created_on_first_use() {
     let mut env = WineEnv::new("default-control");
     let worker = env.program("handover-demo-worker");
-    // A fresh %LOCALAPPDATA%, without its handover\ directory.
-    let appdata = env.dir.join("appdata");
-    std::fs::create_dir(&appdata).unwrap();
+    // Wine gives its programs the prefix's own %LOCALAPPDATA% (C:\users\USER\AppData\Local),
+    // whatever the Linux environment says: remove its handover\ directory, as on a machine
+    // where handover never ran. (No other test uses the default control file.)
+    let prefix = PathBuf::from(std::env::var_os("WINEPREFIX").expect("WINEPREFIX"));
+    let users = prefix.join("drive_c").join("users");
+    for user in std::fs::read_dir(&users).unwrap().flatten() {
+        let _ = std::fs::remove_dir_all(user.path().join("AppData/Local/handover"));
+    }
     let log = std::fs::File::create(&env.log).unwrap();
     let mut c = Command::new("wine");
     c.arg(windows_exe("handover")).args(["serve", "-l", "tcp://127.0.0.1:0", "-w", "1", "--"]);
-    c.arg(&worker).env("LOCALAPPDATA", win(&appdata)).env("RUST_LOG", "info");
+    c.arg(&worker).env("RUST_LOG", "info");
     c.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
     env.child = Some(c.spawn().expect("start wine"));
-    let ctl = appdata.join("handover").join("handover.ctl");
     let deadline = Instant::now() + Duration::from_secs(40);
-    while !ctl.exists() {
-        assert!(Instant::now() < deadline, "no {}:\n{}", ctl.display(), env.log_text());
-        assert!(env.child.as_mut().unwrap().try_wait().unwrap().is_none(), "{}", env.log_text());
+    let path = loop {
+        let text = env.log_text();
+        if let Some(rest) = text.split("control socket at ").nth(1) {
+            break rest.split(" (").next().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no control socket logged:\n{text}");
+        assert!(env.child.as_mut().unwrap().try_wait().unwrap().is_none(), "exited:\n{text}");
         std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(env.log_text().contains("control socket at"), "{}", env.log_text());
+    };
+    assert!(path.ends_with("\\AppData\\Local\\handover\\handover.ctl"), "{path}");
+    let unix = Command::new("winepath").arg("-u").arg(&path).output().unwrap();
+    let unix = PathBuf::from(String::from_utf8_lossy(&unix.stdout).trim());
+    assert!(unix.is_file(), "{} missing:\n{}", unix.display(), env.log_text());
+    // Clients find it there too.
     let stop = Command::new("wine")
         .arg(windows_exe("handover"))
         .arg("stop")
-        .env("LOCALAPPDATA", win(&appdata))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

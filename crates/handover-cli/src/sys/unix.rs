@@ -164,7 +164,7 @@ pub(crate) fn file_identity(path: &Path) -> Option<(u64, u64)> {
 /// `kill -WINCH` (gunicorn's "stop the workers") or an expired alarm cannot take the service
 /// down. `SIGPIPE` is not here: it is ignored outright ([`ignore_sigpipe`]), since logging it
 /// could fail the same way again.
-const IGNORED: [(&str, i32); 9] = [
+const IGNORED: [(&str, i32); 7] = [
     ("SIGWINCH", nix::libc::SIGWINCH),
     ("SIGALRM", nix::libc::SIGALRM),
     ("SIGVTALRM", nix::libc::SIGVTALRM),
@@ -172,9 +172,14 @@ const IGNORED: [(&str, i32); 9] = [
     ("SIGIO", nix::libc::SIGIO),
     ("SIGXCPU", nix::libc::SIGXCPU),
     ("SIGXFSZ", nix::libc::SIGXFSZ),
-    ("SIGPWR", nix::libc::SIGPWR),
-    ("SIGSTKFLT", nix::libc::SIGSTKFLT),
 ];
+
+/// The same, for the signals only Linux has.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const IGNORED_HERE: [(&str, i32); 2] =
+    [("SIGPWR", nix::libc::SIGPWR), ("SIGSTKFLT", nix::libc::SIGSTKFLT)];
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const IGNORED_HERE: [(&str, i32); 0] = [];
 
 /// The signals the supervisor handles, registered once.
 #[derive(Debug)]
@@ -195,6 +200,7 @@ impl Signals {
         ignore_sigpipe()?;
         let ignored = IGNORED
             .iter()
+            .chain(&IGNORED_HERE)
             .map(|&(name, n)| Ok((name, signal(SignalKind::from_raw(n))?)))
             .collect::<io::Result<Vec<_>>>()?;
         Ok(Signals {
