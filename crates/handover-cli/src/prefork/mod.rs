@@ -16,16 +16,21 @@
 //!    them as `lost_mid_request`.
 //!
 //! [`ledger`] keeps those rules, without I/O; this module does the I/O and runs the workers
-//! (in a [`Pool`]). Worker channels are not registered with the reactor: a message from a
-//! worker would wake the supervisor, twice per connection (ACK and FINISHED), which at a
-//! moderate rate costs more than the hand-off itself. The engine reads them without waiting
-//! instead (`Prefork::poll_worker`): [`FLUSH`] after a dispatch, then at intervals doubling up
-//! to [`FLUSH_MAX`] while reads find nothing, for the workers that hold connections or are
-//! starting, draining or dying; whenever no worker appears to have room; before answering a
-//! status request; on `SIGCHLD` (what a dead worker sent is still readable, and is read before
-//! its end of the channel reports closed); and every [`SWEEP`] ticks for all workers. Each
-//! worker declares a capacity in its HELLO; when every ready worker is full the engine stops
-//! accepting and the kernel's backlog holds new clients.
+//! (in a [`Pool`]). Each worker declares a capacity in its HELLO; when every ready worker is
+//! full the engine stops accepting and the kernel's backlog holds new clients.
+//!
+//! When worker channels are read (`Prefork::poll_worker`): the channel of a worker that
+//! cannot take a connection now (full, its channel full, starting, draining, dying) is
+//! registered with the reactor ([`Prefork::sync_watches`]), so the FINISHED that frees it is
+//! read the moment it arrives and the next connection is accepted and dispatched at once. The
+//! others are not waited on: a message from a worker with room would wake the supervisor twice
+//! per connection (ACK and FINISHED) for nothing urgent. They are read while the supervisor is
+//! awake anyway, at most every [`READ_EVERY`] ([`Prefork::read_stale`]); when a worker looks
+//! full or stalled to the policy; before answering a status request; on `SIGCHLD` (what a dead
+//! worker sent is still readable, and is read before its end of the channel reports closed);
+//! on every tick; and every [`SWEEP`] ticks for all workers. Where channels cannot be watched
+//! (Windows), they are read on a timer instead: [`FLUSH`] after a dispatch, then at intervals
+//! doubling up to [`FLUSH_MAX`] while reads find nothing, and whenever no worker has room.
 //!
 //! Nothing here waits: writes to a worker never block (a worker whose channel is full gets no
 //! connection until it has taken what it was sent, and control messages queue for it), and
@@ -89,6 +94,10 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// down itself, how late the client sees the end of the stream) and how stale the live counts
 /// the policies see are.
 const FLUSH: Duration = Duration::from_millis(1);
+/// How often, at most, the channel of a worker with room is read while the supervisor is
+/// awake anyway (its ACKs and FINISHEDs: the live counts the policies see, the copies of
+/// finished connections the supervisor closes). Each read takes whatever arrived meanwhile.
+const READ_EVERY: Duration = Duration::from_millis(5);
 /// While reads of the active workers' channels find nothing, the interval doubles from
 /// [`FLUSH`] up to this, so long-lived idle connections cost a few wake-ups a second, not a
 /// thousand; the next dispatch brings it back to [`FLUSH`].
@@ -461,11 +470,11 @@ impl Prefork {
         }
     }
 
-    /// Reads the channels of active workers not read for [`FLUSH`]: while the supervisor is
-    /// awake anyway, so the live counts the policies see stay fresh without a wake-up.
+    /// Reads the channels of active workers not read for [`READ_EVERY`]: while the supervisor
+    /// is awake anyway, so the live counts the policies see stay fresh without a wake-up.
     fn read_stale(&mut self, core: &mut Core) {
         let now = Instant::now();
-        let stale = self.pool.ids(|w| self.active(w) && now >= w.polled_at + FLUSH);
+        let stale = self.pool.ids(|w| self.active(w) && now >= w.polled_at + READ_EVERY);
         for id in stale {
             self.poll_worker(core, id);
             self.unblock(core, id);
