@@ -19,12 +19,14 @@ if command -v rustup >/dev/null; then
     done
 fi
 
-# Debian packages used by the tests: python3 for the example Python worker.
+# Debian packages used by the tests: python3 for the example Python worker, python3-venv
+# for the Python package's test environment (scripts/setup-python.sh).
 packages=(python3)
 missing=()
 for p in "${packages[@]}"; do
     command -v "$p" >/dev/null || missing+=("$p")
 done
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 # systemd-socket-activate (package systemd) for the supervisor's socket-activation test.
 command -v systemd-socket-activate >/dev/null || [ -x /usr/lib/systemd/systemd-socket-activate ] \
     || missing+=(systemd)
@@ -36,6 +38,8 @@ if ((${#missing[@]})); then
     "${sudo[@]}" apt-get update -qq
     "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+bash scripts/setup-python.sh
 
 if [ -z "${HANDOVER_NO_WINE:-}" ]; then
     bash .ci/setup-wine.sh

@@ -12,6 +12,11 @@ bash scripts/setup.sh
 echo "== Linux: cargo test --workspace --all-features"
 cargo test --workspace --all-features
 
+echo "== Linux: the Python package handover-worker (python/tests), served by the real supervisor"
+cargo build -p handover-cli --bin handover
+# No `|| true` anywhere: pytest's exit 5 (no test collected) fails the suite like a failure.
+HANDOVER_BIN="$PWD/target/debug/handover" target/pyenv/bin/python3 -m pytest -q -p no:cacheprovider python/tests
+
 if [ -z "${HANDOVER_NO_WINE:-}" ]; then
     echo "== Windows (x86_64-pc-windows-gnu) under Wine: the library, the worker helper, the shared cross-process tests"
     # shellcheck source=/dev/null
