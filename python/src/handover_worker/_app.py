@@ -1,6 +1,7 @@
 """Loading the user's app from "module:attribute", once per worker, before HELLO."""
 
 import importlib
+import os
 import sys
 import traceback
 
@@ -29,12 +30,12 @@ def load(spec):
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
-            raise AppLoadError("no module named %r (working directory and sys.path: %s)"
-                               % (e.name, sys.path)) from None
-        traceback.print_exc()
+            raise AppLoadError("no module named %r in the working directory (%s) or on "
+                               "sys.path" % (e.name, os.getcwd())) from None
+        _print_user_traceback(e)
         raise AppLoadError("importing %r failed: %s" % (module_name, _one_line(e))) from None
     except BaseException as e:  # SyntaxError, an exception at import, even SystemExit
-        traceback.print_exc()
+        _print_user_traceback(e)
         raise AppLoadError("importing %r failed: %s" % (module_name, _one_line(e))) from None
     obj = module
     for part in attr.split("."):
@@ -45,6 +46,24 @@ def load(spec):
     if not callable(obj):
         raise AppLoadError("%s is a %s, not a callable app" % (spec, type(obj).__name__))
     return obj
+
+
+def _print_user_traceback(e):
+    """The traceback from the app's own frames on (importlib's and ours are noise), or for
+    a SyntaxError just the file, line and caret."""
+    if isinstance(e, SyntaxError):
+        lines = traceback.format_exception_only(type(e), e)
+    else:
+        tb = e.__traceback__
+        while tb is not None and _machinery(tb.tb_frame.f_code.co_filename):
+            tb = tb.tb_next
+        lines = traceback.format_exception(type(e), e, tb)
+    sys.stderr.write("".join(lines))
+
+
+def _machinery(filename):
+    return (filename.startswith("<frozen importlib") or filename == __file__
+            or filename.endswith(("importlib/__init__.py", "importlib\\__init__.py")))
 
 
 def _one_line(e):

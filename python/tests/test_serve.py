@@ -1,0 +1,225 @@
+"""Real apps (Flask for WSGI, Starlette for ASGI, from PyPI) served by the real supervisor in
+prefork mode with the documented command:
+
+    handover serve -l tcp://127.0.0.1:8080 -w N -- python3 -m handover_worker {wsgi|asgi} MODULE:app
+"""
+
+import hashlib
+import http.client
+import os
+import random
+import signal
+import threading
+import time
+
+import pytest
+
+from supervisor import Supervisor, request_once
+
+KINDS = {
+    "wsgi": ("flask_app:app", ["--threads", "4"], "flask"),
+    "asgi": ("starlette_app:app", [], "starlette"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(KINDS))
+def served(request):
+    kind = request.param
+    app, worker_args, name = KINDS[kind]
+    sup = Supervisor(kind, app, workers=2, worker_args=worker_args)
+    try:
+        sup.addr = sup.wait_ready(2)
+        sup.kind, sup.name = kind, name
+        yield sup
+    finally:
+        sup.close(failed=getattr(request.node, "failed", False))
+
+
+def connect(sup):
+    return http.client.HTTPConnection(*sup.addr, timeout=15)
+
+
+def test_get(served):
+    c = connect(served)
+    c.request("GET", "/")
+    r = c.getresponse()
+    assert (r.status, r.read().decode().split()[:3]) == (200, ["hello", "from", served.name])
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_post_5mb(served, chunked):
+    body = os.urandom(5 << 20)
+    c = connect(served)
+    if chunked:
+        c.request("POST", "/upload", body=(body[i:i + 65536] for i in range(0, len(body), 65536)),
+                  encode_chunked=True, headers={"Transfer-Encoding": "chunked"})
+    else:
+        c.request("POST", "/upload", body=body)
+    r = c.getresponse()
+    assert r.status == 200
+    assert r.read().decode() == "%d %s" % (len(body), hashlib.sha256(body).hexdigest())
+
+
+def test_streamed_response_is_chunked(served):
+    c = connect(served)
+    c.request("GET", "/stream")
+    r = c.getresponse()
+    assert r.status == 200
+    assert r.getheader("Transfer-Encoding") == "chunked" and r.getheader("Content-Length") is None
+    assert r.read().decode() == "".join("chunk %d\n" % i for i in range(100))
+
+
+def test_keep_alive_reuses_the_connection(served):
+    before = served.totals()["dispatched"]
+    c = connect(served)
+    socks = set()
+    for path in ["/", "/stream", "/remote", "/"]:
+        c.request("GET", path)
+        r = c.getresponse()
+        assert r.status == 200 and r.getheader("Connection", "").lower() != "close"
+        r.read()
+        socks.add(id(c.sock))
+    assert len(socks) == 1, "one connection for all four requests"
+    c.close()
+    assert served.totals()["dispatched"] == before + 1, "the supervisor handed over one connection"
+
+
+def test_remote_addr_is_the_clients(served):
+    c = connect(served)
+    c.connect()
+    host, port = c.sock.getsockname()[:2]
+    c.request("GET", "/remote")
+    assert c.getresponse().read().decode() == "%s %d" % (host, port)
+
+
+def test_an_app_exception_is_a_500_and_the_worker_lives(served):
+    pids = served.worker_pids()
+    restarts = served.totals()["restarts"]
+    for _ in range(4):  # both workers, round-robin
+        c = connect(served)
+        c.request("GET", "/raise")
+        r = c.getresponse()
+        assert r.status == 500
+        r.read()
+    for _ in range(4):
+        c = connect(served)
+        c.request("GET", "/")
+        assert c.getresponse().status == 200
+    assert served.worker_pids() == pids and served.totals()["restarts"] == restarts
+    assert "the app failed on purpose" in served.log_text(), "the traceback is in the log"
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_drain_lets_the_request_in_flight_finish(kind):
+    app, worker_args, name = KINDS[kind]
+    sup = Supervisor(kind, app, workers=1, worker_args=worker_args)
+    failed = True
+    try:
+        addr = sup.wait_ready(1)
+        got = []
+        t = threading.Thread(target=lambda: got.append(request_once(addr, "/slow?s=1")))
+        t.start()
+        time.sleep(0.4)
+        assert sup.stop() == 0, sup.log_text()
+        t.join(10)
+        assert got and got[0].startswith(b"hello from " + name.encode())
+        if kind == "asgi":
+            assert "lifespan shutdown ran" in sup.log_text()
+        failed = False
+    finally:
+        sup.close(failed)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_kill_9_under_load_loses_only_what_workers_had_read(kind):
+    """Connect-per-request clients while a random worker is killed with SIGKILL every 100 ms:
+    every request that failed is one the supervisor counted lost mid-request (a worker had
+    acknowledged it, so may have read it), none refused, most answered."""
+    app, worker_args, _ = KINDS[kind]
+    total, threads = 1200, 8
+    sup = Supervisor(kind, app, workers=3, worker_args=worker_args)
+    failed = True
+    try:
+        addr = sup.wait_ready(3)
+        stop = threading.Event()
+        kills = []
+        next_request = iter(range(total))
+        lock = threading.Lock()
+        results = {"ok": 0, "failed": 0, "refused": 0, "errors": []}
+
+        def killer():
+            rng = random.Random(7)
+            while not stop.wait(0.1):
+                pids = sup.children()
+                if pids:
+                    victim = rng.choice(pids)
+                    try:
+                        os.kill(victim, signal.SIGKILL)
+                        kills.append(victim)
+                    except ProcessLookupError:
+                        pass
+
+        def client():
+            while True:
+                with lock:
+                    if next(next_request, None) is None:
+                        return
+                try:
+                    request_once(addr, "/slow?s=0.002")
+                    outcome = "ok"
+                except ConnectionRefusedError as e:
+                    outcome, err = "refused", e
+                except Exception as e:
+                    outcome, err = "failed", e
+                with lock:
+                    results[outcome] += 1
+                    if outcome != "ok" and len(results["errors"]) < 5:
+                        results["errors"].append(repr(err))
+
+        k = threading.Thread(target=killer)
+        k.start()
+        started = time.monotonic()
+        clients = [threading.Thread(target=client) for _ in range(threads)]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(120)
+        stop.set()
+        k.join()
+        time.sleep(0.5)  # the last deaths are settled
+        assert sup.proc.poll() is None, "the supervisor gave up:\n" + sup.log_text()
+        t = sup.totals()
+        print("%s: %d kills in %.1fs; answered %d/%d; failed %d; lost mid-request %d; "
+              "re-dispatched %d; restarts %d" % (kind, len(kills), time.monotonic() - started,
+                                                 results["ok"], total, results["failed"],
+                                                 t["lost_mid_request"], t["redispatched"],
+                                                 t["restarts"]))
+        assert len(kills) >= 5, "the killer ran"
+        assert results["refused"] == 0, results["errors"]
+        assert results["failed"] == t["lost_mid_request"], (results, t)
+        assert results["ok"] * 100 >= total * 90, results
+        sup.wait_ready(3)
+        failed = False
+    finally:
+        sup.close(failed)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_syntax_error_in_the_app_fails_fast_with_the_reason(kind):
+    sup = Supervisor(kind, "broken_app:app", workers=2)
+    failed = True
+    try:
+        try:
+            code = sup.proc.wait(timeout=30)
+        except Exception:
+            raise AssertionError("still running 30 s after start:\n" + sup.log_text())
+        elapsed = time.monotonic() - sup.started
+        log = sup.log_text()
+        print("%s: the supervisor gave up after %.1fs with exit %d" % (kind, elapsed, code))
+        assert code == 3, log  # the supervisor's crash-loop exit
+        assert "SyntaxError" in log and "broken_app.py" in log, log
+        assert "handover_worker: cannot load the app: importing 'broken_app' failed" in log, log
+        assert elapsed < 15, log
+        failed = False
+    finally:
+        sup.close(failed)
