@@ -18,7 +18,7 @@ APPS = Path(__file__).resolve().parent / "apps"
 
 
 class Supervisor:
-    def __init__(self, kind, app, workers=2, args=(), worker_args=()):
+    def __init__(self, kind, app, workers=2, args=(), worker_args=(), cwd=APPS):
         assert Path(HANDOVER).is_file(), "no supervisor binary at %s (cargo build -p handover-cli)" % HANDOVER
         self.dir = tempfile.mkdtemp(prefix="hw-")  # short: the control socket's path must be
         self.control = os.path.join(self.dir, "control.sock")
@@ -28,8 +28,11 @@ class Supervisor:
                "--control", self.control, *args, "--",
                sys.executable, "-m", "handover_worker", kind, app, *worker_args]
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(cmd, cwd=APPS, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT)
+            # No .pyc: a test that rewrites an app within the same second, at the same
+            # size, would otherwise import the old code (the cache is keyed on both).
+            env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+            self.proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, env=env)
         self.started = time.monotonic()
 
     def log_text(self):
@@ -59,6 +62,12 @@ class Supervisor:
             if time.monotonic() > deadline:
                 raise AssertionError("workers not ready in %ss:\n%s" % (within, self.log_text()))
             time.sleep(0.05)
+
+    def handover(self, *args, timeout=60):
+        """`handover ARGS --control ...`: (exit status, output)."""
+        r = subprocess.run([HANDOVER, *args, "--control", self.control], capture_output=True,
+                           text=True, timeout=timeout)
+        return r.returncode, r.stdout + r.stderr
 
     def totals(self):
         return self.status()["programs"][0]["totals"]

@@ -223,3 +223,37 @@ def test_a_syntax_error_in_the_app_fails_fast_with_the_reason(kind):
         failed = False
     finally:
         sup.close(failed)
+
+
+VERSIONED = {
+    "wsgi": '''
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"%s"]
+''',
+    "asgi": '''
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"%s"})
+''',
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_reload_picks_up_new_code(kind, tmp_path):
+    (tmp_path / "versioned.py").write_text(VERSIONED[kind] % "v1")
+    sup = Supervisor(kind, "versioned:app", workers=2, cwd=tmp_path)
+    failed = True
+    try:
+        addr = sup.wait_ready(2)
+        assert {request_once(addr, "/") for _ in range(4)} == {b"v1"}
+        (tmp_path / "versioned.py").write_text(VERSIONED[kind] % "v2")
+        code, out = sup.handover("reload")
+        assert code == 0, out
+        assert {request_once(addr, "/") for _ in range(4)} == {b"v2"}
+        failed = False
+    finally:
+        sup.close(failed)
