@@ -11,13 +11,15 @@ an accepted socket, which asyncio's `loop.connect_accepted_socket` feeds to them
 The cost is that `uvicorn.Config`, `ServerState` and the protocol constructors are uvicorn's
 internals rather than a documented API: the `asgi` extra pins the uvicorn versions tested.
 
-The channel is read on the event loop itself (`add_reader`), so PINGs are answered by the
-loop: a loop stuck in a handler stops answering and the supervisor replaces the worker.
+On Unix the channel is read on the event loop itself (`add_reader`), so PINGs are answered by
+the loop: a loop stuck in a handler stops answering and the supervisor replaces the worker.
+On Windows a thread reads it (a pipe handle cannot be watched by the loop).
 """
 
 import asyncio
 import os
 import sys
+import threading
 
 import uvicorn
 from uvicorn.server import ServerState
@@ -41,6 +43,14 @@ def serve(app, worker, options):
     """Runs the lifespan startup, says HELLO, serves until DRAIN, then the lifespan
     shutdown. Returns an exit status."""
     return asyncio.run(_serve(app, worker, options))
+
+
+def _settle(future, result, error):
+    if not future.done():
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
 
 def _finishing(cls, held):
@@ -127,8 +137,21 @@ async def _serve(app, worker, options):
             if not ended.done():
                 ended.set_result(worker.state)
 
+    def read_on_a_thread():
+        # Windows: a pipe handle cannot be watched by the loop; a thread reads it and
+        # passes each connection to the loop (PINGs are then answered by this thread).
+        try:
+            for conn in worker:
+                loop.call_soon_threadsafe(start, conn)
+            loop.call_soon_threadsafe(_settle, ended, worker.state, None)
+        except Exception as e:
+            loop.call_soon_threadsafe(_settle, ended, None, e)
+
     worker.hello(capacity=options.capacity, heartbeat=True)
-    loop.add_reader(worker.fileno(), readable)
+    if worker.fileno() is not None:
+        loop.add_reader(worker.fileno(), readable)
+    else:
+        threading.Thread(target=read_on_a_thread, daemon=True, name="channel").start()
     why = await ended
     if why in ("stopped", "closed"):
         sys.stderr.flush()
