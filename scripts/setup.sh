@@ -43,4 +43,5 @@ bash scripts/setup-python.sh
 
 if [ -z "${HANDOVER_NO_WINE:-}" ]; then
     bash .ci/setup-wine.sh
+    bash .ci/setup-wine-python.sh
 fi

@@ -34,4 +34,6 @@ if [ -z "${HANDOVER_NO_WINE:-}" ]; then
     echo "== Windows under Wine: handover.exe serve (prefork, spawn, shared, upgrade, stop) driven from Linux clients"
     cargo build -p handover-cli -p integration-tests --bins --target x86_64-pc-windows-gnu
     cargo test -p handover-cli --test wine -- --ignored
+    echo "== Windows under Wine: handover-worker (python/tests/test_serve.py): handover.exe and the embeddable CPython 3.13, driven from Linux clients"
+    HANDOVER_TEST_WINE=1 target/pyenv/bin/python3 -m pytest -q -p no:cacheprovider python/tests/test_serve.py
 fi

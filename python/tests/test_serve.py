@@ -8,13 +8,12 @@ import hashlib
 import http.client
 import os
 import random
-import signal
 import threading
 import time
 
 import pytest
 
-from supervisor import Supervisor, request_once
+from supervisor import SLOW, WINE, Supervisor, request_once
 
 KINDS = {
     "wsgi": ("flask_app:app", ["--threads", "4"], "flask"),
@@ -121,7 +120,7 @@ def test_drain_lets_the_request_in_flight_finish(kind):
         t.start()
         time.sleep(0.4)
         assert sup.stop() == 0, sup.log_text()
-        t.join(10)
+        t.join(10 * SLOW)
         assert got and got[0].startswith(b"hello from " + name.encode())
         if kind == "asgi":
             assert "lifespan shutdown ran" in sup.log_text()
@@ -132,11 +131,13 @@ def test_drain_lets_the_request_in_flight_finish(kind):
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_kill_9_under_load_loses_only_what_workers_had_read(kind):
-    """Connect-per-request clients while a random worker is killed with SIGKILL every 100 ms:
-    every request that failed is one the supervisor counted lost mid-request (a worker had
+    """Connect-per-request clients while a random worker is killed with SIGKILL every 100 ms
+    (under Wine: `taskkill /F` every second): every request that failed is one the supervisor counted lost mid-request (a worker had
     acknowledged it, so may have read it), none refused, most answered."""
     app, worker_args, _ = KINDS[kind]
-    total, threads = 1200, 8
+    # Under Wine a kill is a `taskkill` process (about a second) and a restart takes seconds.
+    # There the load runs until 4 kills (at most 3,000 requests), here for 1,200 requests.
+    total, threads, every, answered = (3000, 4, 0.5, 50) if WINE else (1200, 8, 0.1, 90)
     sup = Supervisor(kind, app, workers=3, worker_args=worker_args)
     failed = True
     try:
@@ -145,22 +146,20 @@ def test_kill_9_under_load_loses_only_what_workers_had_read(kind):
         kills = []
         next_request = iter(range(total))
         lock = threading.Lock()
-        results = {"ok": 0, "failed": 0, "refused": 0, "errors": []}
+        results = {"sent": 0, "ok": 0, "failed": 0, "refused": 0, "errors": []}
 
         def killer():
             rng = random.Random(7)
-            while not stop.wait(0.1):
-                pids = sup.children()
-                if pids:
-                    victim = rng.choice(pids)
-                    try:
-                        os.kill(victim, signal.SIGKILL)
-                        kills.append(victim)
-                    except ProcessLookupError:
-                        pass
+            while not stop.wait(every):
+                if sup.kill_a_worker(rng):
+                    kills.append(1)
+                if WINE and len(kills) >= 4:
+                    enough.set()
+
+        enough = threading.Event()
 
         def client():
-            while True:
+            while not enough.is_set():
                 with lock:
                     if next(next_request, None) is None:
                         return
@@ -172,6 +171,7 @@ def test_kill_9_under_load_loses_only_what_workers_had_read(kind):
                 except Exception as e:
                     outcome, err = "failed", e
                 with lock:
+                    results["sent"] += 1
                     results[outcome] += 1
                     if outcome != "ok" and len(results["errors"]) < 5:
                         results["errors"].append(repr(err))
@@ -183,7 +183,7 @@ def test_kill_9_under_load_loses_only_what_workers_had_read(kind):
         for t in clients:
             t.start()
         for t in clients:
-            t.join(120)
+            t.join(120 * SLOW)
         stop.set()
         k.join()
         time.sleep(0.5)  # the last deaths are settled
@@ -191,13 +191,13 @@ def test_kill_9_under_load_loses_only_what_workers_had_read(kind):
         t = sup.totals()
         print("%s: %d kills in %.1fs; answered %d/%d; failed %d; lost mid-request %d; "
               "re-dispatched %d; restarts %d" % (kind, len(kills), time.monotonic() - started,
-                                                 results["ok"], total, results["failed"],
+                                                 results["ok"], results["sent"], results["failed"],
                                                  t["lost_mid_request"], t["redispatched"],
                                                  t["restarts"]))
-        assert len(kills) >= 5, "the killer ran"
+        assert len(kills) >= (3 if WINE else 5), "the killer ran"
         assert results["refused"] == 0, results["errors"]
         assert results["failed"] == t["lost_mid_request"], (results, t)
-        assert results["ok"] * 100 >= total * 90, results
+        assert results["ok"] * 100 >= results["sent"] * answered, results
         sup.wait_ready(3)
         failed = False
     finally:
@@ -210,16 +210,16 @@ def test_a_syntax_error_in_the_app_fails_fast_with_the_reason(kind):
     failed = True
     try:
         try:
-            code = sup.proc.wait(timeout=30)
+            code = sup.proc.wait(timeout=30 * SLOW)
         except Exception:
-            raise AssertionError("still running 30 s after start:\n" + sup.log_text())
+            raise AssertionError("still running %d s after start:\n%s" % (30 * SLOW, sup.log_text()))
         elapsed = time.monotonic() - sup.started
         log = sup.log_text()
         print("%s: the supervisor gave up after %.1fs with exit %d" % (kind, elapsed, code))
         assert code == 3, log  # the supervisor's crash-loop exit
         assert "SyntaxError" in log and "broken_app.py" in log, log
         assert "handover_worker: cannot load the app: importing 'broken_app' failed" in log, log
-        assert elapsed < 15, log
+        assert elapsed < 15 * SLOW, log
         failed = False
     finally:
         sup.close(failed)

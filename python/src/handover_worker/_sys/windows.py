@@ -62,9 +62,10 @@ class RawChannel:
             try:
                 ov, _ = _winapi.ReadFile(self._h, 65536, overlapped=True)
                 n, _ = ov.GetOverlappedResult(True)
-            except (BrokenPipeError, OSError) as e:
-                if getattr(e, "winerror", None) not in (_ERROR_BROKEN_PIPE, _ERROR_NO_DATA, None) \
-                        and not isinstance(e, BrokenPipeError):
+            except OSError as e:
+                # The supervisor closed its end: the end of the stream.
+                if not isinstance(e, BrokenPipeError) and \
+                        getattr(e, "winerror", None) not in (_ERROR_BROKEN_PIPE, _ERROR_NO_DATA):
                     raise
                 self._closed = True
                 continue
