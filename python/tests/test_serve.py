@@ -8,6 +8,7 @@ import hashlib
 import http.client
 import os
 import random
+import socket
 import threading
 import time
 
@@ -83,6 +84,52 @@ def test_keep_alive_reuses_the_connection(served):
     assert served.totals()["dispatched"] == before + 1, "the supervisor handed over one connection"
 
 
+def raw_exchange(sup, *sends, until=b""):
+    """Sends each of `sends` on one connection (waiting for `until` after the first), then
+    reads to the end of the stream."""
+    with socket.create_connection(sup.addr, timeout=15) as s:
+        s.sendall(sends[0])
+        got = b""
+        while until and until not in got:
+            chunk = s.recv(65536)
+            assert chunk, got
+            got += chunk
+        for data in sends[1:]:
+            s.sendall(data)
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return got
+            got += chunk
+
+
+def test_pipelined_requests_are_answered_in_order(served):
+    got = raw_exchange(served, b"GET /remote HTTP/1.1\r\nHost: t\r\n\r\n"
+                               b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    assert got.count(b"HTTP/1.1 200") == 2, got
+    assert got.index(b"127.0.0.1 ") < got.index(b"hello from " + served.name.encode()), got
+
+
+def test_expect_100_continue(served):
+    body = b"x" * 100000
+    got = raw_exchange(served, b"POST /upload HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+                               b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body),
+                       body, until=b"100 Continue\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200"), got
+    assert got.endswith(("%d %s" % (len(body), hashlib.sha256(body).hexdigest())).encode()), got
+
+
+def test_head_has_headers_and_no_body(served):
+    got = raw_exchange(served, b"HEAD / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and body == b"", got
+
+
+def test_http_1_0_client(served):
+    got = raw_exchange(served, b"GET / HTTP/1.0\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 200") and b"hello from " + served.name.encode() in got, got
+
+
 def test_remote_addr_is_the_clients(served):
     c = connect(served)
     c.connect()
@@ -129,6 +176,7 @@ def test_drain_lets_the_request_in_flight_finish(kind):
         sup.close(failed)
 
 
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_kill_9_under_load_loses_only_what_workers_had_read(kind):
     """Connect-per-request clients while a random worker is killed with SIGKILL every 100 ms
@@ -164,7 +212,10 @@ def test_kill_9_under_load_loses_only_what_workers_had_read(kind):
                     if next(next_request, None) is None:
                         return
                 try:
-                    request_once(addr, "/slow?s=0.002")
+                    # A long timeout: with every worker just killed and restarting on a
+                    # loaded machine, a request can wait in the queue for seconds; only a
+                    # lost connection may fail here, not a slow one.
+                    request_once(addr, "/slow?s=0.002", timeout=60)
                     outcome = "ok"
                 except ConnectionRefusedError as e:
                     outcome, err = "refused", e
@@ -173,7 +224,7 @@ def test_kill_9_under_load_loses_only_what_workers_had_read(kind):
                 with lock:
                     results["sent"] += 1
                     results[outcome] += 1
-                    if outcome != "ok" and len(results["errors"]) < 5:
+                    if outcome != "ok" and len(results["errors"]) < 30:
                         results["errors"].append(repr(err))
 
         k = threading.Thread(target=killer)
@@ -196,7 +247,7 @@ def test_kill_9_under_load_loses_only_what_workers_had_read(kind):
                                                  t["restarts"]))
         assert len(kills) >= (3 if WINE else 5), "the killer ran"
         assert results["refused"] == 0, results["errors"]
-        assert results["failed"] == t["lost_mid_request"], (results, t)
+        assert results["failed"] == t["lost_mid_request"], (results["errors"], results, t)
         assert results["ok"] * 100 >= results["sent"] * answered, results
         sup.wait_ready(3)
         failed = False

@@ -34,8 +34,9 @@ class Options:
         self.timeout = timeout  # longest wait for one read or write inside a request
 
 
-class _ClientGone(Exception):
-    """The client closed, reset, or timed out mid-request: nothing more to send it."""
+class _ClientGone(OSError):
+    """The client closed, reset, or timed out mid-request: nothing more to send it. An
+    OSError, as the app sees it from wsgi.input."""
 
 
 def serve(app, worker, options):
@@ -311,11 +312,15 @@ class _Input:
         if self.eof:
             return False
         if h.they_are_waiting_for_100_continue:
-            self.http._send(h11.InformationalResponse(status_code=100, headers=[]))
+            self.http._send(h11.InformationalResponse(status_code=100, headers=[],
+                                                      reason=b"Continue"))
         if h.their_state is not h11.SEND_BODY:
             self.eof = True
             return False
-        event = self.http._event()
+        try:
+            event = self.http._event()
+        except h11.RemoteProtocolError as e:
+            raise _ClientGone(e)  # a body cut short, or malformed chunks
         if isinstance(event, h11.Data):
             self.buf += event.data
             return True
