@@ -162,13 +162,21 @@ def test_drain_lets_the_request_in_flight_finish(kind):
     failed = True
     try:
         addr = sup.wait_ready(1)
+        idle = http.client.HTTPConnection(*addr, timeout=15)
+        idle.request("GET", "/")
+        assert idle.getresponse().read().startswith(b"hello")  # now idle, kept alive
         got = []
         t = threading.Thread(target=lambda: got.append(request_once(addr, "/slow?s=1")))
         t.start()
         time.sleep(0.4)
+        stopping = time.monotonic()
         assert sup.stop() == 0, sup.log_text()
+        took = time.monotonic() - stopping
         t.join(10 * SLOW)
         assert got and got[0].startswith(b"hello from " + name.encode())
+        assert idle.sock.recv(100) == b"", "the idle keep-alive connection was closed"
+        # Not held open for the keep-alive timeout (5 s) by the idle connection.
+        assert took < 4 * SLOW, took
         if kind == "asgi":
             assert "lifespan shutdown ran" in sup.log_text()
         failed = False

@@ -116,7 +116,11 @@ async def _serve(app, worker, options):
                 sys.stderr.write("handover_worker: connection %d: %s\n" % (conn.id, e))
                 conn.finish()
 
-        loop.create_task(connect())
+        task = loop.create_task(connect())
+        starting.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(starting.discard)
+
+    starting = set()
 
     ended = loop.create_future()
 
@@ -158,9 +162,20 @@ async def _serve(app, worker, options):
         os._exit(0)
     # DRAIN: take nothing new (the supervisor sends nothing more), end idle keep-alive
     # connections, let the others finish their response, then the lifespan shutdown.
-    for proto in list(state.connections):
-        proto.shutdown()
-    while held or state.tasks:
+    # uvicorn's shutdown() closes a connection that has no request in progress, which for a
+    # connection handed over just before DRAIN would drop the request still on its way: such
+    # a connection (no request yet) gets --keepalive seconds for it first.
+    drain_started = loop.time()
+    shut = set()
+    while held or starting or state.tasks:
+        for proto in list(state.connections):
+            if proto in shut:
+                continue
+            fresh = getattr(proto, "cycle", None) is None
+            if fresh and loop.time() - drain_started < options.keepalive:
+                continue
+            shut.add(proto)
+            proto.shutdown()
         await asyncio.sleep(0.05)
     await lifespan.shutdown()
     return 0
