@@ -4,6 +4,7 @@ prefork mode with the documented command:
     handover serve -l tcp://127.0.0.1:8080 -w N -- python3 -m handover_worker {wsgi|asgi} MODULE:app
 """
 
+import base64
 import hashlib
 import http.client
 import os
@@ -128,6 +129,34 @@ def test_head_has_headers_and_no_body(served):
 def test_http_1_0_client(served):
     got = raw_exchange(served, b"GET / HTTP/1.0\r\n\r\n")
     assert got.startswith(b"HTTP/1.1 200") and b"hello from " + served.name.encode() in got, got
+
+
+def test_websocket_echo_and_the_connection_is_finished_after(served):
+    if served.kind != "asgi":
+        pytest.skip("WebSockets are an ASGI feature")
+    key = base64.b64encode(os.urandom(16))
+    with socket.create_connection(served.addr, timeout=15) as s:
+        s.sendall(b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % key)
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += s.recv(4096)
+        head, _, rest = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        mask = os.urandom(4)
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(b"hi"))
+        s.sendall(bytes([0x81, 0x80 | 2]) + mask + payload)  # a masked text frame
+        while len(rest) < 2 + len("echo: hi"):
+            rest += s.recv(4096)
+        assert rest[:2 + 8] == bytes([0x81, 8]) + b"echo: hi", rest
+        s.sendall(bytes([0x88, 0x80]) + mask)  # close, in answer to the app's
+        while s.recv(4096):
+            pass
+    # FINISHED came once the WebSocket ended: no connection left at any worker.
+    deadline = time.monotonic() + 5 * SLOW
+    while sum(w["live"] for w in served.status()["programs"][0]["workers"]) != 0:
+        assert time.monotonic() < deadline, served.status()["programs"][0]["workers"]
+        time.sleep(0.1)
 
 
 def test_remote_addr_is_the_clients(served):

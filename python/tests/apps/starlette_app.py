@@ -7,7 +7,7 @@ import os
 
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 STATE = {"started": False}
 
@@ -42,6 +42,13 @@ async def slow(request):
     return PlainTextResponse("hello from starlette %d\n" % os.getpid())
 
 
+async def echo(websocket):
+    await websocket.accept()
+    text = await websocket.receive_text()
+    await websocket.send_text("echo: " + text)
+    await websocket.close()
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app):
     STATE["started"] = True
@@ -51,4 +58,5 @@ async def lifespan(app):
 
 app = Starlette(lifespan=lifespan, routes=[
     Route("/", index), Route("/upload", upload, methods=["POST"]), Route("/stream", stream),
-    Route("/remote", remote), Route("/raise", boom), Route("/slow", slow)])
+    Route("/remote", remote), Route("/raise", boom), Route("/slow", slow),
+    WebSocketRoute("/ws", echo)])
