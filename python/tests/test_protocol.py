@@ -136,3 +136,19 @@ def test_not_started_by_the_supervisor():
         handover_worker.Worker.from_environ({})
     with pytest.raises(handover_worker.NotSupervised, match="another process"):
         handover_worker.Worker.from_environ({"HANDOVER_CHANNEL_FD": "0", "LISTEN_PID": "1"})
+
+
+def test_connection_message_peers():
+    from handover_worker import _frame
+
+    def msg(family, addr, port=8080, name=b"v6"):
+        return struct.pack("<BBBBHHQ16s", CONNECTION, 1, family, len(name), port, 3, 42, addr) + name
+
+    _, c = _frame.decode(msg(6, bytes(15) + b"\x01"))
+    assert (c.peer, c.listener, c.listener_index, c.id) == (("::1", 8080), "v6", 3, 42)
+    _, c = _frame.decode(msg(4, bytes([203, 0, 113, 9]) + bytes(12), port=51234))
+    assert c.peer == ("203.0.113.9", 51234)
+    _, c = _frame.decode(msg(0, bytes(16), port=0, name=b"unix"))
+    assert c.peer is None and c.listener == "unix"
+    with pytest.raises(handover_worker.ProtocolError):
+        _frame.decode(msg(4, bytes(16))[:-1])  # name cut short

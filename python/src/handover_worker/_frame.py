@@ -4,6 +4,7 @@ Pure code: no sockets, no descriptors owned here. `Decoder` turns the channel's 
 into whole frames; the transport (`_sys`) pairs each frame with the descriptors it carries.
 """
 
+import ipaddress
 import struct
 
 FRAME = struct.Struct("<4sBBHII")  # magic, version, kind, flags, payload_len, handle_count
@@ -51,7 +52,7 @@ def id_message(kind, value):
     return _ID_MESSAGE.pack(kind, PROTOCOL_VERSION, 0, 0, value)
 
 
-class Connection:
+class ConnectionMessage:
     """A decoded CONNECTION message (the socket travels beside it)."""
 
     __slots__ = ("id", "peer", "listener", "listener_index")
@@ -64,7 +65,7 @@ class Connection:
 
 
 def decode(payload):
-    """Returns (type, value): value is a `Connection` for CONNECTION, the nonce for PING,
+    """Returns (type, value): value is a `ConnectionMessage` for CONNECTION, the nonce for PING,
     None otherwise. Raises ProtocolError for a malformed or unsupported message."""
     if len(payload) < 4:
         raise ProtocolError("message of %d bytes" % len(payload))
@@ -86,7 +87,7 @@ def decode(payload):
             peer = None
         else:
             raise ProtocolError("CONNECTION with address family %d" % family)
-        return kind, Connection(conn_id, peer, name.decode("utf-8", "replace"), index)
+        return kind, ConnectionMessage(conn_id, peer, name.decode("utf-8", "replace"), index)
     if kind == PING:
         if len(payload) < _ID_MESSAGE.size:
             raise ProtocolError("short PING message")
@@ -99,8 +100,6 @@ def _ip4(b):
 
 
 def _ip6(b):
-    import ipaddress
-
     return str(ipaddress.IPv6Address(bytes(b)))
 
 

@@ -8,6 +8,7 @@ thread (and its slot of the worker's capacity) until the client closes it, it ha
 for --keepalive seconds, or the worker drains.
 """
 
+import http
 import os
 import selectors
 import socket
@@ -377,8 +378,6 @@ class _Input:
 
 
 def _reason(status):
-    import http
-
     try:
         return http.HTTPStatus(status).phrase.encode()
     except ValueError:
