@@ -13,7 +13,7 @@ echo "== Linux: cargo test --workspace --all-features"
 cargo test --workspace --all-features
 
 echo "== Linux: the Python package handover-worker (python/tests), served by the real supervisor"
-cargo build -p handover-cli --bin handover
+cargo build --workspace --all-features --bin handover  # as cargo test built it: no rebuild
 # No `|| true` anywhere: pytest's exit 5 (no test collected) fails the suite like a failure.
 HANDOVER_BIN="$PWD/target/debug/handover" target/pyenv/bin/python3 -m pytest -q -p no:cacheprovider python/tests
 

@@ -345,3 +345,22 @@ def test_reload_picks_up_new_code(kind, tmp_path):
         failed = False
     finally:
         sup.close(failed)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_max_requests_recycles_workers_without_a_failed_request(kind):
+    """--max-requests: a worker is sent DRAIN after its last connection, finishes it and
+    exits 0; its replacement serves on. Every request is answered."""
+    app, worker_args, name = KINDS[kind]
+    sup = Supervisor(kind, app, workers=2, args=["--max-requests", "5"], worker_args=worker_args)
+    failed = True
+    try:
+        addr = sup.wait_ready(2)
+        for _ in range(30):
+            assert request_once(addr, "/", timeout=30 * SLOW).startswith(b"hello from " + name.encode())
+        t = sup.wait_ready(2) and sup.totals()
+        assert t["restarts_by_cause"]["max_requests"] >= 4, t
+        assert t["lost_mid_request"] == 0 and t["restarts_by_cause"]["exit"] == 0, t
+        failed = False
+    finally:
+        sup.close(failed)
