@@ -17,16 +17,23 @@ import pytest
 
 from supervisor import SLOW, WINE, Supervisor, request_once
 
+# One app per kind for the tests that start a supervisor each...
 KINDS = {
     "wsgi": ("flask_app:app", ["--threads", "4"], "flask"),
     "asgi": ("starlette_app:app", [], "starlette"),
 }
+# ...and every app for the HTTP tests, which share one supervisor per app.
+APPS = {
+    "flask": ("wsgi", "flask_app:app", ["--threads", "4"]),
+    "django": ("wsgi", "django_app:application", ["--threads", "4"]),
+    "starlette": ("asgi", "starlette_app:app", []),
+}
 
 
-@pytest.fixture(scope="module", params=sorted(KINDS))
+@pytest.fixture(scope="module", params=sorted(APPS))
 def served(request):
-    kind = request.param
-    app, worker_args, name = KINDS[kind]
+    name = request.param
+    kind, app, worker_args = APPS[name]
     sup = Supervisor(kind, app, workers=2, worker_args=worker_args)
     try:
         sup.addr = sup.wait_ready(2)
@@ -49,6 +56,8 @@ def test_get(served):
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_post_5mb(served, chunked):
+    if chunked and served.name == "django":
+        pytest.skip("Django 5.2 reads a request body by its Content-Length only, whatever the server")
     body = os.urandom(5 << 20)
     c = connect(served)
     if chunked:
@@ -181,7 +190,8 @@ def test_an_app_exception_is_a_500_and_the_worker_lives(served):
         c.request("GET", "/")
         assert c.getresponse().status == 200
     assert served.worker_pids() == pids and served.totals()["restarts"] == restarts
-    assert "the app failed on purpose" in served.log_text(), "the traceback is in the log"
+    if served.name != "django":  # Django logs it only if its LOGGING says so
+        assert "the app failed on purpose" in served.log_text(), "the traceback is in the log"
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
