@@ -16,7 +16,9 @@ fi
 echo "setup-python: creating $venv"
 rm -rf "$venv"
 python3 -m venv "$venv"
-"$venv/bin/python3" -m pip install --quiet --disable-pip-version-check -r "$req"
+# --no-deps, then pip check: every package comes from the pins, and a missing pin fails here.
+"$venv/bin/python3" -m pip install --quiet --disable-pip-version-check --no-deps -r "$req"
+"$venv/bin/python3" -m pip check >/dev/null
 # --no-build-isolation: the build backend (flit-core) is pinned above, not fetched again.
 "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check --no-deps \
     --no-build-isolation -e python
