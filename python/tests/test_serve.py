@@ -347,7 +347,10 @@ async def app(scope, receive, send):
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_reload_picks_up_new_code(kind, tmp_path):
     (tmp_path / "versioned.py").write_text(VERSIONED[kind] % "v1")
-    sup = Supervisor(kind, "versioned:app", workers=2, cwd=tmp_path)
+    # No .pyc: rewritten within the same second at the same size, the app would otherwise
+    # be imported from the stale cache (keyed on both).
+    sup = Supervisor(kind, "versioned:app", workers=2, cwd=tmp_path,
+                     env={"PYTHONDONTWRITEBYTECODE": "1"})
     failed = True
     try:
         addr = sup.wait_ready(2)
