@@ -38,20 +38,22 @@ def _handover_cmd(*args):
 
 
 class Supervisor:
-    def __init__(self, kind, app, workers=2, args=(), worker_args=(), cwd=APPS):
+    def __init__(self, kind, app, workers=2, args=(), worker_args=(), cwd=APPS, env=None):
         assert Path(HANDOVER).is_file(), "no supervisor binary at %s (scripts/test.sh builds it)" % HANDOVER
         assert Path(PYTHON).is_file(), "no Python at %s (scripts/setup.sh installs it)" % PYTHON
         self.dir = tempfile.mkdtemp(prefix="hw-")  # short: the control socket's path must be
         self.control = win(os.path.join(self.dir, "control.sock"))
         self.log = os.path.join(self.dir, "supervisor.log")
         # The documented command, with the test environment's Python.
+        if WINE:
+            # A Python worker under Wine on a loaded machine can take over the default 10 s
+            # to import a large app (Django) the first time.
+            args = ["--start-timeout", "60s", *args]
         cmd = _handover_cmd("serve", "-l", "http=tcp://127.0.0.1:0", "-w", str(workers),
                             "--control", self.control, *args, "--",
                             win(PYTHON), "-m", "handover_worker", kind, app, *worker_args)
         with open(self.log, "wb") as log:
-            # No .pyc: a test that rewrites an app within the same second, at the same
-            # size, would otherwise import the old code (the cache is keyed on both).
-            env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+            env = dict(os.environ, **(env or {}))
             self.proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, env=env)
         self.started = time.monotonic()

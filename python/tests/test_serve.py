@@ -250,7 +250,8 @@ def test_kill_9_under_load_loses_only_what_workers_had_read(kind):
                 if sup.kill_a_worker(rng):
                     kills.append(1)
                 if WINE and len(kills) >= 4:
-                    enough.set()
+                    enough.set()  # the clients stop, and the workers may come back
+                    return
 
         enough = threading.Event()
 
@@ -293,6 +294,8 @@ def test_kill_9_under_load_loses_only_what_workers_had_read(kind):
                                                  results["ok"], results["sent"], results["failed"],
                                                  t["lost_mid_request"], t["redispatched"],
                                                  t["restarts"]))
+        if results["failed"] != t["lost_mid_request"]:
+            print("errors: %s\ntotals: %s" % (results["errors"], t))
         assert len(kills) >= (3 if WINE else 5), "the killer ran"
         assert results["refused"] == 0, results["errors"]
         assert results["failed"] == t["lost_mid_request"], (results["errors"], results, t)
@@ -344,7 +347,10 @@ async def app(scope, receive, send):
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_reload_picks_up_new_code(kind, tmp_path):
     (tmp_path / "versioned.py").write_text(VERSIONED[kind] % "v1")
-    sup = Supervisor(kind, "versioned:app", workers=2, cwd=tmp_path)
+    # No .pyc: rewritten within the same second at the same size, the app would otherwise
+    # be imported from the stale cache (keyed on both).
+    sup = Supervisor(kind, "versioned:app", workers=2, cwd=tmp_path,
+                     env={"PYTHONDONTWRITEBYTECODE": "1"})
     failed = True
     try:
         addr = sup.wait_ready(2)

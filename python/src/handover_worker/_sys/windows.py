@@ -93,7 +93,9 @@ class RawChannel:
         socks = []
         try:
             for info in records:
-                socks.append(socket.fromshare(info))
+                s = socket.fromshare(info)
+                socks.append(s)
+                _check(s)
         except OSError:
             for s in socks:
                 s.close()
@@ -102,3 +104,12 @@ class RawChannel:
 
     def close(self):
         _winapi.CloseHandle(self._h)
+
+
+def _check(sock):
+    """A record made for another process, or a zeroed one, can still give a socket (Wine
+    returns a fresh unconnected one): only a connected stream is a client's connection."""
+    if sock.type != socket.SOCK_STREAM:
+        raise OSError("a handed-over socket is not a stream socket")
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.getpeername()  # raises if it is not connected
