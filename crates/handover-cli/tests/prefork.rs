@@ -168,3 +168,46 @@ fn a_full_worker_gets_its_next_connection_as_soon_as_it_reports_one_finished() {
     let st = env.wait_exit(Duration::from_secs(10));
     assert!(st.success(), "{st}\n{}", env.log_text());
 }
+
+/// A program that does not speak the worker protocol (a server that accepts by itself), run in
+/// prefork with the default flags, is given up on at the first --start-timeout (10 s) with a
+/// message that says what to do, not after five of them; and a client that connected
+/// meanwhile is not held for the drain timeout (30 s) too.
+#[test]
+fn a_server_that_does_not_speak_the_protocol_fails_fast_and_says_what_to_do() {
+    if !have_python() {
+        panic!("python3 is needed (scripts/setup.sh installs it)");
+    }
+    let mut env = TestEnv::new("not-a-worker");
+    env.serve(
+        &["-l", "tcp://127.0.0.1:0", "-w", "2"],
+        &["python3", "-m", "http.server", "--bind", "127.0.0.1", "0"],
+    );
+    let began = std::time::Instant::now();
+    // The listener is up before any worker: find its address in the log.
+    let addr = loop {
+        let log = env.log_text();
+        if let Some(a) = log.split("listening on tcp://").nth(1) {
+            break a.split_whitespace().next().unwrap().to_owned();
+        }
+        assert!(began.elapsed() < Duration::from_secs(10), "no listener:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    use std::io::{Read, Write};
+    let mut client = std::net::TcpStream::connect(&addr).unwrap();
+    client.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+    let st = env.wait_exit(Duration::from_secs(30));
+    let took = began.elapsed();
+    assert_eq!(st.code(), Some(3), "{}", env.log_text());
+    assert!(took < Duration::from_secs(16), "gave up after {took:?}:\n{}", env.log_text());
+    let log = env.log_text();
+    for says in ["does not speak the handover worker protocol", "--mode shared", "handover_worker"]
+    {
+        assert!(log.contains(says), "the log does not say {says:?}:\n{log}");
+    }
+    // The client got no answer and was let go (reset or closed), not held.
+    let mut buf = [0u8; 64];
+    let n = client.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+}

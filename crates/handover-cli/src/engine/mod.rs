@@ -391,6 +391,11 @@ impl Core {
         self.drain_wanted = true;
     }
 
+    /// The program was given up on (it drains, then the engine exits 3).
+    pub(crate) fn gave_up(&self) -> bool {
+        self.give_up.is_some()
+    }
+
     /// Running, and not about to drain (a give-up takes effect before the next wait; until
     /// then nothing more is started).
     pub(crate) fn running(&self) -> bool {

@@ -208,6 +208,11 @@ impl<W: Member> Pool<W> {
         }
     }
 
+    /// Some worker has been ready since start, the last reload or upgrade.
+    pub(crate) fn proven(&self) -> bool {
+        self.proven
+    }
+
     pub(crate) fn members(&self) -> &[W] {
         &self.members
     }

@@ -187,6 +187,20 @@ impl Worker {
     }
 }
 
+/// Why a program whose workers never said hello is given up on, and what to do.
+fn not_a_worker(prog: &crate::config::ProgramConfig, start: Duration) -> String {
+    let msg = format!(
+        "{} did not say hello within --start-timeout {start:?}: it does not speak the handover \
+         worker protocol (docs/protocol.md), or it needs longer to start (raise --start-timeout). \
+         A server that accepts connections by itself runs with --mode shared (or --mode spawn \
+         for one process per connection); a Python WSGI or ASGI app runs in prefork as \
+         `python3 -m handover_worker wsgi|asgi module:app` (docs/python.md)",
+        prog.program.display()
+    );
+    tracing::error!(program = %prog.name, "{msg}");
+    msg
+}
+
 /// The prefork mode (see the module docs).
 #[derive(Debug)]
 pub(crate) struct Prefork {
@@ -663,11 +677,24 @@ impl Prefork {
     /// Once nothing waits and no connection is unacknowledged, a draining program tells its
     /// workers to drain.
     fn drain_step(&mut self, core: &mut Core) {
-        if core.running() || self.drain_sent {
+        // Only once the drain has begun (not merely been asked for: until then the listeners
+        // are open and the kernel's backlog has not been taken).
+        if core.phase == crate::engine::Phase::Running {
             return;
         }
+        if core.gave_up() {
+            // No worker that has not said hello yet will: waiting connections are not held
+            // for the drain timeout on their account (they are reset just below).
+            for id in self.pool.ids(|w| w.state() == WState::Starting) {
+                self.pool.kill(core, id, "the program was given up on".to_owned(), Cause::Hung);
+            }
+        }
         let members = self.pool.members();
-        let serving = |w: &Worker| matches!(w.state(), WState::Ready | WState::Starting);
+        let serving = |w: &Worker| match w.state() {
+            WState::Ready => true,
+            WState::Starting => !core.gave_up(),
+            WState::Draining | WState::Dying => false,
+        };
         if self.ledger.waiting() > 0 && !members.iter().any(serving) {
             // Nobody left to serve what is waiting.
             for socket in self.ledger.take_waiting() {
@@ -677,7 +704,7 @@ impl Prefork {
         }
         let unacked = members.iter().any(|w| self.ledger.load(w.id()).unacked > 0);
         // (Connections whose PROXY header is being read come to the workers too.)
-        if self.ledger.waiting() > 0 || unacked || core.proxy_pending > 0 {
+        if self.drain_sent || self.ledger.waiting() > 0 || unacked || core.proxy_pending > 0 {
             return;
         }
         self.drain_sent = true;
@@ -787,10 +814,19 @@ impl Mode for Prefork {
             .map(|(w, c)| (w, format!("did not acknowledge connection {c} within {ack:?}")))
             .collect();
         let start = core.prog.timeouts.start;
+        let mut silent = false;
         for w in self.pool.members() {
             if w.state() == WState::Starting && now.duration_since(w.proc.started) > start {
                 stuck.push((w.id(), format!("did not say hello within {start:?}")));
+                silent = true;
             }
+        }
+        // A program none of whose workers has ever said hello, whose worker runs but stays
+        // silent for the whole --start-timeout, most likely does not speak the protocol (a
+        // server that accepts by itself): retrying it would only hold clients in the backlog
+        // for more start timeouts. It is given up on now, saying what to do.
+        if silent && !self.pool.proven() && core.prog.timeouts.crash_limit != 0 && core.running() {
+            core.give_up(not_a_worker(&core.prog, start));
         }
         self.heartbeats(core, now, &mut stuck);
         if let Some(timeout) = core.prog.controls.connection_timeout {
