@@ -381,3 +381,80 @@ def test_max_requests_recycles_workers_without_a_failed_request(kind):
         failed = False
     finally:
         sup.close(failed)
+
+
+def test_wsgi_idle_keep_alive_connections_do_not_hold_threads():
+    """2 workers x --threads 2, and 12 clients each keeping its own connection alive
+    between requests (as a browser's 6 do): every client is answered at once. A worker
+    that held a thread per connection would serve 4, and leave the other 8 in the
+    supervisor's backlog until a kept-alive connection closed (--keepalive, 5 s)."""
+    sup = Supervisor("wsgi", "flask_app:app", workers=2, worker_args=["--threads", "2"])
+    failed = True
+    try:
+        addr = sup.wait_ready(2)
+        clients = 12
+        done = threading.Barrier(clients + 1)
+        took, errors = [], []
+
+        def client():
+            c = http.client.HTTPConnection(*addr, timeout=30 * SLOW)
+            try:
+                started = time.monotonic()
+                for _ in range(3):
+                    c.request("GET", "/")
+                    r = c.getresponse()
+                    assert r.status == 200 and r.read().startswith(b"hello from flask")
+                    time.sleep(0.1)  # idle, kept alive
+                took.append(time.monotonic() - started)
+            except Exception as e:
+                errors.append(repr(e))
+            try:
+                done.wait(30 * SLOW)  # every connection stays open until all are answered
+            except threading.BrokenBarrierError:
+                pass
+            c.close()
+
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        try:
+            done.wait(30 * SLOW)
+        except threading.BrokenBarrierError:
+            pass
+        for t in threads:
+            t.join(30 * SLOW)
+        assert not errors, errors
+        assert len(took) == clients and max(took) < 2.5 * SLOW, sorted(took)
+        failed = False
+    finally:
+        sup.close(failed)
+
+
+def test_wsgi_threads_bound_the_requests_served_at_once():
+    """--threads 2: 8 requests at once to a 0.5 s app on one worker take 4 rounds (>= 2 s),
+    though the worker holds all 8 connections."""
+    sup = Supervisor("wsgi", "flask_app:app", workers=1, worker_args=["--threads", "2"])
+    failed = True
+    try:
+        addr = sup.wait_ready(1)
+        got, errors = [], []
+
+        def one():
+            try:
+                got.append(request_once(addr, "/slow?s=0.5", timeout=30 * SLOW))
+            except Exception as e:
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=one) for _ in range(8)]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30 * SLOW)
+        took = time.monotonic() - started
+        assert not errors and len(got) == 8, errors
+        assert took >= 2.0, took
+        assert took < 6 * SLOW, took
+        failed = False
+    finally:
+        sup.close(failed)
