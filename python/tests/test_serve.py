@@ -458,3 +458,47 @@ def test_wsgi_threads_bound_the_requests_served_at_once():
         failed = False
     finally:
         sup.close(failed)
+
+
+def test_wsgi_idle_connections_close_after_keepalive():
+    """The selector thread closes a kept-alive connection --keepalive after its last
+    response, and the supervisor is told (FINISHED): no connection is left at the worker."""
+    sup = Supervisor("wsgi", "flask_app:app", workers=1, worker_args=["--keepalive", "0.5"])
+    failed = True
+    try:
+        addr = sup.wait_ready(1)
+        c = http.client.HTTPConnection(*addr, timeout=15)
+        c.request("GET", "/")
+        assert c.getresponse().read().startswith(b"hello from flask")
+        idle = time.monotonic()
+        assert c.sock.recv(100) == b"", "closed by the worker"
+        took = time.monotonic() - idle
+        assert 0.4 <= took < 3 * SLOW, took
+        deadline = time.monotonic() + 5 * SLOW
+        while sum(w["live"] for w in sup.status()["programs"][0]["workers"]) != 0:
+            assert time.monotonic() < deadline, sup.status()["programs"][0]["workers"]
+            time.sleep(0.1)
+        failed = False
+    finally:
+        sup.close(failed)
+
+
+def test_wsgi_connections_that_send_nothing_hold_no_thread():
+    """--threads 1: two clients that connect and send nothing (a browser's preconnect) do
+    not keep a third client's request waiting."""
+    sup = Supervisor("wsgi", "flask_app:app", workers=1, worker_args=["--threads", "1"])
+    failed = True
+    try:
+        addr = sup.wait_ready(1)
+        silent = [socket.create_connection(addr, timeout=15) for _ in range(2)]
+        try:
+            time.sleep(0.3)  # both handed to the worker
+            started = time.monotonic()
+            assert request_once(addr, "/", timeout=15).startswith(b"hello from flask")
+            assert time.monotonic() - started < 2 * SLOW
+        finally:
+            for s in silent:
+                s.close()
+        failed = False
+    finally:
+        sup.close(failed)
