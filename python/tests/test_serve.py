@@ -381,3 +381,124 @@ def test_max_requests_recycles_workers_without_a_failed_request(kind):
         failed = False
     finally:
         sup.close(failed)
+
+
+def test_wsgi_idle_keep_alive_connections_do_not_hold_threads():
+    """2 workers x --threads 2, and 12 clients each keeping its own connection alive
+    between requests (as a browser's 6 do): every client is answered at once. A worker
+    that held a thread per connection would serve 4, and leave the other 8 in the
+    supervisor's backlog until a kept-alive connection closed (--keepalive, 5 s)."""
+    sup = Supervisor("wsgi", "flask_app:app", workers=2, worker_args=["--threads", "2"])
+    failed = True
+    try:
+        addr = sup.wait_ready(2)
+        clients = 12
+        done = threading.Barrier(clients + 1)
+        took, errors = [], []
+
+        def client():
+            c = http.client.HTTPConnection(*addr, timeout=30 * SLOW)
+            try:
+                started = time.monotonic()
+                for _ in range(3):
+                    c.request("GET", "/")
+                    r = c.getresponse()
+                    assert r.status == 200 and r.read().startswith(b"hello from flask")
+                    time.sleep(0.1)  # idle, kept alive
+                took.append(time.monotonic() - started)
+            except Exception as e:
+                errors.append(repr(e))
+            try:
+                done.wait(30 * SLOW)  # every connection stays open until all are answered
+            except threading.BrokenBarrierError:
+                pass
+            c.close()
+
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        try:
+            done.wait(30 * SLOW)
+        except threading.BrokenBarrierError:
+            pass
+        for t in threads:
+            t.join(30 * SLOW)
+        assert not errors, errors
+        assert len(took) == clients and max(took) < 2.5 * SLOW, sorted(took)
+        failed = False
+    finally:
+        sup.close(failed)
+
+
+def test_wsgi_threads_bound_the_requests_served_at_once():
+    """--threads 2: 8 requests at once to a 0.5 s app on one worker take 4 rounds (>= 2 s),
+    though the worker holds all 8 connections."""
+    sup = Supervisor("wsgi", "flask_app:app", workers=1, worker_args=["--threads", "2"])
+    failed = True
+    try:
+        addr = sup.wait_ready(1)
+        got, errors = [], []
+
+        def one():
+            try:
+                got.append(request_once(addr, "/slow?s=0.5", timeout=30 * SLOW))
+            except Exception as e:
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=one) for _ in range(8)]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30 * SLOW)
+        took = time.monotonic() - started
+        assert not errors and len(got) == 8, errors
+        assert took >= 2.0, took
+        assert took < 6 * SLOW, took
+        failed = False
+    finally:
+        sup.close(failed)
+
+
+def test_wsgi_idle_connections_close_after_keepalive():
+    """The selector thread closes a kept-alive connection --keepalive after its last
+    response, and the supervisor is told (FINISHED): no connection is left at the worker."""
+    sup = Supervisor("wsgi", "flask_app:app", workers=1, worker_args=["--keepalive", "0.5"])
+    failed = True
+    try:
+        addr = sup.wait_ready(1)
+        c = http.client.HTTPConnection(*addr, timeout=15)
+        c.request("GET", "/")
+        assert c.getresponse().read().startswith(b"hello from flask")
+        idle = time.monotonic()
+        assert c.sock.recv(100) == b"", "closed by the worker"
+        took = time.monotonic() - idle
+        assert 0.4 <= took < 3 * SLOW, took
+        deadline = time.monotonic() + 5 * SLOW
+        while sum(w["live"] for w in sup.status()["programs"][0]["workers"]) != 0:
+            assert time.monotonic() < deadline, sup.status()["programs"][0]["workers"]
+            time.sleep(0.1)
+        failed = False
+    finally:
+        sup.close(failed)
+
+
+def test_wsgi_connections_that_send_nothing_hold_no_thread():
+    """--threads 1: two clients that connect and send nothing (a browser's preconnect) do
+    not keep a third client's request waiting."""
+    sup = Supervisor("wsgi", "flask_app:app", workers=1, worker_args=["--threads", "1"])
+    failed = True
+    try:
+        addr = sup.wait_ready(1)
+        silent = [socket.create_connection(addr, timeout=15) for _ in range(2)]
+        try:
+            time.sleep(0.3)  # both handed to the worker
+            started = time.monotonic()
+            assert request_once(addr, "/", timeout=15).startswith(b"hello from flask")
+            assert time.monotonic() - started < 2 * SLOW
+        finally:
+            for s in silent:
+                s.close()
+        failed = False
+    finally:
+        sup.close(failed)

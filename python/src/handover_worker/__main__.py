@@ -22,7 +22,10 @@ def main(argv=None):
     w = sub.add_parser("wsgi", help="a WSGI app (Flask, Django, ...): a thread pool per worker")
     w.add_argument("app", help="MODULE:ATTRIBUTE, e.g. myapp:app")
     w.add_argument("--threads", type=_positive, default=4,
-                   help="connections served at once (the capacity declared to the supervisor); default 4")
+                   help="requests served at once (threads in the pool); default 4")
+    w.add_argument("--connections", type=_positive, default=_wsgi_default_connections(),
+                   help="connections held at once, idle keep-alive ones included (the capacity "
+                        "declared to the supervisor); default %d" % _wsgi_default_connections())
     w.add_argument("--keepalive", type=float, default=5.0,
                    help="seconds an idle keep-alive connection is kept; default 5")
     w.add_argument("--timeout", type=float, default=30.0,
@@ -54,13 +57,19 @@ def main(argv=None):
         from . import wsgi
 
         wsgi.serve(app, worker, wsgi.Options(threads=args.threads, keepalive=args.keepalive,
-                                             timeout=args.timeout))
+                                             timeout=args.timeout, connections=args.connections))
         return 0
     from . import asgi
 
     return asgi.serve(app, worker, asgi.Options(
         capacity=args.capacity, keepalive=args.keepalive, lifespan=args.lifespan,
         access_log=args.access_log, log_level=args.log_level))
+
+
+def _wsgi_default_connections():
+    # Windows' select() takes at most 512 sockets (CPython's FD_SETSIZE there), one of
+    # them the poller's wake-up socket.
+    return 500 if sys.platform == "win32" else 1000
 
 
 def _positive(s):

@@ -1,13 +1,20 @@
-"""A WSGI server on handed-over connections: h11 for HTTP/1.1, a thread per connection
-from a pool whose size is the capacity declared in HELLO.
+"""A WSGI server on handed-over connections: h11 for HTTP/1.1, a pool of threads for the
+requests and one selector thread for the connections between requests, as gunicorn's
+gthread worker does.
 
     handover serve -l tcp://127.0.0.1:8080 -w 4 -- python3 -m handover_worker wsgi myapp:app --threads 8
 
-Each pool thread serves one connection at a time, keep-alive included: a connection holds its
-thread (and its slot of the worker's capacity) until the client closes it, it has been idle
-for --keepalive seconds, or the worker drains.
+The worker declares a capacity of --connections (default 1000) to the supervisor. A
+connection waiting for its next request (a new one, or one kept alive) sits in the selector
+thread and holds no pool thread; when the first bytes of a request arrive (or a pipelined
+request is already buffered) it goes to the pool, whose --threads threads serve one request
+each at a time, and after the response it comes back to the selector. An idle kept-alive
+connection is closed after --keepalive seconds, a new one that sends nothing after --timeout
+seconds. On DRAIN the idle connections are closed at once and the busy ones end after their
+response.
 """
 
+import collections
 import http
 import os
 import selectors
@@ -26,11 +33,15 @@ _READ = 65536
 # closing the connection does not reset it (and cut off the response): docs/protocol.md §4.
 _DRAIN_BODY_BYTES = 16 << 20
 _DRAIN_BODY_SECONDS = 2.0
+# select() on Windows takes at most 512 sockets (CPython's FD_SETSIZE there); the poller's
+# wake-up socket is one.
+_WINDOWS_MAX_CONNECTIONS = 500
 
 
 class Options:
-    def __init__(self, threads=4, keepalive=5.0, timeout=30.0):
-        self.threads = threads
+    def __init__(self, threads=4, keepalive=5.0, timeout=30.0, connections=1000):
+        self.threads = threads  # requests served at once
+        self.connections = connections  # connections held at once: the declared capacity
         self.keepalive = keepalive  # idle time allowed between requests on a connection
         self.timeout = timeout  # longest wait for one read or write inside a request
 
@@ -43,40 +54,203 @@ class _ClientGone(OSError):
 def serve(app, worker, options):
     """Serves `app` on every connection `worker` is handed, until DRAIN (returns once the
     connections held are finished) or the supervisor's exit."""
+    if sys.platform == "win32" and options.connections > _WINDOWS_MAX_CONNECTIONS:
+        sys.stderr.write("handover_worker: --connections %d is more than select() takes on "
+                         "Windows; declaring %d\n" % (options.connections, _WINDOWS_MAX_CONNECTIONS))
+        options.connections = _WINDOWS_MAX_CONNECTIONS
     draining = threading.Event()
     pool = ThreadPoolExecutor(max_workers=options.threads, thread_name_prefix="wsgi")
+    poller = _Poller(pool, options)
+    poller.start()
     # The main thread only reads the channel, so it answers PINGs while the pool serves.
-    worker.hello(capacity=options.threads, heartbeat=True)
+    worker.hello(capacity=options.connections, heartbeat=True)
     for conn in worker:
         conn.ack()  # before any read of the connection: the protocol's one hard rule
-        pool.submit(_serve_connection, app, conn, options, draining)
+        try:
+            http_conn = _HTTPConnection(app, conn, options, draining, poller)
+        except Exception:
+            conn.finish()
+            raise
+        poller.add(http_conn)
     if worker.state in ("stopped", "closed"):
         # STOP means now; a closed channel means the supervisor is gone and reads nothing.
         sys.stderr.flush()
         os._exit(0)
-    draining.set()  # idle keep-alive connections close; busy ones end after their response
+    draining.set()  # busy connections end after their response (Connection: close)
+    poller.stop()  # idle keep-alive connections close now
+    poller.join()
     pool.shutdown(wait=True)
 
 
-def _serve_connection(app, conn, options, draining):
+class _Poller(threading.Thread):
+    """The selector thread: holds the connections between requests and hands each to the
+    pool when its next request begins. Other threads give it connections through `add`
+    (a queue, and a byte on a socketpair to wake its select), never by registering
+    themselves."""
+
+    def __init__(self, pool, options):
+        super().__init__(name="wsgi-poller", daemon=True)
+        self.pool = pool
+        self.options = options
+        self.sel = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        self.sel.register(self.wake_r, selectors.EVENT_READ)
+        self.lock = threading.Lock()
+        self.queue = collections.deque()  # under lock
+        self.stopping = False  # under lock; once set, `add` refuses
+        # Waiting connections by deadline; a deadline is now + a fixed time, so insertion
+        # order is deadline order within each: new connections, kept-alive ones.
+        self.fresh = {}
+        self.kept = {}
+
+    def add(self, http_conn):
+        """Any thread: `http_conn` waits here for its next request. After `stop`, it is
+        finished (closed) instead."""
+        with self.lock:
+            if not self.stopping:
+                self.queue.append(http_conn)
+                http_conn = None
+        if http_conn is not None:
+            http_conn.conn.finish()
+            return
+        self._wake()
+
+    def stop(self):
+        with self.lock:
+            self.stopping = True
+        self._wake()
+
+    def _wake(self):
+        try:
+            self.wake_w.send(b"\0")
+        except (BlockingIOError, InterruptedError):
+            pass  # a wake-up is already pending
+        except OSError:
+            pass
+
+    def run(self):
+        try:
+            self._loop()
+        except Exception:
+            sys.stderr.write("handover_worker: the connection poller failed\n%s"
+                             % traceback.format_exc())
+            with self.lock:
+                self.stopping = True
+            self._close_all()
+        finally:
+            self.sel.close()
+            self.wake_r.close()
+            self.wake_w.close()
+
+    def _loop(self):
+        while True:
+            with self.lock:
+                added, self.queue = self.queue, collections.deque()
+                stopping = self.stopping
+            now = time.monotonic()
+            for h in added:
+                if h.ready():
+                    self._dispatch(h)  # pipelined: the next request is already buffered
+                    continue
+                try:
+                    self.sel.register(h.sock, selectors.EVENT_READ, h)
+                except (OSError, ValueError):
+                    h.conn.finish()
+                    continue
+                if h.served:
+                    self.kept[h] = now + self.options.keepalive
+                else:
+                    self.fresh[h] = now + self.options.timeout
+            if stopping:
+                self._close_all()
+                return
+            timeout = None
+            for waiting in (self.fresh, self.kept):
+                if waiting:
+                    first = next(iter(waiting.values()))
+                    left = max(0.0, first - now)
+                    timeout = left if timeout is None else min(timeout, left)
+            for key, _ in self.sel.select(timeout):
+                h = key.data
+                if h is None:
+                    try:
+                        while self.wake_r.recv(4096):
+                            pass
+                    except (BlockingIOError, InterruptedError):
+                        pass
+                    continue
+                self._unregister(h)
+                self._dispatch(h)
+            now = time.monotonic()
+            for waiting in (self.fresh, self.kept):
+                while waiting:
+                    h, deadline = next(iter(waiting.items()))
+                    if deadline > now:
+                        break
+                    self._unregister(h)
+                    h.conn.finish()  # idle too long
+
+    def _unregister(self, h):
+        self.sel.unregister(h.sock)
+        self.fresh.pop(h, None)
+        self.kept.pop(h, None)
+
+    def _dispatch(self, h):
+        self.pool.submit(_serve_ready, h)
+
+    def _close_all(self):
+        """On DRAIN: idle kept-alive connections close; a new one that has not been served
+        yet goes to the pool (its request may be on its way), as does one whose request has
+        begun to arrive."""
+        with self.lock:
+            added, self.queue = self.queue, collections.deque()
+        waiting = list(self.fresh) + list(self.kept) + list(added)
+        for h in list(self.fresh) + list(self.kept):
+            self._unregister(h)
+        for h in waiting:
+            if not h.served or h.ready() or _readable(h.sock):
+                self._dispatch(h)
+            else:
+                h.conn.finish()
+
+
+def _readable(sock):
     try:
-        _HTTPConnection(app, conn, options, draining).run()
+        with selectors.DefaultSelector() as sel:
+            sel.register(sock, selectors.EVENT_READ)
+            return bool(sel.select(0))
+    except (OSError, ValueError):
+        return False
+
+
+def _serve_ready(h):
+    """A pool thread: serves the requests on `h` whose first bytes are here, then gives it
+    back to the poller, or finishes it."""
+    keep = False
+    try:
+        keep = h.serve_ready()
     except _ClientGone:
         pass
     except Exception:
         sys.stderr.write("handover_worker: connection %d from %s: internal error\n%s"
-                         % (conn.id, conn.peer, traceback.format_exc()))
-    finally:
-        conn.finish()
+                         % (h.conn.id, h.conn.peer, traceback.format_exc()))
+    if keep and not h.draining.is_set():
+        h.poller.add(h)
+    else:
+        h.conn.finish()
 
 
 class _HTTPConnection:
-    def __init__(self, app, conn, options, draining):
+    def __init__(self, app, conn, options, draining, poller):
         self.app = app
         self.conn = conn
         self.sock = conn.socket
         self.options = options
         self.draining = draining
+        self.poller = poller
+        self.served = 0  # requests answered: 0 for a connection new to this worker
         self.h = h11.Connection(h11.SERVER)
         self.sock.settimeout(options.timeout)
         try:
@@ -90,21 +264,9 @@ class _HTTPConnection:
 
     # Reading
 
-    def _idle(self):
-        """Waits for the first bytes of the next request. False: close the connection
-        (idle too long, or the worker is draining)."""
-        if self.h.trailing_data[0]:
-            return True  # a pipelined request is already here
-        deadline = time.monotonic() + self.options.keepalive
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.sock, selectors.EVENT_READ)
-            while not self.draining.is_set():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                if sel.select(min(left, 0.25)):
-                    return True
-        return False
+    def ready(self):
+        """A pipelined request is already buffered."""
+        return bool(self.h.trailing_data[0])
 
     def _event(self):
         while True:
@@ -127,29 +289,30 @@ class _HTTPConnection:
 
     # Serving
 
-    def run(self):
-        first = True
+    def serve_ready(self):
+        """Serves the next request (its first bytes are here), and any pipelined after it.
+        True: the connection is kept alive, to wait for its next request."""
         while True:
-            if self.h.their_state is h11.IDLE and not first and not self._idle():
-                return
-            first = False
             try:
                 event = self._event()
             except h11.RemoteProtocolError as e:
                 self._error(e.error_status_hint, "bad request: %s\n" % e)
-                return
+                return False
             if isinstance(event, h11.ConnectionClosed):
-                return
+                return False
             if not isinstance(event, h11.Request):
-                return  # nothing else can start a cycle
+                return False  # nothing else can start a cycle
             if not self._request(event):
-                return
+                return False
             if self.h.our_state is h11.MUST_CLOSE or not self._finish_request_body():
-                return
+                return False
             try:
                 self.h.start_next_cycle()
             except h11.LocalProtocolError:
-                return
+                return False
+            self.served += 1
+            if not self.ready():
+                return not self.h.trailing_data[1]  # unless the client has closed
 
     def _finish_request_body(self):
         """Reads what the app left of the request body. False: give up, close."""
