@@ -284,8 +284,8 @@ fn serve_for_real(name: &str, args: &[String], image_worker: &str, more: impl Fn
     // SIGTERM, as `docker stop` and the kubelet send it: drain, then exit 0 within the drain
     // timeout (plus slack); once /ready stops saying 200 it does not say it again.
     let drain = seconds(flag(&args, "--drain-timeout"));
-    let term = Command::new("kill").args(["-TERM", &sup.child.id().to_string()]).status().unwrap();
-    assert!(term.success());
+    let pid = nix::unistd::Pid::from_raw(sup.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let deadline = Instant::now() + Duration::from_secs_f64(drain + 10.0);
     let mut stopped_ready = false;
     let status = loop {
