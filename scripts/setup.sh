@@ -20,7 +20,8 @@ if command -v rustup >/dev/null; then
 fi
 
 # Debian packages used by the tests: python3 for the example Python worker, curl for the
-# README's install block (scripts/install-test.sh).
+# README's install block (scripts/install-test.sh), python3-venv for the Python package's test
+# environment (scripts/setup-python.sh).
 packages=(python3 curl)
 missing=()
 for p in "${packages[@]}"; do
@@ -28,6 +29,7 @@ for p in "${packages[@]}"; do
 done
 # logrotate for the --log-file rotation test (in /usr/sbin, not on every user's PATH).
 command -v logrotate >/dev/null || [ -x /usr/sbin/logrotate ] || missing+=(logrotate)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 # systemd-socket-activate (package systemd) for the supervisor's socket-activation test.
 command -v systemd-socket-activate >/dev/null || [ -x /usr/lib/systemd/systemd-socket-activate ] \
     || missing+=(systemd)
@@ -44,6 +46,9 @@ if ((${#missing[@]})); then
     "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+bash scripts/setup-python.sh
+
 if [ -z "${HANDOVER_NO_WINE:-}" ]; then
     bash .ci/setup-wine.sh
+    bash .ci/setup-wine-python.sh
 fi

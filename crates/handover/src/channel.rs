@@ -397,7 +397,7 @@ impl Channel {
         Channel { raw, peer, tx: Mutex::default(), rx: Mutex::default() }
     }
 
-    #[cfg_attr(windows, allow(dead_code))] // for `unix::ChannelExt`
+    /// For `unix::ChannelExt` and `windows::ChannelExt`.
     pub(crate) fn raw(&self) -> &RawChannel {
         &self.raw
     }

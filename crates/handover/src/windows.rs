@@ -163,3 +163,29 @@ impl CommandExt for Command<'_> {
         self
     }
 }
+
+/// Windows-only operations on a [`Channel`](crate::Channel).
+pub trait ChannelExt {
+    /// A new handle to the event that is signalled when the channel's pending read completes:
+    /// something arrived, or the channel closed or failed. To wait for a message without
+    /// blocking in [`recv`](crate::Channel::recv) (an event loop that watches many channels),
+    /// wait on the event (`WaitForSingleObject`, `RegisterWaitForSingleObject`), then call
+    /// [`try_recv_into`](crate::Channel::try_recv_into) until it returns `false`: that call
+    /// starts the next read, and the event is reset until that read completes. The event is
+    /// manual-reset and starts signalled, so a first wait returns at once.
+    ///
+    /// ```no_run
+    /// use handover::windows::ChannelExt;
+    /// # fn main() -> handover::Result<()> {
+    /// let (ours, _theirs) = handover::Channel::pair()?;
+    /// let event = ours.read_event()?; // wait on it, then try_recv until nothing is left
+    /// # let _ = event; Ok(()) }
+    /// ```
+    fn read_event(&self) -> Result<std::os::windows::io::OwnedHandle>;
+}
+
+impl ChannelExt for crate::Channel {
+    fn read_event(&self) -> Result<std::os::windows::io::OwnedHandle> {
+        Ok(self.raw().pipe().event(sys::Interest::Readable)?)
+    }
+}

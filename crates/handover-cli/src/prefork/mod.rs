@@ -28,9 +28,10 @@
 //! awake anyway, at most every [`READ_EVERY`] ([`Prefork::read_stale`]); when a worker looks
 //! full or stalled to the policy; before answering a status request; on `SIGCHLD` (what a dead
 //! worker sent is still readable, and is read before its end of the channel reports closed);
-//! on every tick; and every [`SWEEP`] ticks for all workers. Where channels cannot be watched
-//! (Windows), they are read on a timer instead: [`FLUSH`] after a dispatch, then at intervals
-//! doubling up to [`FLUSH_MAX`] while reads find nothing, and whenever no worker has room.
+//! on every tick; and every [`SWEEP`] ticks for all workers. Should watching a channel fail
+//! (out of resources), channels are read on a timer instead: [`FLUSH`] after a dispatch, then
+//! at intervals doubling up to [`FLUSH_MAX`] while reads find nothing, and whenever no worker
+//! has room.
 //!
 //! Nothing here waits: writes to a worker never block (a worker whose channel is full gets no
 //! connection until it has taken what it was sent, and control messages queue for it), and
@@ -206,8 +207,8 @@ pub(crate) struct Prefork {
     candidates: Vec<Candidate>,
     /// Workers whose channels the reactor found readable, to read now.
     readable: Vec<WorkerId>,
-    /// Channels can be watched here (see [`Prefork::sync_watches`]); otherwise (Windows, or
-    /// after registering one failed) they are read on the [`FLUSH`] timer.
+    /// Channels can be watched (see [`Prefork::sync_watches`]); after registering one failed,
+    /// they are read on the [`FLUSH`] timer instead.
     watchable: bool,
 }
 

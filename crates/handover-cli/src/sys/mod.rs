@@ -43,8 +43,8 @@
 //! - `ChannelWatch::new(&Rc<handover::Channel>)?` and `poll_readable(&mut Context) -> Poll<()>`:
 //!   a worker's control channel registered with the reactor for read readiness, edge-triggered
 //!   (ready once per arrival; the caller then reads until nothing is left). Unix: `AsyncFd`.
-//!   Windows: `new` returns `Unsupported` (the overlapped pipe has no readiness to wait on
-//!   yet), and the caller reads on a timer instead;
+//!   Windows: a blocking-pool thread waits on the event of the channel's pending overlapped
+//!   read (a caller that cannot watch, `Unsupported`, reads on a timer instead);
 //! - `pipe() -> io::Result<(PipeWriter, PipeReader)>`: a pipe for children's standard output
 //!   or error, made within the runtime: `PipeWriter::stdio() -> io::Result<handover::Stdio>`
 //!   gives a child a copy of the write end (blocking, as programs expect of their standard

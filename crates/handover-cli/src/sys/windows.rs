@@ -277,20 +277,51 @@ impl AsyncListener {
     }
 }
 
-/// A worker's control channel watched for read readiness. Not built on Windows yet: the
-/// overlapped pipe has no readiness the reactor can wait on, so this is never ready and the
-/// supervisor reads Windows workers' channels on its timer (see `prefork`).
+/// A worker's control channel watched for read readiness: a thread of tokio's blocking pool
+/// waits on the event of the channel's pending overlapped read
+/// ([`handover::windows::ChannelExt::read_event`]), and the poll is ready once it is
+/// signalled. A watch dropped while its thread waits leaves that thread waiting until the
+/// read completes (the next message, or the channel's end).
 #[derive(Debug)]
-pub(crate) struct ChannelWatch(());
+pub(crate) struct ChannelWatch {
+    channel: std::rc::Rc<handover::Channel>,
+    wait: std::cell::RefCell<Option<tokio::task::JoinHandle<()>>>,
+}
 
 impl ChannelWatch {
-    pub(crate) fn new(_channel: &std::rc::Rc<handover::Channel>) -> io::Result<ChannelWatch> {
-        Err(io::Error::new(io::ErrorKind::Unsupported, "no channel readiness on Windows yet"))
+    pub(crate) fn new(channel: &std::rc::Rc<handover::Channel>) -> io::Result<ChannelWatch> {
+        Ok(ChannelWatch { channel: std::rc::Rc::clone(channel), wait: Default::default() })
     }
 
-    pub(crate) fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<()> {
-        Poll::Pending
+    pub(crate) fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<()> {
+        use handover::windows::ChannelExt as _;
+        let mut wait = self.wait.borrow_mut();
+        let handle = match &mut *wait {
+            Some(h) => h,
+            None => match self.channel.read_event() {
+                // The read that follows reports the channel's error.
+                Err(_) => return Poll::Ready(()),
+                Ok(event) => {
+                    wait.insert(tokio::task::spawn_blocking(move || wait_signalled(&event)))
+                }
+            },
+        };
+        match std::pin::Pin::new(handle).poll(cx) {
+            Poll::Ready(_) => {
+                *wait = None;
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
+}
+
+/// Waits until `event` is signalled (or the wait fails: the caller reads the channel either way).
+fn wait_signalled(event: &OwnedHandle) {
+    use std::os::windows::io::AsRawHandle;
+    use windows_sys::Win32::System::Threading::{WaitForSingleObject, INFINITE};
+    // SAFETY: `event` is a live handle we own for the duration of the call.
+    let _ = unsafe { WaitForSingleObject(event.as_raw_handle() as HANDLE, INFINITE) };
 }
 
 pub(crate) fn is_socket_file(_meta: &std::fs::Metadata) -> bool {
