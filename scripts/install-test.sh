@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's "Install" section, as a new user follows it:
+# The README's "Quick start", as a new user follows it:
 #  1. cargo install --locked --path crates/handover-cli, into a fresh --root;
 #  2. that root's bin holds `handover` and nothing else (no demo worker on users' PATH);
 #  3. the README block marked "scripts/install-test.sh runs the next block" runs as written,

@@ -248,7 +248,7 @@ pub(crate) fn decode(msg: &mut Message, names: &mut Vec<Arc<str>>) -> Result<Dec
 
 /// The shared copy of listener `index`'s name: allocated once per listener, not per connection.
 fn intern(names: &mut Vec<Arc<str>>, index: usize, name: &str) -> Arc<str> {
-    if names.get(index).map_or(true, |n| **n != *name) {
+    if names.get(index).is_none_or(|n| **n != *name) {
         if names.len() <= index {
             names.resize(index + 1, Arc::from(""));
         }

@@ -386,7 +386,7 @@ pub(crate) fn decode_all(bytes: &[u8], handles: usize) -> Result<usize, String> 
     };
     let mut d = Decoder::<()>::new(limits);
     d.push_bytes(bytes);
-    d.push_handles(std::iter::repeat(()).take(handles)).map_err(|e| e.to_string())?;
+    d.push_handles(std::iter::repeat_n((), handles)).map_err(|e| e.to_string())?;
     let mut n = 0;
     loop {
         let mut out = Decoded::default();

@@ -393,7 +393,7 @@ fn load_while(
             std::thread::spawn(move || {
                 let mut l = Load::default();
                 while !stop.load(Ordering::SeqCst)
-                    && deadline.map_or(true, |d| Instant::now() < d)
+                    && deadline.is_none_or(|d| Instant::now() < d)
                     && (next.fetch_add(1, Ordering::SeqCst) as usize) < total
                 {
                     match get(addr) {

@@ -146,14 +146,14 @@ fn append_arg(cmd: &mut Vec<u16>, arg: &OsStr) -> io::Result<()> {
         } else {
             if c == u16::from(b'"') {
                 // Backslashes before a quote are doubled, and the quote escaped.
-                cmd.extend(std::iter::repeat(u16::from(b'\\')).take(backslashes + 1));
+                cmd.extend(std::iter::repeat_n(u16::from(b'\\'), backslashes + 1));
             }
             backslashes = 0;
         }
         cmd.push(c);
     }
     // Backslashes before the closing quote are doubled.
-    cmd.extend(std::iter::repeat(u16::from(b'\\')).take(backslashes));
+    cmd.extend(std::iter::repeat_n(u16::from(b'\\'), backslashes));
     cmd.push(u16::from(b'"'));
     Ok(())
 }
