@@ -13,6 +13,7 @@
 //! ([`Mode::poll_channels`]) are read as soon as something arrives, ahead of accepting.
 
 pub(crate) mod pool;
+pub(crate) mod slots;
 
 use std::rc::Rc;
 use std::task::Poll;

@@ -62,7 +62,7 @@ use self::ledger::{ConnId, Ledger, Load, Waiting};
 use crate::child::{self, Cause};
 use crate::cli::Policy;
 use crate::engine::pool::{
-    impl_member, pool_mode_methods, Killed, Member, Pool, Proc, WorkerId, KILL_GRACE,
+    impl_member, pool_mode_methods, Member, Pool, Proc, ProcState, WorkerId, KILL_GRACE,
 };
 use crate::engine::{Core, Drained, Mode, ModeStatus};
 use crate::listener::{self, Accepted};
@@ -112,6 +112,15 @@ enum WState {
 }
 
 impl WState {
+    fn of(state: &ProcState) -> WState {
+        match state {
+            ProcState::Killed { .. } => WState::Dying,
+            ProcState::Retiring { .. } => WState::Draining,
+            ProcState::Ready | ProcState::Recycled(_) => WState::Ready,
+            ProcState::Starting => WState::Starting,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             WState::Starting => "starting",
@@ -155,21 +164,13 @@ impl Worker {
         self.proc.id
     }
 
-    fn state(&self) -> WState {
-        if self.proc.killed.is_some() {
-            WState::Dying
-        } else if self.proc.retiring {
-            WState::Draining
-        } else if self.proc.ready {
-            WState::Ready
-        } else {
-            WState::Starting
-        }
+    fn state(&self, pool: &Pool<Worker>) -> WState {
+        WState::of(pool.state(self.id()))
     }
 
     /// It may take a connection now (but see [`Load::stalled`]).
-    fn open(&self, load: Load) -> bool {
-        self.state() == WState::Ready && load.live < self.capacity && !self.blocked
+    fn open(&self, pool: &Pool<Worker>, load: Load) -> bool {
+        self.state(pool) == WState::Ready && load.live < self.capacity && !self.blocked
     }
 
     fn stalled(&self, ledger: &Ledger<Socket>) -> bool {
@@ -223,7 +224,7 @@ impl Prefork {
     }
 
     fn any_open(&self) -> bool {
-        self.pool.members().iter().any(|w| w.open(self.ledger.load(w.id())))
+        self.pool.members().iter().any(|w| w.open(&self.pool, self.ledger.load(w.id())))
     }
 
     fn worker(&self, id: WorkerId) -> Option<&Worker> {
@@ -269,9 +270,10 @@ impl Prefork {
         let ledger = &self.ledger;
         // (Watched channels too: while the engine is busy accepting, the reactor may not have
         // looked for their readiness yet.)
-        let doubtful = self.pool.ids(|w| {
+        let pool = &self.pool;
+        let doubtful = pool.ids(|w| {
             let recheck = w.stalled(ledger) && now >= w.polled_at + FLUSH;
-            w.state() == WState::Ready
+            w.state(pool) == WState::Ready
                 && (ledger.load(w.id()).live >= w.capacity || w.blocked || recheck)
         });
         for id in doubtful {
@@ -281,14 +283,14 @@ impl Prefork {
                 w.polled_at = now;
             }
         }
-        let ledger = &self.ledger;
+        let (ledger, pool) = (&self.ledger, &self.pool);
         self.candidates.clear();
-        self.candidates.extend(self.pool.members().iter().map(|w| {
+        self.candidates.extend(pool.members().iter().map(|w| {
             let load = ledger.load(w.id());
             Candidate {
                 slot: w.proc.slot,
                 live: load.live,
-                open: w.open(load),
+                open: w.open(pool, load),
                 stalled: w.stalled(ledger),
             }
         }));
@@ -351,11 +353,9 @@ impl Prefork {
 
     /// Tells a worker to finish what it holds and exit (once).
     fn send_drain(&mut self, core: &mut Core, id: WorkerId) {
-        let Some(w) = self.pool.get_mut(id) else { return };
-        if w.proc.retiring {
+        if !self.pool.retire(id) {
             return;
         }
-        w.proc.retiring = true;
         self.send_control(core, id, &SupervisorMessage::control(kind::DRAIN));
     }
 
@@ -422,7 +422,7 @@ impl Prefork {
     /// Whether `w` may have sent something: it holds connections, or is starting, draining or
     /// dying.
     fn active(&self, w: &Worker) -> bool {
-        self.ledger.load(w.id()).live > 0 || w.state() != WState::Ready || w.blocked
+        self.ledger.load(w.id()).live > 0 || w.state(&self.pool) != WState::Ready || w.blocked
     }
 
     /// Registers with the reactor the channels of the workers that cannot take a connection
@@ -435,9 +435,9 @@ impl Prefork {
         if !self.watchable {
             return;
         }
-        let ledger = &self.ledger;
+        let (ledger, pool) = (&self.ledger, &self.pool);
         // Those whose watch is to change: watched and open, or unwatched and not open.
-        let change = self.pool.ids(|w| w.open(ledger.load(w.id())) == w.watch.is_some());
+        let change = pool.ids(|w| w.open(pool, ledger.load(w.id())) == w.watch.is_some());
         for id in change {
             let Some(w) = self.pool.get_mut(id) else { continue };
             if w.watch.take().is_some() {
@@ -533,6 +533,7 @@ impl Prefork {
     }
 
     fn on_message(&mut self, core: &mut Core, id: WorkerId, m: WorkerMessage) {
+        let state = WState::of(self.pool.state(id));
         let Some(w) = self.pool.get_mut(id) else { return };
         // It is reading its channel: a connection it refused may fit now.
         w.refused_at = None;
@@ -541,7 +542,7 @@ impl Prefork {
         let now = Instant::now();
         let breach = match m {
             WorkerMessage::Hello { capacity, pid, heartbeat } => {
-                if w.state() != WState::Starting {
+                if state != WState::Starting {
                     return self.misbehaved(core, id, "sent a second hello".to_owned());
                 }
                 w.capacity = capacity;
@@ -596,7 +597,7 @@ impl Prefork {
     /// A worker broke the protocol: it is killed and settled at once (nothing more is read).
     fn misbehaved(&mut self, core: &mut Core, id: WorkerId, why: String) {
         let Some(w) = self.worker(id) else { return };
-        if w.state() != WState::Dying {
+        if w.state(&self.pool) != WState::Dying {
             core.totals.misbehaving_killed += 1;
         }
         self.pool.kill(core, id, why, Cause::Misbehaved);
@@ -619,7 +620,7 @@ impl Prefork {
         if gone.timed_out > 0 {
             detail.push_str(&format!(", timed out {}", gone.timed_out));
         }
-        self.pool.depart(core, w.into_proc(), how, detail);
+        self.pool.depart(core, w.into_proc(), how, detail, false);
     }
 
     /// Sends the PINGs that are due to ready workers that declared heartbeats, and adds those
@@ -630,16 +631,18 @@ impl Prefork {
         if timeout.is_zero() {
             return;
         }
-        let asked = |w: &Worker| w.heartbeat && w.state() == WState::Ready;
+        let asked = |pool: &Pool<Worker>, w: &Worker| w.heartbeat && w.state(pool) == WState::Ready;
         let late = |w: &Worker| w.ping.is_some_and(|(_, at)| now.duration_since(at) > timeout);
-        for id in self.pool.ids(|w| asked(w) && late(w)) {
+        let pool = &self.pool;
+        for id in pool.ids(|w| asked(pool, w) && late(w)) {
             self.poll_worker(core, id); // its answer may be there, unread
             if self.worker(id).is_some_and(late) {
                 stuck.push((id, format!("did not answer a heartbeat within {timeout:?}")));
             }
         }
         let every = (timeout / 4).min(HEARTBEAT_EVERY);
-        for id in self.pool.ids(|w| asked(w) && w.ping.is_none() && now >= w.next_ping) {
+        let pool = &self.pool;
+        for id in pool.ids(|w| asked(pool, w) && w.ping.is_none() && now >= w.next_ping) {
             let nonce = self.next_nonce;
             self.next_nonce += 1;
             if let Some(w) = self.pool.get_mut(id) {
@@ -656,8 +659,9 @@ impl Prefork {
         if core.running() || self.drain_sent {
             return;
         }
-        let members = self.pool.members();
-        let serving = |w: &Worker| matches!(w.state(), WState::Ready | WState::Starting);
+        let pool = &self.pool;
+        let members = pool.members();
+        let serving = |w: &Worker| matches!(w.state(pool), WState::Ready | WState::Starting);
         if self.ledger.waiting() > 0 && !members.iter().any(serving) {
             // Nobody left to serve what is waiting.
             for socket in self.ledger.take_waiting() {
@@ -673,10 +677,12 @@ impl Prefork {
         self.drain_sent = true;
         // A worker that has not said hello holds no connection: it is stopped at once rather
         // than waited for (it may never answer, e.g. in an abandoned upgrade).
-        for id in self.pool.ids(|w| w.state() == WState::Starting) {
+        let pool = &self.pool;
+        for id in pool.ids(|w| w.state(pool) == WState::Starting) {
             self.pool.kill(core, id, "draining before it said hello".to_owned(), Cause::Hung);
         }
-        for id in self.pool.ids(|w| w.state() == WState::Ready) {
+        let pool = &self.pool;
+        for id in pool.ids(|w| w.state(pool) == WState::Ready) {
             self.send_drain(core, id);
         }
     }
@@ -778,7 +784,8 @@ impl Mode for Prefork {
             .collect();
         let start = core.prog.timeouts.start;
         for w in self.pool.members() {
-            if w.state() == WState::Starting && now.duration_since(w.proc.started) > start {
+            if w.state(&self.pool) == WState::Starting && now.duration_since(w.proc.started) > start
+            {
                 stuck.push((w.id(), format!("did not say hello within {start:?}")));
             }
         }
@@ -798,7 +805,7 @@ impl Mode for Prefork {
             }
         }
         for (id, why) in stuck {
-            if self.worker(id).is_some_and(|w| w.state() != WState::Dying) {
+            if self.worker(id).is_some_and(|w| w.state(&self.pool) != WState::Dying) {
                 core.totals.misbehaving_killed += 1;
                 self.pool.kill(core, id, why, Cause::Hung);
             }
@@ -806,10 +813,11 @@ impl Mode for Prefork {
         // One that passed --max-memory serves on until its replacement says hello (then it
         // drains).
         self.pool.recycle_over_memory(core);
+        let pool = &self.pool;
         let overdue = |w: &Worker| {
-            w.proc.killed.as_ref().is_some_and(|k| now.duration_since(k.at) > KILL_GRACE)
+            pool.state(w.id()).killed().is_some_and(|k| now.duration_since(k.at) > KILL_GRACE)
         };
-        for id in self.pool.ids(overdue) {
+        for id in pool.ids(overdue) {
             self.cleanup(core, id, "killed");
         }
         self.pool.reap(core);
@@ -819,7 +827,7 @@ impl Mode for Prefork {
 
     fn scale(&mut self, core: &mut Core, n: usize) {
         for id in self.pool.resize(n) {
-            match self.worker(id).map(Worker::state) {
+            match self.worker(id).map(|w| w.state(&self.pool)) {
                 // It holds nothing yet: stopped now rather than waited for.
                 Some(WState::Starting) => self.pool.kill(
                     core,
@@ -864,13 +872,7 @@ impl Mode for Prefork {
     fn kill_all(&mut self, core: &mut Core) {
         self.pool.kill_all();
         for id in self.pool.ids(|_| true) {
-            if let Some(w) = self.pool.get_mut(id) {
-                w.proc.killed.get_or_insert_with(|| Killed {
-                    why: "killed at exit".to_owned(),
-                    at: Instant::now(),
-                    cause: Cause::Exit,
-                });
-            }
+            self.pool.mark_killed(id, "killed at exit", Cause::Exit);
             self.cleanup(core, id, "killed at exit");
         }
         for socket in self.ledger.take_waiting() {
@@ -890,8 +892,8 @@ impl Mode for Prefork {
                 WorkerStatus {
                     slot: w.proc.slot,
                     pid: Some(w.proc.pid),
-                    state: w.state().name().to_owned(),
-                    capacity: w.proc.ready.then_some(w.capacity),
+                    state: w.state(&self.pool).name().to_owned(),
+                    capacity: self.pool.state(w.id()).was_ready().then_some(w.capacity),
                     live: Some(u64::from(load.live)),
                     handled: Some(load.handled),
                     restarts: self.pool.restarts(w.proc.slot),
