@@ -5,6 +5,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use crate::config::{Env, ProgramConfig, Timeouts};
+use crate::status::WorkerState;
 
 /// Variables the supervisor sets itself; never passed through from its own environment.
 /// `NOTIFY_SOCKET` is the supervisor's own line to systemd: workers are not the main process.
@@ -184,11 +185,11 @@ impl Restarts {
 }
 
 /// The state a slot waiting for its next worker reports.
-pub(crate) fn waiting_state(r: &Restarts, t: &Timeouts) -> &'static str {
+pub(crate) fn waiting_state(r: &Restarts, t: &Timeouts) -> WorkerState {
     if r.crash_looping(t) {
-        "crash-looping"
+        WorkerState::CrashLooping
     } else {
-        "backoff"
+        WorkerState::Backoff
     }
 }
 
@@ -282,6 +283,6 @@ mod tests {
             assert!(matches!(r.on_death(death(0, false, false, false), &t), Restart::After(_)));
             assert_eq!(r.crash_looping(&t), i >= DEFAULT_CRASH_LOOP);
         }
-        assert_eq!(waiting_state(&r, &t), "crash-looping");
+        assert_eq!(waiting_state(&r, &t), WorkerState::CrashLooping);
     }
 }

@@ -348,15 +348,29 @@ pub(crate) struct ControlArgs {
 }
 
 /// How connections reach the program.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Default, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum Mode {
     /// Running workers receive accepted connections over a control channel.
+    #[default]
     Prefork,
     /// One child process per connection.
     Spawn,
     /// Workers receive the listening sockets and accept themselves.
     Shared,
+}
+
+impl Mode {
+    /// Its name, as `--mode` takes it and status shows it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Mode::Prefork => "prefork",
+            Mode::Spawn => "spawn",
+            Mode::Shared => "shared",
+        }
+    }
 }
 
 /// prefork dispatch policy.

@@ -26,7 +26,7 @@ use crate::cli::Compat;
 use crate::engine::pool::{impl_member, pool_mode_methods, Pool, Proc, ProcState, WorkerId};
 use crate::engine::{Core, Drained, Mode, ModeStatus};
 use crate::listener::{Accepted, Bound};
-use crate::status::{Totals, WorkerStatus};
+use crate::status::{Totals, WorkerState, WorkerStatus};
 use crate::sys::{self, Stop};
 
 #[derive(Debug)]
@@ -147,7 +147,7 @@ impl Shared {
 }
 
 impl Mode for Shared {
-    const NAME: &'static str = "shared";
+    const KIND: crate::cli::Mode = crate::cli::Mode::Shared;
     const TICK: Duration = Duration::from_millis(20);
 
     fn start(&mut self, _core: &mut Core) {}
@@ -233,14 +233,14 @@ impl Mode for Shared {
             .map(|w| {
                 let p = &w.proc;
                 let state = match self.pool.state(p.id) {
-                    ProcState::Retiring { .. } => "stopping",
-                    s if s.was_ready() => "running",
-                    _ => "starting",
+                    ProcState::Retiring { .. } => WorkerState::Stopping,
+                    s if s.was_ready() => WorkerState::Running,
+                    _ => WorkerState::Starting,
                 };
                 WorkerStatus {
                     slot: p.slot,
                     pid: Some(p.pid),
-                    state: state.to_owned(),
+                    state,
                     restarts: self.pool.restarts(p.slot),
                     rss_bytes: sys::resident_memory(p.pid).ok(),
                     ..WorkerStatus::default()

@@ -21,7 +21,7 @@ use tracing::{debug, error, info, warn};
 use crate::cli::SpawnSocket;
 use crate::engine::{Core, Drained, Mode, ModeStatus};
 use crate::listener::Accepted;
-use crate::status::{Totals, WorkerStatus};
+use crate::status::{Totals, WorkerState, WorkerStatus};
 use crate::sys::{self, ProcessTree, Stop, TreeKind};
 use std::time::Instant;
 
@@ -218,7 +218,7 @@ fn write_rest(r: &mut Running) -> handover::Result<()> {
 }
 
 impl Mode for Spawn {
-    const NAME: &'static str = "spawn";
+    const KIND: crate::cli::Mode = crate::cli::Mode::Spawn;
     const TICK: Duration = Duration::from_millis(50);
 
     fn start(&mut self, _core: &mut Core) {}
@@ -307,7 +307,7 @@ impl Mode for Spawn {
             .map(|(slot, r)| WorkerStatus {
                 slot,
                 pid: Some(r.pid),
-                state: "serving".to_owned(),
+                state: WorkerState::Serving,
                 capacity: Some(1),
                 live: Some(1),
                 handled: None,

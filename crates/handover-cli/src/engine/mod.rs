@@ -29,7 +29,7 @@ use crate::exit_codes::ExitCode;
 use crate::listener::{self, Accepted, Listener};
 use crate::output::{Label, Output, Pending};
 use crate::proxy;
-use crate::status::{ListenerStatus, ProgramStatus, Totals, WorkerStatus};
+use crate::status::{ListenerStatus, ProgramState, ProgramStatus, Totals, WorkerStatus};
 use crate::sys;
 
 /// A request from the supervisor to one program's engine.
@@ -138,10 +138,10 @@ pub(crate) enum Phase {
 }
 
 impl Phase {
-    pub(crate) fn name(&self) -> &'static str {
+    pub(crate) fn state(&self) -> ProgramState {
         match self {
-            Phase::Running => "running",
-            Phase::Draining { .. } => "draining",
+            Phase::Running => ProgramState::Running,
+            Phase::Draining { .. } => ProgramState::Draining,
         }
     }
 }
@@ -173,7 +173,7 @@ pub(crate) struct ModeStatus {
 /// task, with the core it may change; none waits.
 pub(crate) trait Mode {
     /// The mode's name in status reports.
-    const NAME: &'static str;
+    const KIND: crate::cli::Mode;
     /// How often [`Mode::on_tick`] runs (timeouts are judged then).
     const TICK: Duration;
 
@@ -481,8 +481,8 @@ pub(crate) async fn run<M: Mode>(mut core: Core, mut mode: M, mut requests: Requ
         if let Some(began) = core.reload_began {
             if !mode.reloading() {
                 let ((n, failed), took) = (mode.reloaded(), began.elapsed());
-                let msg = match M::NAME {
-                    "spawn" => {
+                let msg = match M::KIND {
+                    crate::cli::Mode::Spawn => {
                         "nothing to reload (spawn mode starts a fresh process per connection)"
                             .to_owned()
                     }
@@ -631,14 +631,15 @@ fn status<M: Mode>(core: &mut Core, mode: &mut M) -> (ProgramStatus, Vec<Listene
     let m = mode.status(core, &mut totals);
     totals.add(&core.totals);
     totals.live = m.live;
-    let state = if m.reloading && core.running() { "reloading" } else { core.phase.name() };
+    let state =
+        if m.reloading && core.running() { ProgramState::Reloading } else { core.phase.state() };
     let mut workers = m.workers;
     workers.sort_by_key(|w| w.slot);
     let p = ProgramStatus {
         name: core.prog.name.clone(),
-        mode: M::NAME.to_owned(),
+        mode: M::KIND,
         command: core.prog.program.display().to_string(),
-        state: state.to_owned(),
+        state,
         workers_wanted: mode.workers_wanted(),
         queue: m.queue,
         controls: (&core.prog.controls).into(),

@@ -563,7 +563,7 @@ impl<W: Member> Pool<W> {
             .waiting()
             .map(|(slot, r)| WorkerStatus {
                 slot,
-                state: child::waiting_state(r, t).to_owned(),
+                state: child::waiting_state(r, t),
                 restarts: r.count,
                 ..WorkerStatus::default()
             })

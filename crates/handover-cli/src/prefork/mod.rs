@@ -66,7 +66,7 @@ use crate::engine::pool::{
 };
 use crate::engine::{Core, Drained, Mode, ModeStatus};
 use crate::listener::{self, Accepted};
-use crate::status::{Totals, WorkerStatus};
+use crate::status::{Totals, WorkerState, WorkerStatus};
 use crate::sys;
 
 /// A worker holding this many unacknowledged connections, none acknowledged while other
@@ -100,34 +100,15 @@ const SWEEP: u32 = 50;
 /// `--connection-timeout`, to report that connection finished before it is taken as hung.
 pub(crate) const DEADLINE_GRACE: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WState {
-    /// Spawned; no HELLO yet.
-    Starting,
-    Ready,
-    /// Sent DRAIN: finishing its connections, then exiting.
-    Draining,
-    /// Killed; waiting for its channel to close.
-    Dying,
-}
-
-impl WState {
-    fn of(state: &ProcState) -> WState {
-        match state {
-            ProcState::Killed { .. } => WState::Dying,
-            ProcState::Retiring { .. } => WState::Draining,
-            ProcState::Ready | ProcState::Recycled(_) => WState::Ready,
-            ProcState::Starting => WState::Starting,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            WState::Starting => "starting",
-            WState::Ready => "ready",
-            WState::Draining => "draining",
-            WState::Dying => "stopping",
-        }
+/// A prefork worker's state, from its [`ProcState`]: spawned, no HELLO yet (`Starting`);
+/// said hello (`Ready`); sent DRAIN, finishing its connections, then exiting (`Draining`);
+/// killed, its channel not closed yet (`Stopping`).
+fn worker_state(state: &ProcState) -> WorkerState {
+    match state {
+        ProcState::Killed { .. } => WorkerState::Stopping,
+        ProcState::Retiring { .. } => WorkerState::Draining,
+        ProcState::Ready | ProcState::Recycled(_) => WorkerState::Ready,
+        ProcState::Starting => WorkerState::Starting,
     }
 }
 
@@ -164,13 +145,13 @@ impl Worker {
         self.proc.id
     }
 
-    fn state(&self, pool: &Pool<Worker>) -> WState {
-        WState::of(pool.state(self.id()))
+    fn state(&self, pool: &Pool<Worker>) -> WorkerState {
+        worker_state(pool.state(self.id()))
     }
 
     /// It may take a connection now (but see [`Load::stalled`]).
     fn open(&self, pool: &Pool<Worker>, load: Load) -> bool {
-        self.state(pool) == WState::Ready && load.live < self.capacity && !self.blocked
+        self.state(pool) == WorkerState::Ready && load.live < self.capacity && !self.blocked
     }
 
     fn stalled(&self, ledger: &Ledger<Socket>) -> bool {
@@ -273,7 +254,7 @@ impl Prefork {
         let pool = &self.pool;
         let doubtful = pool.ids(|w| {
             let recheck = w.stalled(ledger) && now >= w.polled_at + FLUSH;
-            w.state(pool) == WState::Ready
+            w.state(pool) == WorkerState::Ready
                 && (ledger.load(w.id()).live >= w.capacity || w.blocked || recheck)
         });
         for id in doubtful {
@@ -422,7 +403,7 @@ impl Prefork {
     /// Whether `w` may have sent something: it holds connections, or is starting, draining or
     /// dying.
     fn active(&self, w: &Worker) -> bool {
-        self.ledger.load(w.id()).live > 0 || w.state(&self.pool) != WState::Ready || w.blocked
+        self.ledger.load(w.id()).live > 0 || w.state(&self.pool) != WorkerState::Ready || w.blocked
     }
 
     /// Registers with the reactor the channels of the workers that cannot take a connection
@@ -533,7 +514,7 @@ impl Prefork {
     }
 
     fn on_message(&mut self, core: &mut Core, id: WorkerId, m: WorkerMessage) {
-        let state = WState::of(self.pool.state(id));
+        let state = worker_state(self.pool.state(id));
         let Some(w) = self.pool.get_mut(id) else { return };
         // It is reading its channel: a connection it refused may fit now.
         w.refused_at = None;
@@ -542,7 +523,7 @@ impl Prefork {
         let now = Instant::now();
         let breach = match m {
             WorkerMessage::Hello { capacity, pid, heartbeat } => {
-                if state != WState::Starting {
+                if state != WorkerState::Starting {
                     return self.misbehaved(core, id, "sent a second hello".to_owned());
                 }
                 w.capacity = capacity;
@@ -597,7 +578,7 @@ impl Prefork {
     /// A worker broke the protocol: it is killed and settled at once (nothing more is read).
     fn misbehaved(&mut self, core: &mut Core, id: WorkerId, why: String) {
         let Some(w) = self.worker(id) else { return };
-        if w.state(&self.pool) != WState::Dying {
+        if w.state(&self.pool) != WorkerState::Stopping {
             core.totals.misbehaving_killed += 1;
         }
         self.pool.kill(core, id, why, Cause::Misbehaved);
@@ -631,7 +612,8 @@ impl Prefork {
         if timeout.is_zero() {
             return;
         }
-        let asked = |pool: &Pool<Worker>, w: &Worker| w.heartbeat && w.state(pool) == WState::Ready;
+        let asked =
+            |pool: &Pool<Worker>, w: &Worker| w.heartbeat && w.state(pool) == WorkerState::Ready;
         let late = |w: &Worker| w.ping.is_some_and(|(_, at)| now.duration_since(at) > timeout);
         let pool = &self.pool;
         for id in pool.ids(|w| asked(pool, w) && late(w)) {
@@ -661,7 +643,8 @@ impl Prefork {
         }
         let pool = &self.pool;
         let members = pool.members();
-        let serving = |w: &Worker| matches!(w.state(pool), WState::Ready | WState::Starting);
+        let serving =
+            |w: &Worker| matches!(w.state(pool), WorkerState::Ready | WorkerState::Starting);
         if self.ledger.waiting() > 0 && !members.iter().any(serving) {
             // Nobody left to serve what is waiting.
             for socket in self.ledger.take_waiting() {
@@ -678,18 +661,18 @@ impl Prefork {
         // A worker that has not said hello holds no connection: it is stopped at once rather
         // than waited for (it may never answer, e.g. in an abandoned upgrade).
         let pool = &self.pool;
-        for id in pool.ids(|w| w.state(pool) == WState::Starting) {
+        for id in pool.ids(|w| w.state(pool) == WorkerState::Starting) {
             self.pool.kill(core, id, "draining before it said hello".to_owned(), Cause::Hung);
         }
         let pool = &self.pool;
-        for id in pool.ids(|w| w.state(pool) == WState::Ready) {
+        for id in pool.ids(|w| w.state(pool) == WorkerState::Ready) {
             self.send_drain(core, id);
         }
     }
 }
 
 impl Mode for Prefork {
-    const NAME: &'static str = "prefork";
+    const KIND: crate::cli::Mode = crate::cli::Mode::Prefork;
     /// Timer resolution for timeouts and restarts.
     const TICK: Duration = Duration::from_millis(20);
 
@@ -784,7 +767,8 @@ impl Mode for Prefork {
             .collect();
         let start = core.prog.timeouts.start;
         for w in self.pool.members() {
-            if w.state(&self.pool) == WState::Starting && now.duration_since(w.proc.started) > start
+            if w.state(&self.pool) == WorkerState::Starting
+                && now.duration_since(w.proc.started) > start
             {
                 stuck.push((w.id(), format!("did not say hello within {start:?}")));
             }
@@ -805,7 +789,7 @@ impl Mode for Prefork {
             }
         }
         for (id, why) in stuck {
-            if self.worker(id).is_some_and(|w| w.state(&self.pool) != WState::Dying) {
+            if self.worker(id).is_some_and(|w| w.state(&self.pool) != WorkerState::Stopping) {
                 core.totals.misbehaving_killed += 1;
                 self.pool.kill(core, id, why, Cause::Hung);
             }
@@ -829,7 +813,7 @@ impl Mode for Prefork {
         for id in self.pool.resize(n) {
             match self.worker(id).map(|w| w.state(&self.pool)) {
                 // It holds nothing yet: stopped now rather than waited for.
-                Some(WState::Starting) => self.pool.kill(
+                Some(WorkerState::Starting) => self.pool.kill(
                     core,
                     id,
                     "scaled down before it said hello".to_owned(),
@@ -892,7 +876,7 @@ impl Mode for Prefork {
                 WorkerStatus {
                     slot: w.proc.slot,
                     pid: Some(w.proc.pid),
-                    state: w.state(&self.pool).name().to_owned(),
+                    state: w.state(&self.pool),
                     capacity: self.pool.state(w.id()).was_ready().then_some(w.capacity),
                     live: Some(u64::from(load.live)),
                     handled: Some(load.handled),
