@@ -7,7 +7,6 @@
 // The binary reports to its user on the terminal.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-mod child;
 mod cli;
 mod config;
 mod control;
@@ -20,6 +19,7 @@ mod metrics;
 mod output;
 mod prefork;
 mod proxy;
+mod restart;
 mod shared;
 mod spawn;
 mod status;

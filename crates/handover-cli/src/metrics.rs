@@ -21,8 +21,8 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, warn};
 
-use crate::child::Cause;
 use crate::cli::Mode;
+use crate::restart::Cause;
 use crate::status::{ProgramState, Status, SupervisorState, WorkerState};
 
 type Labels = Vec<(String, String)>;

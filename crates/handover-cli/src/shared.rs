@@ -21,7 +21,6 @@ use std::time::Duration;
 use handover::AsSocketRef;
 use tracing::info;
 
-use crate::child;
 use crate::cli::Compat;
 use crate::engine::pool::{impl_member, pool_mode_methods, Pool, Proc, ProcState, WorkerId};
 use crate::engine::{Core, Drained, Mode, ModeStatus};
@@ -105,7 +104,7 @@ impl Shared {
     }
 
     fn start_worker(&mut self, core: &mut Core, slot: usize) {
-        let mut cmd = child::command(&core.prog, &core.env);
+        let mut cmd = crate::engine::command(&core.prog, &core.env);
         for l in &self.listeners {
             cmd.listen_socket(l.name.as_str(), l.socket.as_socket_ref());
         }

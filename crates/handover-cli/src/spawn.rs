@@ -83,7 +83,7 @@ impl Spawn {
 
     fn start_child(&mut self, core: &mut Core, a: Accepted) {
         let name = core.listener_name(a.listener).to_owned();
-        let mut cmd = crate::child::command(&core.prog, &core.env);
+        let mut cmd = crate::engine::command(&core.prog, &core.env);
         match core.prog.socket {
             SpawnSocket::Stdio => cmd.stdio_socket(a.socket.as_socket_ref()),
             SpawnSocket::Fd3 => cmd.listen_socket(name.as_str(), a.socket.as_socket_ref()),
@@ -169,7 +169,7 @@ impl Spawn {
             let done = match r.child.try_wait() {
                 Ok(Some(status)) => {
                     if !status.success() {
-                        debug!(pid = r.pid, "child {}", crate::child::describe(Some(status)));
+                        debug!(pid = r.pid, "child {}", crate::restart::describe(Some(status)));
                     }
                     true
                 }

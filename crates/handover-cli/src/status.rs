@@ -4,8 +4,8 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::child::Cause;
 use crate::cli::Mode;
+use crate::restart::Cause;
 
 /// An enum of states with the names `handover status --json` and the metrics' `state` label
 /// show (one name per state, in one place: a typo does not compile).
@@ -219,7 +219,7 @@ impl From<&crate::config::Controls> for ControlsStatus {
     }
 }
 
-/// Restarts counted by what ended the worker (see `child::Cause`); they add up to
+/// Restarts counted by what ended the worker (see `restart::Cause`); they add up to
 /// [`Totals::restarts`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

@@ -12,8 +12,11 @@
 //! the mode's tick. Workers' channels that a mode registers with the reactor
 //! ([`Mode::poll_channels`]) are read as soon as something arrives, ahead of accepting.
 
+mod command;
 pub(crate) mod pool;
 pub(crate) mod slots;
+
+pub(crate) use self::command::command;
 
 use std::rc::Rc;
 use std::task::Poll;

@@ -1,5 +1,5 @@
 //! Worker slots (prefork and shared mode): starting workers, replacing the dead by the restart
-//! policy ([`crate::child::Restarts`]), reloading one slot at a time, recycling workers
+//! policy ([`crate::restart::Restarts`]), reloading one slot at a time, recycling workers
 //! (`--max-requests`, `--max-memory`), changing the number of slots at run time (`handover
 //! scale`), and reaping without waiting.
 //!
@@ -26,8 +26,8 @@ use tracing::{debug, error, info, warn};
 use super::slots::{Action, Departure, Exit, Slots};
 pub(crate) use super::slots::{Killed, ProcState, WorkerId};
 use super::Core;
-use crate::child::{self, Cause};
 use crate::output::Label;
+use crate::restart::{self, Cause};
 use crate::status::WorkerStatus;
 use crate::sys::{self, ProcessTree, Stop, TreeKind};
 
@@ -507,7 +507,7 @@ impl<W: Member> Pool<W> {
         let killed = d.gone.state.killed();
         let what = match killed {
             Some(k) => format!("killed ({})", k.why),
-            None => format!("{} ({})", d.how, child::describe(status)),
+            None => format!("{} ({})", d.how, restart::describe(status)),
         };
         let (slot, pid, lived, detail) = (d.proc.slot, d.proc.pid, d.lived, &d.detail);
         if d.expected && killed.is_none() {
@@ -543,7 +543,7 @@ impl<W: Member> Pool<W> {
             }
             Some(Action::GiveUp { slot, crashes }) => {
                 let last = self.slots.last_exit(slot);
-                let message = child::crash_loop(&core.prog, crashes, self.at_start, last);
+                let message = restart::crash_loop(&core.prog, crashes, self.at_start, last);
                 core.give_up(message);
             }
             Some(Action::Start { .. } | Action::Retire(_)) | None => {}
@@ -563,7 +563,7 @@ impl<W: Member> Pool<W> {
             .waiting()
             .map(|(slot, r)| WorkerStatus {
                 slot,
-                state: child::waiting_state(r, t),
+                state: restart::waiting_state(r, t),
                 restarts: r.count,
                 ..WorkerStatus::default()
             })

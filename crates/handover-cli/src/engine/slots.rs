@@ -10,13 +10,13 @@
 //! A slot has a *current* worker and, during a reload or a recycle, an *incoming* one that
 //! takes over when it is ready; the one it replaces retires and keeps its [`ProcState`] until
 //! it departs. The restart policy itself (backoff, crash loops) is
-//! [`Restarts`](crate::child::Restarts).
+//! [`Restarts`](crate::restart::Restarts).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::child::{Cause, Death, Restart, Restarts};
 use crate::config::Timeouts;
+use crate::restart::{Cause, Death, Restart, Restarts};
 
 /// A worker process, unique for the supervisor's lifetime (a restarted slot gets a new one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -59,13 +59,13 @@ use tracing::{debug, info, warn};
 
 use self::dispatch::{choose, Candidate};
 use self::ledger::{ConnId, Ledger, Load, Waiting};
-use crate::child::{self, Cause};
 use crate::cli::Policy;
 use crate::engine::pool::{
     impl_member, pool_mode_methods, Member, Pool, Proc, ProcState, WorkerId, KILL_GRACE,
 };
 use crate::engine::{Core, Drained, Mode, ModeStatus};
 use crate::listener::{self, Accepted};
+use crate::restart::Cause;
 use crate::status::{Totals, WorkerState, WorkerStatus};
 use crate::sys;
 
@@ -213,7 +213,7 @@ impl Prefork {
     }
 
     fn start_worker(&mut self, core: &mut Core, slot: usize) {
-        let mut cmd = child::command(&core.prog, &core.env);
+        let mut cmd = crate::engine::command(&core.prog, &core.env);
         cmd.channel();
         self.pool.start(core, slot, &mut cmd, |mut proc| {
             let channel = Rc::new(proc.child.channel.take().expect("spawned with a channel"));

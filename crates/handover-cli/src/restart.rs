@@ -1,47 +1,12 @@
-//! Starting worker processes, reaping them, and deciding when (and whether) to restart them.
+//! The restart policy: when (and whether) a dead worker is replaced ([`Restarts`]), what each
+//! restart counts as ([`Cause`]), and how a worker's end is described and a give-up explained.
+//! Pure: [`crate::engine::slots`] applies it to the slots of a pool.
 
-use std::ffi::OsStr;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use crate::config::{Env, ProgramConfig, Timeouts};
+use crate::config::{ProgramConfig, Timeouts};
 use crate::status::WorkerState;
-
-/// Variables the supervisor sets itself; never passed through from its own environment.
-/// `NOTIFY_SOCKET` is the supervisor's own line to systemd: workers are not the main process.
-const OURS: [&str; 14] = [
-    "NOTIFY_SOCKET",
-    "HANDOVER_UPGRADE",
-    "EINHORN_FDS",
-    "EINHORN_FD_COUNT",
-    "SERVER_STARTER_PORT",
-    "SERVER_STARTER_GENERATION",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "HANDOVER_CHANNEL_FD",
-    "HANDOVER_SLOT",
-    "HANDOVER_LISTENER",
-    "REMOTE_ADDR",
-    "REMOTE_PORT",
-];
-
-/// A command for one of `prog`'s children, with an environment built explicitly from the
-/// snapshot taken at start plus the program's own variables.
-pub(crate) fn command<'a>(prog: &ProgramConfig, env: &Env) -> handover::Command<'a> {
-    let mut cmd = handover::Command::new(&prog.program);
-    cmd.args(&prog.args).env_clear();
-    for (k, v) in &env.vars {
-        let einhorn_fd = k.to_str().is_some_and(|k| k.starts_with("EINHORN_FD_"));
-        if !OURS.iter().any(|o| OsStr::new(o) == k) && !einhorn_fd {
-            cmd.env(k, v);
-        }
-    }
-    for (k, v) in &prog.env {
-        cmd.env(k, v);
-    }
-    cmd
-}
 
 /// Says why the supervisor gives up on `prog` after `n` crashes at start in a row (`last`:
 /// how the last one ended; `start`: what counts as a crash at start in this mode), none of its
