@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use handover::{AsSocketRef, SendStatus};
-use handover_worker::protocol::{kind, ConnectionInfo, SupervisorMessage, CONNECTION_MAX_LEN};
+use handover_worker::protocol::{ConnectionInfo, SupervisorMessage, CONNECTION_MAX_LEN};
 use tracing::{debug, error, info, warn};
 
 use crate::cli::SpawnSocket;
@@ -207,7 +207,7 @@ fn write_rest(r: &mut Running) -> handover::Result<()> {
         return Ok(());
     }
     r.owed = match r.owed {
-        Owed::Drain => match ch.try_send(&SupervisorMessage::control(kind::DRAIN), &[])? {
+        Owed::Drain => match ch.try_send(&SupervisorMessage::drain(), &[])? {
             SendStatus::Written => Owed::Nothing,
             SendStatus::Buffered => Owed::Flush,
             _ => Owed::Drain,

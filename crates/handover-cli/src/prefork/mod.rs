@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use handover::{AsSocketRef, Channel, Message, SendStatus};
 use handover_worker::protocol::{
-    kind, ConnectionInfo, SupervisorMessage, WorkerMessage, CONNECTION_MAX_LEN,
+    ConnectionInfo, SupervisorMessage, WorkerMessage, CONNECTION_MAX_LEN,
 };
 use socket2::Socket;
 use tracing::{debug, info, warn};
@@ -337,7 +337,7 @@ impl Prefork {
         if !self.pool.retire(id) {
             return;
         }
-        self.send_control(core, id, &SupervisorMessage::control(kind::DRAIN));
+        self.send_control(core, id, &SupervisorMessage::drain());
     }
 
     /// Sends a control message (DRAIN, PING) without waiting: behind whatever the worker's
