@@ -46,9 +46,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
-use crate::cli::{
-    Compat, LogFormat, Mode, Policy, ProxyProtocol, ServeArgs, SpawnSocket, WorkerOutput,
-};
+use crate::cli::ServeArgs;
+use crate::model::{Compat, LogFormat, Mode, Policy, ProxyProtocol, SpawnSocket, WorkerOutput};
 
 /// The process environment, read once at start. Children's environments are built from this
 /// snapshot; the process environment itself is never changed.

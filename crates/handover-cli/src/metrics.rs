@@ -21,7 +21,7 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, warn};
 
-use crate::cli::Mode;
+use crate::model::Mode;
 use crate::restart::Cause;
 use crate::status::{ProgramState, Status, SupervisorState, WorkerState};
 

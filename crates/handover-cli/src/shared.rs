@@ -21,10 +21,10 @@ use std::time::Duration;
 use handover::AsSocketRef;
 use tracing::info;
 
-use crate::cli::Compat;
 use crate::engine::pool::{impl_member, pool_mode_methods, Pool, Proc, ProcState, WorkerId};
-use crate::engine::{Core, Drained, Mode, ModeStatus};
+use crate::engine::{Core, Drained, Engine, ModeStatus};
 use crate::listener::{Accepted, Bound};
+use crate::model::Compat;
 use crate::status::{Totals, WorkerState, WorkerStatus};
 use crate::sys::{self, Stop};
 
@@ -145,8 +145,8 @@ impl Shared {
     }
 }
 
-impl Mode for Shared {
-    const KIND: crate::cli::Mode = crate::cli::Mode::Shared;
+impl Engine for Shared {
+    const KIND: crate::model::Mode = crate::model::Mode::Shared;
     const TICK: Duration = Duration::from_millis(20);
 
     fn start(&mut self, _core: &mut Core) {}

@@ -18,9 +18,9 @@ use handover::{AsSocketRef, SendStatus};
 use handover_worker::protocol::{ConnectionInfo, SupervisorMessage, CONNECTION_MAX_LEN};
 use tracing::{debug, error, info, warn};
 
-use crate::cli::SpawnSocket;
-use crate::engine::{Core, Drained, Mode, ModeStatus};
+use crate::engine::{Core, Drained, Engine, ModeStatus};
 use crate::listener::Accepted;
+use crate::model::SpawnSocket;
 use crate::status::{Totals, WorkerState, WorkerStatus};
 use crate::sys::{self, ProcessTree, Stop, TreeKind};
 use std::time::Instant;
@@ -217,8 +217,8 @@ fn write_rest(r: &mut Running) -> handover::Result<()> {
     Ok(())
 }
 
-impl Mode for Spawn {
-    const KIND: crate::cli::Mode = crate::cli::Mode::Spawn;
+impl Engine for Spawn {
+    const KIND: crate::model::Mode = crate::model::Mode::Spawn;
     const TICK: Duration = Duration::from_millis(50);
 
     fn start(&mut self, _core: &mut Core) {}

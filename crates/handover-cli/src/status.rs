@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cli::Mode;
+use crate::model::Mode;
 use crate::restart::Cause;
 
 /// An enum of states with the names `handover status --json` and the metrics' `state` label
@@ -211,8 +211,8 @@ impl From<&crate::config::Controls> for ControlsStatus {
             connection_timeout_ms: c.connection_timeout.map(|d| d.as_millis() as u64),
             max_starting: c.max_starting,
             worker_output: match c.worker_output {
-                crate::cli::WorkerOutput::Prefix => "prefix",
-                crate::cli::WorkerOutput::Inherit => "inherit",
+                crate::model::WorkerOutput::Prefix => "prefix",
+                crate::model::WorkerOutput::Inherit => "inherit",
             }
             .to_owned(),
         }

@@ -16,13 +16,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{error, info, warn};
 
-use crate::cli::{Mode, WorkerOutput};
 use crate::config::{Config, ListenerConfig};
 use crate::control::{Command, ControlSocket, Reply, Stopped};
 use crate::engine::{self, Context as EngineContext, Core, Outcome, Request, Scale};
 use crate::exit_codes::ExitCode;
 use crate::listener::{self, Bound, Listener};
 use crate::metrics::{self, Metrics};
+use crate::model::{Mode, WorkerOutput};
 use crate::output::Output;
 use crate::status::{ListenerStatus, Status, SupervisorState, Totals};
 use crate::sys::{self, Notify, Signal};
@@ -439,8 +439,7 @@ fn start_engines(
         let status: Vec<ListenerStatus> = mine
             .iter()
             .map(|b| {
-                let policy =
-                    (prog.mode == Mode::Prefork).then(|| crate::cli::policy_name(b.policy));
+                let policy = (prog.mode == Mode::Prefork).then(|| b.policy.name());
                 let accepted = (prog.mode != Mode::Shared).then_some(0);
                 ListenerStatus::open(&b.name, &b.local, &prog.name, policy, accepted)
             })

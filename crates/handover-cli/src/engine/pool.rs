@@ -76,7 +76,7 @@ macro_rules! impl_member {
 }
 pub(crate) use impl_member;
 
-/// The [`Mode`](super::Mode) methods that a mode whose workers are the [`Pool`] in its `pool`
+/// The [`Engine`](super::Engine) methods that a mode whose workers are the [`Pool`] in its `pool`
 /// field answers from the pool (prefork, shared).
 macro_rules! pool_mode_methods {
     () => {

@@ -59,12 +59,12 @@ use tracing::{debug, info, warn};
 
 use self::dispatch::{choose, Candidate};
 use self::ledger::{ConnId, Ledger, Load, Waiting};
-use crate::cli::Policy;
 use crate::engine::pool::{
     impl_member, pool_mode_methods, Member, Pool, Proc, ProcState, WorkerId, KILL_GRACE,
 };
-use crate::engine::{Core, Drained, Mode, ModeStatus};
+use crate::engine::{Core, Drained, Engine, ModeStatus};
 use crate::listener::{self, Accepted};
+use crate::model::Policy;
 use crate::restart::Cause;
 use crate::status::{Totals, WorkerState, WorkerStatus};
 use crate::sys;
@@ -671,8 +671,8 @@ impl Prefork {
     }
 }
 
-impl Mode for Prefork {
-    const KIND: crate::cli::Mode = crate::cli::Mode::Prefork;
+impl Engine for Prefork {
+    const KIND: crate::model::Mode = crate::model::Mode::Prefork;
     /// Timer resolution for timeouts and restarts.
     const TICK: Duration = Duration::from_millis(20);
 
