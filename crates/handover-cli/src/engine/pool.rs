@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
-use super::slots::{Action, Departure, Exit, Slots};
+use super::slots::{Action, Departure, Slots};
 pub(crate) use super::slots::{Killed, ProcState, WorkerId};
 use super::Core;
 use crate::output::Label;
-use crate::restart::{self, Cause};
+use crate::restart::{self, Cause, Death};
 use crate::status::WorkerStatus;
 use crate::sys::{self, ProcessTree, Stop, TreeKind};
 
@@ -521,7 +521,7 @@ impl<W: Member> Pool<W> {
             Some(k) => k.cause,
             None => Cause::of_exit(status.as_ref()),
         };
-        let exit = Exit { lived, ready: d.gone.state.was_ready(), from_outside, cause };
+        let exit = Death { lived, ready: d.gone.state.was_ready(), from_outside, cause };
         let t = core.prog.timeouts;
         let (now, running) = (Instant::now(), core.running());
         let a = self.slots.settle(&d.gone, what, exit, now, running, &t);

@@ -109,18 +109,6 @@ pub(crate) struct Departure {
     pub(crate) reload_failed: bool,
 }
 
-/// How a departed worker ended, once it is reaped (see [`Slots::settle`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Exit {
-    pub(crate) lived: Duration,
-    /// It became ready.
-    pub(crate) ready: bool,
-    /// Someone else's signal ended it (see [`Death::from_outside`]).
-    pub(crate) from_outside: bool,
-    /// What its restart counts as.
-    pub(crate) cause: Cause,
-}
-
 #[derive(Debug, Default)]
 struct Slot {
     current: Option<WorkerId>,
@@ -156,7 +144,7 @@ pub(crate) struct Slots {
     slots: Vec<Slot>,
     workers: Vec<Entry>,
     next_id: u64,
-    /// Some worker has been ready since start or the last reload (see [`Death::proven`]).
+    /// Some worker has been ready since start or the last reload (see [`Restarts::on_death`]).
     proven: bool,
     /// Slots still to reload, in order, and the one being reloaded.
     reload: VecDeque<usize>,
@@ -291,9 +279,9 @@ impl Slots {
         t: &Timeouts,
     ) -> Option<Action> {
         self.slots[slot].last_exit = Some(why);
-        let exit =
-            Exit { lived: Duration::ZERO, ready: false, from_outside: false, cause: Cause::Exit };
-        self.restart(slot, exit, now, running, t)
+        let death =
+            Death { lived: Duration::ZERO, ready: false, from_outside: false, cause: Cause::Exit };
+        self.restart(slot, death, now, running, t)
     }
 
     /// Worker `id` is ready. If it replaces a worker (a reload, a recycle), that worker is to
@@ -448,13 +436,13 @@ impl Slots {
     }
 
     /// A departed worker (`d`, from [`Slots::depart`]) is reaped or given up on (`how`: how it
-    /// ended, for the give-up message; `exit`: what the restart policy judges). If its slot
+    /// ended, for the give-up message; `death`: what the restart policy judges). If its slot
     /// needs a new worker and has none coming, the policy decides when, or gives up.
     pub(crate) fn settle(
         &mut self,
         d: &Departure,
         how: String,
-        exit: Exit,
+        death: Death,
         now: Instant,
         running: bool,
         t: &Timeouts,
@@ -466,13 +454,13 @@ impl Slots {
         if !d.restart || s.filled() {
             return None;
         }
-        self.restart(d.slot, exit, now, running, t)
+        self.restart(d.slot, death, now, running, t)
     }
 
     fn restart(
         &mut self,
         slot: usize,
-        exit: Exit,
+        death: Death,
         now: Instant,
         running: bool,
         t: &Timeouts,
@@ -480,17 +468,12 @@ impl Slots {
         if !running {
             return None;
         }
-        let death = Death {
-            lived: exit.lived,
-            ready: exit.ready,
-            from_outside: exit.from_outside,
-            proven: self.proven,
-        };
         let s = &mut self.slots[slot];
-        match s.restarts.on_death(death, t) {
+        match s.restarts.on_death(death, self.proven, t) {
             Restart::After(delay) => {
                 s.start_at = Some(now + delay);
-                let cause = if s.restarts.crash_looping(t) { Cause::CrashLoop } else { exit.cause };
+                let cause =
+                    if s.restarts.crash_looping(t) { Cause::CrashLoop } else { death.cause };
                 Some(Action::Restart { slot, delay, cause })
             }
             Restart::GiveUp(crashes) => {
@@ -558,14 +541,14 @@ mod tests {
         s
     }
 
-    fn crash(lived: Duration) -> Exit {
-        Exit { lived, ready: false, from_outside: false, cause: Cause::Exit }
+    fn crash(lived: Duration) -> Death {
+        Death { lived, ready: false, from_outside: false, cause: Cause::Exit }
     }
 
-    /// Departs and settles `id` as `exit`: the action that follows.
-    fn dies(s: &mut Slots, id: WorkerId, exit: Exit, now: Instant) -> Option<Action> {
+    /// Departs and settles `id` as `death`: the action that follows.
+    fn dies(s: &mut Slots, id: WorkerId, death: Death, now: Instant) -> Option<Action> {
         let d = s.depart(id).expect("a member");
-        s.settle(&d, "exited".to_owned(), exit, now, true, &t())
+        s.settle(&d, "exited".to_owned(), death, now, true, &t())
     }
 
     #[test]
@@ -598,7 +581,7 @@ mod tests {
         assert_eq!(starts(&s.due(now + MS(100), 0, true)), [0]);
         let id = s.started(0);
         s.ready(id);
-        let served = Exit {
+        let served = Death {
             lived: Duration::from_secs(5),
             ready: true,
             from_outside: false,
