@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use handover::{AsSocketRef, Channel, Child, Command, Error};
 use handover_worker::protocol::{
-    kind, ConnectionInfo, SupervisorMessage, WorkerMessage, CONNECTION_MAX_LEN,
+    ConnectionInfo, SupervisorMessage, WorkerMessage, CONNECTION_MAX_LEN,
 };
 
 const WORKER: &str = env!("CARGO_BIN_EXE_handover-demo-worker");
@@ -114,7 +114,7 @@ fn prefork_protocol(args: &[&str], body: &str) {
     assert_eq!(finished, [WorkerMessage::Finished(1), WorkerMessage::Finished(2)]);
     drop(conns);
 
-    sup.send(&SupervisorMessage::control(kind::DRAIN), &[]).unwrap();
+    sup.send(&SupervisorMessage::drain(), &[]).unwrap();
     assert_eq!(exit_status(&mut child).code(), Some(0));
     assert!(matches!(sup.recv_timeout(WAIT), Err(Error::PeerClosed)), "nothing after the drain");
 }
@@ -133,7 +133,7 @@ fn prefork_tokio_worker_speaks_the_protocol() {
 fn prefork_worker_exits_at_stop() {
     let (mut child, sup) = spawn_prefork(&["--capacity", "2"]);
     assert!(matches!(next(&sup), WorkerMessage::Hello { capacity: 2, .. }));
-    sup.send(&SupervisorMessage::control(kind::STOP), &[]).unwrap();
+    sup.send(&SupervisorMessage::stop(), &[]).unwrap();
     assert_eq!(exit_status(&mut child).code(), Some(0));
 }
 

@@ -46,9 +46,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
-use crate::cli::{
-    Compat, LogFormat, Mode, Policy, ProxyProtocol, ServeArgs, SpawnSocket, WorkerOutput,
-};
+use crate::cli::ServeArgs;
+use crate::model::{Compat, LogFormat, Mode, Policy, ProxyProtocol, SpawnSocket, WorkerOutput};
 
 /// The process environment, read once at start. Children's environments are built from this
 /// snapshot; the process environment itself is never changed.
@@ -448,7 +447,7 @@ impl Controls {
     /// Refuses controls the program's mode cannot honour, rather than ignoring them.
     fn validate(&self, program: &str, mode: Mode) -> Result<()> {
         let refuse = |what: &str, why: &str| -> Result<()> {
-            bail!("program {program:?}: {what} does not apply in {} mode: {why}", mode_name(mode))
+            bail!("program {program:?}: {what} does not apply in {} mode: {why}", mode.name())
         };
         if self.max_requests == Some(0) {
             bail!("program {program:?}: --max-requests must be at least 1");
@@ -510,7 +509,7 @@ impl ModeOnly {
     /// controls: `--socket fd3` in prefork mode does nothing, and saying so beats ignoring it.
     fn validate(self, program: &str, mode: Mode) -> Result<()> {
         let refuse = |what: &str, why: &str| -> Result<()> {
-            bail!("program {program:?}: {what} does not apply in {} mode: {why}", mode_name(mode))
+            bail!("program {program:?}: {what} does not apply in {} mode: {why}", mode.name())
         };
         let protocol = "only prefork workers speak the worker protocol (hello, ACK, PING)";
         match mode {
@@ -554,14 +553,6 @@ fn check_proxy(name: &str, addr: &ListenAddr, proxy: Option<ProxyProtocol>) -> R
         );
     }
     Ok(())
-}
-
-fn mode_name(m: Mode) -> &'static str {
-    match m {
-        Mode::Prefork => "prefork",
-        Mode::Spawn => "spawn",
-        Mode::Shared => "shared",
-    }
 }
 
 fn from_flags(

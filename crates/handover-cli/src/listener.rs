@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::cli::{Policy, ProxyProtocol};
 use crate::config::{ListenAddr, ListenerConfig};
+use crate::model::{Policy, ProxyProtocol};
 
 /// A bound, listening socket and what the status report says about it.
 #[derive(Debug)]

@@ -7,7 +7,6 @@
 // The binary reports to its user on the terminal.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-mod child;
 mod cli;
 mod config;
 mod control;
@@ -17,9 +16,11 @@ mod generate;
 mod listener;
 mod logging;
 mod metrics;
+mod model;
 mod output;
 mod prefork;
 mod proxy;
+mod restart;
 mod shared;
 mod spawn;
 mod status;
@@ -72,7 +73,7 @@ fn run() -> Result<ExitCode, (ExitCode, anyhow::Error)> {
     };
     let failure = |e: anyhow::Error| (ExitCode::Failure, e);
     if !matches!(cli.command, Command::Serve(_)) {
-        init_logging(cli.log.as_deref(), &env, cli::LogFormat::Text);
+        init_logging(cli.log.as_deref(), &env, model::LogFormat::Text);
     }
     match cli.command {
         Command::Serve(args) => {
@@ -208,7 +209,7 @@ fn control_path(given: Option<std::path::PathBuf>, env: &Env) -> std::path::Path
     }
 }
 
-fn init_logging(flag: Option<&str>, env: &Env, format: cli::LogFormat) {
+fn init_logging(flag: Option<&str>, env: &Env, format: model::LogFormat) {
     use tracing_subscriber::EnvFilter;
     let spec = flag
         .map(str::to_owned)
@@ -225,10 +226,10 @@ fn init_logging(flag: Option<&str>, env: &Env, format: cli::LogFormat) {
         .with_writer(logging::MakeLogWriter)
         .log_internal_errors(false);
     match format {
-        cli::LogFormat::Text => {
+        model::LogFormat::Text => {
             let ansi = !logging::to_file() && std::io::stderr().is_terminal();
             fmt.with_ansi(ansi).with_target(false).init()
         }
-        cli::LogFormat::Json => fmt.json().flatten_event(true).with_target(false).init(),
+        model::LogFormat::Json => fmt.json().flatten_event(true).with_target(false).init(),
     }
 }

@@ -21,15 +21,11 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, warn};
 
-use crate::child::Cause;
-use crate::status::Status;
+use crate::model::Mode;
+use crate::restart::Cause;
+use crate::status::{ProgramState, Status, SupervisorState, WorkerState};
 
 type Labels = Vec<(String, String)>;
-
-/// Worker states reported as gauges even when no worker is in them (so a series drops to 0
-/// instead of vanishing).
-const STATES: [&str; 8] =
-    ["starting", "ready", "running", "serving", "draining", "stopping", "backoff", "crash-looping"];
 
 pub(crate) struct Metrics {
     registry: Registry,
@@ -229,9 +225,11 @@ impl Metrics {
         self.queue.clear();
         for p in &s.programs {
             let program = || ("program".to_owned(), p.name.clone());
-            for state in STATES {
+            // Every state, even with no worker in it (so a series drops to 0 instead of
+            // vanishing).
+            for state in WorkerState::ALL {
                 let n = p.workers.iter().filter(|w| w.state == state).count();
-                let labels = vec![program(), ("state".to_owned(), state.to_owned())];
+                let labels = vec![program(), ("state".to_owned(), state.name().to_owned())];
                 self.workers.get_or_create(&labels).set(n as i64);
             }
             self.workers_wanted.get_or_create(&vec![program()]).set(p.workers_wanted as i64);
@@ -245,7 +243,7 @@ impl Metrics {
             }
             // Per slot: a slot's two workers during a reload are added up. (Spawn mode's
             // children are connections, not slots.)
-            let per_slot = p.mode != "spawn";
+            let per_slot = p.mode != Mode::Spawn;
             for w in p.workers.iter().filter(|w| w.pid.is_some() && per_slot) {
                 let labels = vec![program(), ("slot".to_owned(), w.slot.to_string())];
                 if let Some(live) = w.live.filter(|_| w.busy.is_some()) {
@@ -381,15 +379,17 @@ async fn answer<S: StatusSource>(
 /// ready to take a connection (prefork: said hello; shared: stayed up `--min-uptime`; spawn:
 /// a child starts per connection, so always). Otherwise the reason.
 fn readiness(s: &Status) -> Result<(), String> {
-    if s.state != "running" && s.state != "upgrading" {
+    if !matches!(s.state, SupervisorState::Running | SupervisorState::Upgrading) {
         return Err(format!("the supervisor is {}", s.state));
     }
     for p in &s.programs {
-        if p.state == "draining" {
+        if p.state == ProgramState::Draining {
             return Err(format!("program {:?} is draining", p.name));
         }
-        let ready = p.mode == "spawn"
-            || p.workers.iter().any(|w| w.state == "ready" || w.state == "running");
+        let ready = p.mode == Mode::Spawn
+            || p.workers
+                .iter()
+                .any(|w| matches!(w.state, WorkerState::Ready | WorkerState::Running));
         if !ready {
             return Err(format!("program {:?} has no ready worker yet", p.name));
         }
@@ -417,47 +417,73 @@ mod tests {
     use super::*;
     use crate::status::{ProgramStatus, WorkerStatus};
 
-    fn program(mode: &str, state: &str, workers: &[&str]) -> ProgramStatus {
+    use WorkerState::{Backoff, CrashLooping, Ready, Running, Starting};
+
+    fn program(mode: Mode, state: ProgramState, workers: &[WorkerState]) -> ProgramStatus {
         ProgramStatus {
-            name: mode.to_owned(),
-            mode: mode.to_owned(),
-            state: state.to_owned(),
+            name: mode.name().to_owned(),
+            mode,
+            state,
             workers: workers
                 .iter()
-                .map(|w| WorkerStatus { state: (*w).to_owned(), ..WorkerStatus::default() })
+                .map(|&state| WorkerStatus { state, ..WorkerStatus::default() })
                 .collect(),
             ..ProgramStatus::default()
         }
     }
 
-    fn status(state: &str, programs: Vec<ProgramStatus>) -> Status {
-        Status { state: state.to_owned(), programs, ..Status::default() }
+    fn status(state: SupervisorState, programs: Vec<ProgramStatus>) -> Status {
+        Status { state, programs, ..Status::default() }
     }
 
     #[test]
     fn ready_once_every_program_has_a_ready_worker_and_not_while_draining() {
         let serving = || {
             vec![
-                program("prefork", "running", &["starting", "ready"]),
-                program("shared", "running", &["running", "backoff"]),
-                program("spawn", "running", &[]),
+                program(Mode::Prefork, ProgramState::Running, &[Starting, Ready]),
+                program(Mode::Shared, ProgramState::Running, &[Running, Backoff]),
+                program(Mode::Spawn, ProgramState::Running, &[]),
             ]
         };
-        assert_eq!(readiness(&status("running", serving())), Ok(()));
-        assert_eq!(readiness(&status("upgrading", serving())), Ok(()), "still serving");
-        for state in ["draining", "starting", "upgraded"] {
+        let running = SupervisorState::Running;
+        assert_eq!(readiness(&status(running, serving())), Ok(()));
+        let upgrading = status(SupervisorState::Upgrading, serving());
+        assert_eq!(readiness(&upgrading), Ok(()), "still serving");
+        use SupervisorState as S;
+        for state in [S::Draining, S::Starting, S::Upgraded] {
             let e = readiness(&status(state, serving())).unwrap_err();
-            assert!(e.contains(state), "{e}");
+            assert!(e.contains(state.name()), "{e}");
         }
         let mut p = serving();
-        p[0] = program("prefork", "running", &["starting", "starting"]);
-        let e = readiness(&status("running", p)).unwrap_err();
+        p[0] = program(Mode::Prefork, ProgramState::Running, &[Starting, Starting]);
+        let e = readiness(&status(running, p)).unwrap_err();
         assert!(e.contains("\"prefork\" has no ready worker"), "{e}");
         let mut p = serving();
-        p[1] = program("shared", "running", &["starting", "crash-looping"]);
-        assert!(readiness(&status("running", p)).is_err());
+        p[1] = program(Mode::Shared, ProgramState::Running, &[Starting, CrashLooping]);
+        assert!(readiness(&status(running, p)).is_err());
         let mut p = serving();
-        p[2] = program("spawn", "draining", &[]);
-        assert!(readiness(&status("running", p)).unwrap_err().contains("draining"));
+        p[2] = program(Mode::Spawn, ProgramState::Draining, &[]);
+        assert!(readiness(&status(running, p)).unwrap_err().contains("draining"));
+    }
+
+    #[test]
+    fn state_names_are_the_ones_status_json_always_showed() {
+        let names = |all: &[&str]| all.join(" ");
+        let w: Vec<_> = WorkerState::ALL.iter().map(|s| s.name()).collect();
+        assert_eq!(
+            names(&w),
+            "starting ready running serving draining stopping backoff crash-looping"
+        );
+        let p: Vec<_> = ProgramState::ALL.iter().map(|s| s.name()).collect();
+        assert_eq!(names(&p), "running reloading draining");
+        let s: Vec<_> = SupervisorState::ALL.iter().map(|s| s.name()).collect();
+        assert_eq!(names(&s), "starting running upgrading upgraded draining");
+        for state in WorkerState::ALL {
+            let json = serde_json::to_string(&state).unwrap();
+            assert_eq!(json, format!("\"{}\"", state.name()));
+            assert_eq!(serde_json::from_str::<WorkerState>(&json).unwrap(), state);
+        }
+        let json = serde_json::to_string(&Mode::Spawn).unwrap();
+        assert_eq!(json, format!("\"{}\"", Mode::Spawn.name()));
     }
 }

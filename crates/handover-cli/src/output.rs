@@ -23,8 +23,8 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use crate::cli::LogFormat;
 use crate::logging::Stream;
+use crate::model::LogFormat;
 use crate::sys;
 
 /// Longest line written as one; longer lines are cut.

@@ -19,7 +19,7 @@ use std::time::Duration;
 use ppp::{v1, v2, HeaderResult, PartialResult};
 use socket2::Socket;
 
-use crate::cli::ProxyProtocol;
+use crate::model::ProxyProtocol;
 
 /// The longest header taken (a v1 header is at most 107 bytes; a v2 one carries TLVs).
 pub(crate) const MAX_HEADER: usize = 4096;

@@ -21,12 +21,11 @@ use std::time::Duration;
 use handover::AsSocketRef;
 use tracing::info;
 
-use crate::child;
-use crate::cli::Compat;
-use crate::engine::pool::{impl_member, pool_mode_methods, Pool, Proc};
-use crate::engine::{Core, Drained, Mode, ModeStatus};
+use crate::engine::pool::{impl_member, pool_mode_methods, Pool, Proc, ProcState, WorkerId};
+use crate::engine::{Core, Drained, Engine, ModeStatus};
 use crate::listener::{Accepted, Bound};
-use crate::status::{Totals, WorkerStatus};
+use crate::model::Compat;
+use crate::status::{Totals, WorkerState, WorkerStatus};
 use crate::sys::{self, Stop};
 
 #[derive(Debug)]
@@ -42,7 +41,6 @@ impl Worker {
     /// Asks it to finish what it has and exit: `SIGTERM` to its process group, or (Windows) the
     /// end of its channel.
     fn retire(&mut self) {
-        self.proc.retiring = true;
         self.channel = None;
         self.proc.tree.signal(Stop::Terminate);
     }
@@ -106,7 +104,7 @@ impl Shared {
     }
 
     fn start_worker(&mut self, core: &mut Core, slot: usize) {
-        let mut cmd = child::command(&core.prog, &core.env);
+        let mut cmd = crate::engine::command(&core.prog, &core.env);
         for l in &self.listeners {
             cmd.listen_socket(l.name.as_str(), l.socket.as_socket_ref());
         }
@@ -124,22 +122,31 @@ impl Shared {
         });
     }
 
+    /// Asks worker `id` to finish what it has and exit (once).
+    fn retire(&mut self, id: WorkerId) {
+        if self.pool.retire(id) {
+            if let Some(w) = self.pool.get_mut(id) {
+                w.retire();
+            }
+        }
+    }
+
     /// Settles the workers that have exited.
     fn reap(&mut self, core: &mut Core) {
         let settle = Self::settle(core);
         let exited = self.pool.exited();
         for id in exited {
-            let Some(Worker { mut proc, .. }) = self.pool.take(id) else { continue };
+            let Some(Worker { proc, .. }) = self.pool.take(id) else { continue };
             // It may have died before the tick that would have found it ready.
-            proc.ready |= proc.started.elapsed() >= settle;
-            self.pool.depart(core, proc, "exited", String::new());
+            let ready = proc.started.elapsed() >= settle;
+            self.pool.depart(core, proc, "exited", String::new(), ready);
         }
         self.pool.reap(core);
     }
 }
 
-impl Mode for Shared {
-    const NAME: &'static str = "shared";
+impl Engine for Shared {
+    const KIND: crate::model::Mode = crate::model::Mode::Shared;
     const TICK: Duration = Duration::from_millis(20);
 
     fn start(&mut self, _core: &mut Core) {}
@@ -154,12 +161,12 @@ impl Mode for Shared {
         // A worker that has stayed up is ready; a reload's replacement then takes over and
         // the worker it replaces is asked to finish.
         let settle = Self::settle(core);
-        let ready = self.pool.ids(|w| !w.proc.ready && w.proc.started.elapsed() >= settle);
+        let pool = &self.pool;
+        let ready =
+            pool.ids(|w| !pool.state(w.proc.id).was_ready() && w.proc.started.elapsed() >= settle);
         for id in ready {
             if let Some(old) = self.pool.mark_ready(id) {
-                if let Some(w) = self.pool.get_mut(old) {
-                    w.retire();
-                }
+                self.retire(old);
             }
         }
     }
@@ -179,9 +186,7 @@ impl Mode for Shared {
 
     fn scale(&mut self, _core: &mut Core, n: usize) {
         for id in self.pool.resize(n) {
-            if let Some(w) = self.pool.get_mut(id) {
-                w.retire();
-            }
+            self.retire(id);
         }
     }
 
@@ -193,10 +198,8 @@ impl Mode for Shared {
 
     fn drain(&mut self, core: &mut Core, _backlog: Vec<Accepted>) {
         self.pool.drain();
-        for id in self.pool.ids(|w| !w.proc.retiring) {
-            if let Some(w) = self.pool.get_mut(id) {
-                w.retire();
-            }
+        for id in self.pool.ids(|_| true) {
+            self.retire(id);
         }
         // The workers hold their own copies; ours close now, so the sockets close when the
         // last worker exits.
@@ -228,17 +231,15 @@ impl Mode for Shared {
             .iter()
             .map(|w| {
                 let p = &w.proc;
-                let state = if p.retiring {
-                    "stopping"
-                } else if p.ready {
-                    "running"
-                } else {
-                    "starting"
+                let state = match self.pool.state(p.id) {
+                    ProcState::Retiring { .. } => WorkerState::Stopping,
+                    s if s.was_ready() => WorkerState::Running,
+                    _ => WorkerState::Starting,
                 };
                 WorkerStatus {
                     slot: p.slot,
                     pid: Some(p.pid),
-                    state: state.to_owned(),
+                    state,
                     restarts: self.pool.restarts(p.slot),
                     rss_bytes: sys::resident_memory(p.pid).ok(),
                     ..WorkerStatus::default()

@@ -15,13 +15,13 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use handover::{AsSocketRef, SendStatus};
-use handover_worker::protocol::{kind, ConnectionInfo, SupervisorMessage, CONNECTION_MAX_LEN};
+use handover_worker::protocol::{ConnectionInfo, SupervisorMessage, CONNECTION_MAX_LEN};
 use tracing::{debug, error, info, warn};
 
-use crate::cli::SpawnSocket;
-use crate::engine::{Core, Drained, Mode, ModeStatus};
+use crate::engine::{Core, Drained, Engine, ModeStatus};
 use crate::listener::Accepted;
-use crate::status::{Totals, WorkerStatus};
+use crate::model::SpawnSocket;
+use crate::status::{Totals, WorkerState, WorkerStatus};
 use crate::sys::{self, ProcessTree, Stop, TreeKind};
 use std::time::Instant;
 
@@ -83,7 +83,7 @@ impl Spawn {
 
     fn start_child(&mut self, core: &mut Core, a: Accepted) {
         let name = core.listener_name(a.listener).to_owned();
-        let mut cmd = crate::child::command(&core.prog, &core.env);
+        let mut cmd = crate::engine::command(&core.prog, &core.env);
         match core.prog.socket {
             SpawnSocket::Stdio => cmd.stdio_socket(a.socket.as_socket_ref()),
             SpawnSocket::Fd3 => cmd.listen_socket(name.as_str(), a.socket.as_socket_ref()),
@@ -169,7 +169,7 @@ impl Spawn {
             let done = match r.child.try_wait() {
                 Ok(Some(status)) => {
                     if !status.success() {
-                        debug!(pid = r.pid, "child {}", crate::child::describe(Some(status)));
+                        debug!(pid = r.pid, "child {}", crate::restart::describe(Some(status)));
                     }
                     true
                 }
@@ -207,7 +207,7 @@ fn write_rest(r: &mut Running) -> handover::Result<()> {
         return Ok(());
     }
     r.owed = match r.owed {
-        Owed::Drain => match ch.try_send(&SupervisorMessage::control(kind::DRAIN), &[])? {
+        Owed::Drain => match ch.try_send(&SupervisorMessage::drain(), &[])? {
             SendStatus::Written => Owed::Nothing,
             SendStatus::Buffered => Owed::Flush,
             _ => Owed::Drain,
@@ -217,8 +217,8 @@ fn write_rest(r: &mut Running) -> handover::Result<()> {
     Ok(())
 }
 
-impl Mode for Spawn {
-    const NAME: &'static str = "spawn";
+impl Engine for Spawn {
+    const KIND: crate::model::Mode = crate::model::Mode::Spawn;
     const TICK: Duration = Duration::from_millis(50);
 
     fn start(&mut self, _core: &mut Core) {}
@@ -307,7 +307,7 @@ impl Mode for Spawn {
             .map(|(slot, r)| WorkerStatus {
                 slot,
                 pid: Some(r.pid),
-                state: "serving".to_owned(),
+                state: WorkerState::Serving,
                 capacity: Some(1),
                 live: Some(1),
                 handled: None,

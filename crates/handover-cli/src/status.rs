@@ -4,14 +4,96 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::child::Cause;
+use crate::model::Mode;
+use crate::restart::Cause;
+
+/// An enum of states with the names `handover status --json` and the metrics' `state` label
+/// show (one name per state, in one place: a typo does not compile).
+macro_rules! states {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident = $s:literal,)+ }) => {
+        $(#[$m])*
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        pub(crate) enum $name {
+            $($(#[$vm])* #[serde(rename = $s)] $v,)+
+        }
+
+        impl $name {
+            /// Every state, in the order reports list them.
+            #[allow(dead_code)] // (not every enum is listed whole)
+            pub(crate) const ALL: [$name; [$($s),+].len()] = [$($name::$v),+];
+
+            /// Its name in status JSON and in metric labels.
+            pub(crate) fn name(self) -> &'static str {
+                match self {
+                    $($name::$v => $s,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
+}
+
+states! {
+    /// The supervisor's state.
+    SupervisorState {
+        /// A new generation (an upgrade) that has not taken over yet.
+        Starting = "starting",
+        #[default]
+        Running = "running",
+        /// Serving while a new generation starts.
+        Upgrading = "upgrading",
+        /// A new generation took over; this one drains.
+        Upgraded = "upgraded",
+        Draining = "draining",
+    }
+}
+
+states! {
+    /// A program's state.
+    ProgramState {
+        #[default]
+        Running = "running",
+        /// Running, with a reload under way.
+        Reloading = "reloading",
+        Draining = "draining",
+    }
+}
+
+states! {
+    /// A worker's state (a row of `handover status`; a slot waiting for its next worker is a
+    /// row too).
+    WorkerState {
+        /// Started, not ready yet (prefork: no hello; shared: not up `--min-uptime`).
+        #[default]
+        Starting = "starting",
+        /// prefork: said hello, takes connections.
+        Ready = "ready",
+        /// shared: stayed up long enough to count as ready.
+        Running = "running",
+        /// spawn: a child serving its one connection.
+        Serving = "serving",
+        /// prefork: told to drain; finishing its connections, then exiting.
+        Draining = "draining",
+        /// prefork: killed, its end not noticed yet; shared: told to stop (`SIGTERM`).
+        Stopping = "stopping",
+        /// A slot waiting to restart its worker after a crash.
+        Backoff = "backoff",
+        /// A slot whose workers crash at start again and again.
+        CrashLooping = "crash-looping",
+    }
+}
 
 /// The whole supervisor.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub(crate) struct Status {
     pub(crate) pid: u32,
     pub(crate) uptime_ms: u64,
-    pub(crate) state: String,
+    pub(crate) state: SupervisorState,
     /// 1 for the supervisor first started, one more per zero-downtime upgrade.
     #[serde(default)]
     pub(crate) generation: u64,
@@ -64,9 +146,9 @@ impl ListenerStatus {
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub(crate) struct ProgramStatus {
     pub(crate) name: String,
-    pub(crate) mode: String,
+    pub(crate) mode: Mode,
     pub(crate) command: String,
-    pub(crate) state: String,
+    pub(crate) state: ProgramState,
     /// The number of workers it runs (`--workers`, then `handover scale`); spawn mode: the
     /// most children at once.
     #[serde(default)]
@@ -86,7 +168,7 @@ pub(crate) struct ProgramStatus {
 pub(crate) struct WorkerStatus {
     pub(crate) slot: usize,
     pub(crate) pid: Option<u32>,
-    pub(crate) state: String,
+    pub(crate) state: WorkerState,
     pub(crate) capacity: Option<u32>,
     /// Connections dispatched to it and not yet finished.
     pub(crate) live: Option<u64>,
@@ -129,15 +211,15 @@ impl From<&crate::config::Controls> for ControlsStatus {
             connection_timeout_ms: c.connection_timeout.map(|d| d.as_millis() as u64),
             max_starting: c.max_starting,
             worker_output: match c.worker_output {
-                crate::cli::WorkerOutput::Prefix => "prefix",
-                crate::cli::WorkerOutput::Inherit => "inherit",
+                crate::model::WorkerOutput::Prefix => "prefix",
+                crate::model::WorkerOutput::Inherit => "inherit",
             }
             .to_owned(),
         }
     }
 }
 
-/// Restarts counted by what ended the worker (see `child::Cause`); they add up to
+/// Restarts counted by what ended the worker (see `restart::Cause`); they add up to
 /// [`Totals::restarts`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -266,7 +348,12 @@ pub(crate) fn render(s: &Status) -> String {
         let _ = writeln!(
             out,
             "\nprogram {} ({}, {}): {} workers wanted, {} waiting for a worker: {}",
-            p.name, p.mode, p.state, p.workers_wanted, p.queue, p.command
+            p.name,
+            p.mode.name(),
+            p.state,
+            p.workers_wanted,
+            p.queue,
+            p.command
         );
         let _ = writeln!(
             out,
@@ -287,7 +374,7 @@ pub(crate) fn render(s: &Status) -> String {
                 "  {:<5} {:<9} {:<14} {:<5} {:<9} {:<7} {:<9} {:<9} {}",
                 w.slot,
                 opt(&w.pid),
-                w.state,
+                w.state.name(),
                 busy,
                 opt(&w.capacity),
                 opt(&w.live),
@@ -398,13 +485,13 @@ mod tests {
         let s = Status {
             programs: vec![ProgramStatus {
                 name: "web".into(),
-                mode: "prefork".into(),
+                mode: Mode::Prefork,
                 workers_wanted: 2,
                 queue: 7,
                 workers: vec![WorkerStatus {
                     slot: 1,
                     pid: Some(42),
-                    state: "ready".into(),
+                    state: WorkerState::Ready,
                     busy: Some(true),
                     live: Some(3),
                     handled: Some(17),

@@ -16,15 +16,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{error, info, warn};
 
-use crate::cli::{Mode, WorkerOutput};
 use crate::config::{Config, ListenerConfig};
 use crate::control::{Command, ControlSocket, Reply, Stopped};
 use crate::engine::{self, Context as EngineContext, Core, Outcome, Request, Scale};
 use crate::exit_codes::ExitCode;
 use crate::listener::{self, Bound, Listener};
 use crate::metrics::{self, Metrics};
+use crate::model::{Mode, WorkerOutput};
 use crate::output::Output;
-use crate::status::{ListenerStatus, Status, Totals};
+use crate::status::{ListenerStatus, Status, SupervisorState, Totals};
 use crate::sys::{self, Notify, Signal};
 use crate::upgrade::{self, Handed, HandedListener, NewGeneration, Report, Startup};
 
@@ -61,7 +61,7 @@ type Engine = (String, mpsc::UnboundedSender<Request>);
 struct Shared {
     senders: Vec<Engine>,
     started: Instant,
-    state: Cell<&'static str>,
+    state: Cell<SupervisorState>,
     generation: u64,
     upgrades_failed: Cell<u64>,
 }
@@ -71,7 +71,7 @@ impl Shared {
         let mut status = Status {
             pid: std::process::id(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
-            state: self.state.get().to_owned(),
+            state: self.state.get(),
             generation: self.generation,
             upgrades: self.generation.saturating_sub(1),
             upgrades_failed: self.upgrades_failed.get(),
@@ -439,8 +439,7 @@ fn start_engines(
         let status: Vec<ListenerStatus> = mine
             .iter()
             .map(|b| {
-                let policy =
-                    (prog.mode == Mode::Prefork).then(|| crate::cli::policy_name(b.policy));
+                let policy = (prog.mode == Mode::Prefork).then(|| b.policy.name());
                 let accepted = (prog.mode != Mode::Shared).then_some(0);
                 ListenerStatus::open(&b.name, &b.local, &prog.name, policy, accepted)
             })
@@ -550,7 +549,11 @@ impl Supervisor {
         let shared = Rc::new(Shared {
             senders,
             started,
-            state: Cell::new(if parent.is_some() { "starting" } else { "running" }),
+            state: Cell::new(if parent.is_some() {
+                SupervisorState::Starting
+            } else {
+                SupervisorState::Running
+            }),
             generation: generation_no,
             upgrades_failed: Cell::new(0),
         });
@@ -725,7 +728,7 @@ impl Supervisor {
     fn serve(&mut self) {
         self.generation = Generation::Serving;
         self.shared.broadcast(|| Request::Start);
-        self.shared.state.set("running");
+        self.shared.state.set(SupervisorState::Running);
     }
 
     fn on_upgrade_done(&mut self, result: Result<NewGeneration, String>) -> Flow {
@@ -754,7 +757,7 @@ impl Supervisor {
                     let _ = w.send(Reply { ok: true, message: msg.clone() });
                 }
                 self.generation = Generation::Superseded(Box::new(new));
-                self.shared.state.set("upgraded");
+                self.shared.state.set(SupervisorState::Upgraded);
                 self.owned_paths.clear(); // the new generation's now
                 if let Some(m) = self.metrics.take() {
                     m.task.abort();
@@ -772,7 +775,7 @@ impl Supervisor {
                 for w in waiters {
                     let _ = w.send(Reply { ok: false, message: msg.clone() });
                 }
-                self.shared.state.set("running");
+                self.shared.state.set(SupervisorState::Running);
             }
         }
         Flow::Continue
@@ -857,7 +860,7 @@ impl Supervisor {
         match &self.generation {
             Generation::Superseded(_) => {}
             g => {
-                self.shared.state.set("draining");
+                self.shared.state.set(SupervisorState::Draining);
                 if !matches!(g, Generation::Incoming(_)) {
                     sys::notify(&[Notify::Stopping]);
                 }
@@ -885,7 +888,7 @@ impl Supervisor {
         };
         match plan {
             Ok(plan) => {
-                self.shared.state.set("upgrading");
+                self.shared.state.set(SupervisorState::Upgrading);
                 sys::notify(&[Notify::Reloading, Notify::Status("upgrading")]);
                 let task = tokio::task::spawn_local(upgrade::start(plan));
                 self.generation =

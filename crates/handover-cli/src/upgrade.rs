@@ -24,8 +24,8 @@ use handover::{AsSocketRef, SocketRef};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::cli::Mode;
 use crate::config::Env;
+use crate::model::Mode;
 use crate::sys::{self, Stop};
 
 /// Set (to `1`) in a new generation's environment.

@@ -1,4 +1,4 @@
-//! Issue 12: the day-to-day controls (scale, recycling by requests and memory, connection
+//! The day-to-day controls (scale, recycling by requests and memory, connection
 //! deadlines, staggered start, reloads that report, worker output), each seen from outside a
 //! running supervisor, with the defaults users get unless a flag is the point of the test.
 #![cfg(target_os = "linux")] // resident memory from /proc; the deadline's reset is Linux's

@@ -1,4 +1,4 @@
-//! Issue 17: a supervisor left running in production, as an operator of nginx or gunicorn
+//! A supervisor left running in production, as an operator of nginx or gunicorn
 //! would treat it: signals, its own log output, `stop`, the control socket's path, log files.
 #![cfg(target_os = "linux")] // signals by name, /proc, logrotate
 

@@ -329,9 +329,15 @@ impl<'a> SupervisorMessage<'a> {
         b
     }
 
-    /// Encodes a DRAIN or STOP (CONNECTION goes through [`ConnectionInfo::encode`]).
-    pub fn control(kind_byte: u8) -> [u8; CONTROL_LEN] {
-        [kind_byte, VERSION, 0, 0]
+    /// Encodes a DRAIN: finish what you hold, take nothing new, exit. (CONNECTION goes
+    /// through [`ConnectionInfo::encode`].)
+    pub fn drain() -> [u8; CONTROL_LEN] {
+        [kind::DRAIN, VERSION, 0, 0]
+    }
+
+    /// Encodes a STOP: exit now.
+    pub fn stop() -> [u8; CONTROL_LEN] {
+        [kind::STOP, VERSION, 0, 0]
     }
 }
 
@@ -419,7 +425,16 @@ mod tests {
         );
         let n = WorkerMessage::Ack(0x0102).encode(&mut buf);
         assert_eq!(&buf[..n], &[2, 1, 0, 0, 0, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(SupervisorMessage::control(kind::DRAIN), [17, 1, 0, 0]);
+        assert_eq!(SupervisorMessage::drain(), [17, 1, 0, 0]);
+        assert_eq!(SupervisorMessage::stop(), [18, 1, 0, 0]);
+        assert!(matches!(
+            SupervisorMessage::decode(&SupervisorMessage::drain()),
+            Ok(SupervisorMessage::Drain)
+        ));
+        assert!(matches!(
+            SupervisorMessage::decode(&SupervisorMessage::stop()),
+            Ok(SupervisorMessage::Stop)
+        ));
     }
 
     #[test]

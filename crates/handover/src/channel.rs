@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::error::During;
 use crate::frame::{self, Batch, Decoded, Decoder};
 use crate::socket::{Socket, SocketRef};
 use crate::sys::{self, Interest, RawChannel};
@@ -315,12 +316,8 @@ impl RxState {
                 // Inline socket records (Windows) become sockets now; each is owned as soon
                 // as it exists, so an error here closes the ones made before it.
                 let inline = std::mem::take(&mut self.out.inline);
-                sys::sockets_from_inline(&inline, &mut self.out.handles).map_err(|e| {
-                    match e.kind() {
-                        io::ErrorKind::InvalidData => Error::Protocol(e.to_string()),
-                        _ => Error::Io(e),
-                    }
-                })?;
+                sys::sockets_from_inline(&inline, &mut self.out.handles)
+                    .map_err(|e| Error::from_os(e, During::OpenSockets))?;
                 return Ok(());
             }
             let room = self.decoder.limits().max_handles;
@@ -339,23 +336,6 @@ impl RxState {
                 self.chunk.resize(self.chunk.len() * 2, 0);
             }
         }
-    }
-}
-
-/// Maps transport errors callers branch on to their variants.
-pub(crate) fn transport_error(e: io::Error) -> Error {
-    match e.kind() {
-        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Error::PeerClosed,
-        _ => Error::Io(e),
-    }
-}
-
-/// Maps a backend's refusal of a connecting peer (Windows: the peer did not know the
-/// rendezvous secret) to [`Error::PeerRejected`].
-pub(crate) fn refused(e: io::Error) -> Error {
-    match e.kind() {
-        io::ErrorKind::PermissionDenied => Error::PeerRejected { pid: None, uid: None },
-        _ => Error::Io(e),
     }
 }
 
@@ -501,7 +481,7 @@ impl Channel {
                 }
                 Err(e) => {
                     tx.cancel();
-                    return Err(transport_error(e));
+                    return Err(Error::from_os(e, During::Transfer));
                 }
             }
         }
@@ -545,7 +525,7 @@ impl Channel {
             }
             Err(e) => {
                 tx.cancel();
-                Err(transport_error(e))
+                Err(Error::from_os(e, During::Transfer))
             }
         }
     }
@@ -563,7 +543,7 @@ impl Channel {
             }
             Err(e) => {
                 tx.cancel();
-                Err(transport_error(e))
+                Err(Error::from_os(e, During::Transfer))
             }
         }
     }
@@ -608,7 +588,7 @@ impl Channel {
         match rx.try_recv(&self.raw, msg, false) {
             Ok(()) => Ok(true),
             Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-            Err(Error::Io(e)) => Err(transport_error(e)),
+            Err(Error::Io(e)) => Err(Error::from_os(e, During::Transfer)),
             Err(e) => Err(e),
         }
     }
@@ -622,7 +602,7 @@ impl Channel {
                         return Err(Error::TimedOut);
                     }
                 }
-                Err(Error::Io(e)) => return Err(transport_error(e)),
+                Err(Error::Io(e)) => return Err(Error::from_os(e, During::Transfer)),
                 other => return other,
             }
         }
@@ -710,7 +690,7 @@ impl ChannelListener {
     /// Waits for a connection and checks the peer. A refused peer is disconnected and
     /// reported as [`Error::PeerRejected`]; call `accept` again for the next one.
     pub fn accept(&self) -> Result<Channel> {
-        let raw = sys::accept(&self.inner).map_err(refused)?;
+        let raw = sys::accept(&self.inner).map_err(|e| Error::from_os(e, During::Accept))?;
         let peer = self.policy.check(&raw)?;
         Ok(Channel::from_raw(raw, peer))
     }

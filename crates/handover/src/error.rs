@@ -84,14 +84,38 @@ pub enum Error {
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What the library was doing when the operating system reported an error: the same
+/// condition means different things at different steps (see [`Error::from_os`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum During {
+    /// Sending or receiving on a connected channel.
+    Transfer,
+    /// Accepting a peer at a rendezvous.
+    Accept,
+    /// Opening the sockets a message described inline (Windows).
+    OpenSockets,
+}
+
+impl Error {
+    /// The one mapping from an OS error to the variants callers branch on: a broken or reset
+    /// connection during a transfer is the peer gone; a refusal while accepting (Windows: the
+    /// peer did not know the rendezvous secret) is a rejected peer; a bad inline socket record
+    /// is a protocol error. Anything else stays [`Error::Io`].
+    pub(crate) fn from_os(e: io::Error, during: During) -> Error {
+        use io::ErrorKind as K;
+        match (during, e.kind()) {
+            (During::Transfer, K::BrokenPipe | K::ConnectionReset) => Error::PeerClosed,
+            (During::Accept, K::PermissionDenied) => Error::PeerRejected { pid: None, uid: None },
+            (During::OpenSockets, K::InvalidData) => Error::Protocol(e.to_string()),
+            _ => Error::Io(e),
+        }
+    }
+}
+
 impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
-        let e = match e {
+        let kind = match e {
             Error::Io(inner) => return inner,
-            other => other,
-        };
-        let kind = match &e {
-            Error::Io(_) => io::ErrorKind::Other,
             Error::PeerClosed => io::ErrorKind::UnexpectedEof,
             Error::Truncated { .. } | Error::Protocol(_) => io::ErrorKind::InvalidData,
             Error::TooLarge { .. } => io::ErrorKind::InvalidInput,
@@ -124,5 +148,25 @@ mod tests {
         assert_eq!(io.raw_os_error(), Some(24));
         let io: io::Error = Error::TimedOut.into();
         assert_eq!(io.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[test]
+    fn os_errors_map_by_what_was_being_done() {
+        let os = |kind| io::Error::new(kind, "x");
+        use io::ErrorKind as K;
+        for kind in [K::BrokenPipe, K::ConnectionReset] {
+            assert!(matches!(Error::from_os(os(kind), During::Transfer), Error::PeerClosed));
+            assert!(matches!(Error::from_os(os(kind), During::Accept), Error::Io(_)));
+        }
+        let e = Error::from_os(os(K::PermissionDenied), During::Accept);
+        assert!(matches!(e, Error::PeerRejected { pid: None, uid: None }));
+        let e = Error::from_os(os(K::PermissionDenied), During::Transfer);
+        assert!(matches!(e, Error::Io(_)));
+        let e = Error::from_os(os(K::InvalidData), During::OpenSockets);
+        assert!(matches!(e, Error::Protocol(_)));
+        let e = Error::from_os(os(K::InvalidData), During::Transfer);
+        assert!(matches!(e, Error::Io(_)));
+        let e = Error::from_os(os(K::WouldBlock), During::Transfer);
+        assert!(matches!(e, Error::Io(e) if e.kind() == K::WouldBlock));
     }
 }

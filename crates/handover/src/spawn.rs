@@ -123,18 +123,8 @@ pub struct Command<'a> {
     pub(crate) stdout: Option<Stdio>,
     pub(crate) stderr: Option<Stdio>,
     pub(crate) die_with_parent: bool,
-    // Set through `unix::CommandExt`; other backends have no such options.
-    #[allow(dead_code)]
-    pub(crate) uid: Option<u32>,
-    #[allow(dead_code)]
-    pub(crate) gid: Option<u32>,
-    #[allow(dead_code)]
-    pub(crate) process_group: Option<i32>,
-    #[allow(dead_code)]
-    pub(crate) trust_cloexec: bool,
-    // Set through `windows::CommandExt`; shared so the builder needs no lifetime for it.
-    #[allow(dead_code)]
-    pub(crate) job: Option<std::sync::Arc<sys::Job>>,
+    /// What only this OS has, set through `unix::CommandExt` or `windows::CommandExt`.
+    pub(crate) os: sys::CommandOptions,
 }
 
 impl<'a> Command<'a> {
@@ -153,11 +143,7 @@ impl<'a> Command<'a> {
             stdout: None,
             stderr: None,
             die_with_parent: false,
-            uid: None,
-            gid: None,
-            process_group: None,
-            trust_cloexec: false,
-            job: None,
+            os: sys::CommandOptions::default(),
         }
     }
 

@@ -12,7 +12,8 @@ use std::path::Path;
 
 use tokio::sync::Mutex;
 
-use crate::channel::{transport_error, RemoveOnDrop, RxState, TxState};
+use crate::channel::{RemoveOnDrop, RxState, TxState};
+use crate::error::During;
 use crate::sys::async_io::{AsyncChannel, AsyncListener};
 use crate::{Error, Message, PeerCredentials, PeerPolicy, Result, SocketRef};
 
@@ -112,7 +113,7 @@ impl Channel {
         let mut guard = SendGuard { tx: &mut tx, done: false };
         let res = self.io.writable(|raw| guard.tx.advance(raw, sockets, false)).await;
         guard.done = res.is_ok();
-        res.map_err(transport_error)
+        res.map_err(|e| Error::from_os(e, During::Transfer))
     }
 
     /// Receives the next message.
@@ -134,7 +135,7 @@ impl Channel {
             .await;
         match res {
             Ok(inner) => inner,
-            Err(e) => Err(transport_error(e)),
+            Err(e) => Err(Error::from_os(e, During::Transfer)),
         }
     }
 }
@@ -178,7 +179,7 @@ impl ChannelListener {
 
     /// Waits for a connection and checks the peer (see [`crate::ChannelListener::accept`]).
     pub async fn accept(&self) -> Result<Channel> {
-        let raw = self.inner.accept().await.map_err(crate::channel::refused)?;
+        let raw = self.inner.accept().await.map_err(|e| Error::from_os(e, During::Accept))?;
         let peer = self.policy.check(&raw)?;
         Channel::try_from(crate::Channel::from_raw(raw, peer))
     }

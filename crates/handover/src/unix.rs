@@ -82,19 +82,19 @@ pub trait CommandExt {
 
 impl CommandExt for Command<'_> {
     fn uid(&mut self, uid: u32) -> &mut Self {
-        self.uid = Some(uid);
+        self.os.uid = Some(uid);
         self
     }
     fn gid(&mut self, gid: u32) -> &mut Self {
-        self.gid = Some(gid);
+        self.os.gid = Some(gid);
         self
     }
     fn process_group(&mut self, pgroup: i32) -> &mut Self {
-        self.process_group = Some(pgroup);
+        self.os.process_group = Some(pgroup);
         self
     }
     fn trust_cloexec(&mut self, yes: bool) -> &mut Self {
-        self.trust_cloexec = yes;
+        self.os.trust_cloexec = yes;
         self
     }
 }

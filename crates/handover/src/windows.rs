@@ -159,7 +159,7 @@ pub trait CommandExt {
 
 impl CommandExt for Command<'_> {
     fn job(&mut self, job: &JobObject) -> &mut Self {
-        self.job = Some(Arc::clone(&job.inner));
+        self.os.job = Some(Arc::clone(&job.inner));
         self
     }
 }

@@ -4,15 +4,19 @@
 //! deadline), the requests the supervisor sends ([`Request`]), the listeners and accepting
 //! (with back-off on errors that concern the process), the drain (the kernel's backlog is
 //! taken before the listeners close, so closing refuses only later clients), the outcome, and
-//! the status report. A [`Mode`] supplies the rest: what to do with an accepted connection,
+//! the status report. An [`Engine`] (one per mode: prefork, spawn, shared) supplies the rest: what to do with an accepted connection,
 //! how its workers start, when it is drained. Modes that run a fixed number of workers (prefork,
 //! shared) keep them in a [`pool::Pool`], which owns slots, restarts and reloads.
 //!
 //! Nothing here waits on a worker: every handler returns at once, and timeouts are judged on
 //! the mode's tick. Workers' channels that a mode registers with the reactor
-//! ([`Mode::poll_channels`]) are read as soon as something arrives, ahead of accepting.
+//! ([`Engine::poll_channels`]) are read as soon as something arrives, ahead of accepting.
 
+mod command;
 pub(crate) mod pool;
+pub(crate) mod slots;
+
+pub(crate) use self::command::command;
 
 use std::rc::Rc;
 use std::task::Poll;
@@ -21,14 +25,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::cli::ProxyProtocol;
-use crate::cli::WorkerOutput;
 use crate::config::{Env, ProgramConfig};
 use crate::exit_codes::ExitCode;
 use crate::listener::{self, Accepted, Listener};
+use crate::model::ProxyProtocol;
+use crate::model::WorkerOutput;
 use crate::output::{Label, Output, Pending};
 use crate::proxy;
-use crate::status::{ListenerStatus, ProgramStatus, Totals, WorkerStatus};
+use crate::status::{ListenerStatus, ProgramState, ProgramStatus, Totals, WorkerStatus};
 use crate::sys;
 
 /// A request from the supervisor to one program's engine.
@@ -137,10 +141,10 @@ pub(crate) enum Phase {
 }
 
 impl Phase {
-    pub(crate) fn name(&self) -> &'static str {
+    pub(crate) fn state(&self) -> ProgramState {
         match self {
-            Phase::Running => "running",
-            Phase::Draining { .. } => "draining",
+            Phase::Running => ProgramState::Running,
+            Phase::Draining { .. } => ProgramState::Draining,
         }
     }
 }
@@ -170,10 +174,10 @@ pub(crate) struct ModeStatus {
 
 /// What makes prefork, spawn and shared differ. Every method is called from the engine's one
 /// task, with the core it may change; none waits.
-pub(crate) trait Mode {
-    /// The mode's name in status reports.
-    const NAME: &'static str;
-    /// How often [`Mode::on_tick`] runs (timeouts are judged then).
+pub(crate) trait Engine {
+    /// Which mode it is (status reports it, and spawn mode has no reload).
+    const KIND: crate::model::Mode;
+    /// How often [`Engine::on_tick`] runs (timeouts are judged then).
     const TICK: Duration;
 
     /// Starts what runs from the beginning.
@@ -191,15 +195,15 @@ pub(crate) trait Mode {
     fn wake_at(&self) -> Option<Instant> {
         None
     }
-    /// [`Mode::wake_at`] has come.
+    /// [`Engine::wake_at`] has come.
     fn on_wake(&mut self, _core: &mut Core) {}
     /// Ready when a worker's channel has something to read (registered with the reactor,
-    /// `sys::ChannelWatch`); the engine then calls [`Mode::on_channels`] at once. Polled ahead
+    /// `sys::ChannelWatch`); the engine then calls [`Engine::on_channels`] at once. Polled ahead
     /// of the listeners, so a full worker's FINISHED makes room before accepting is judged.
     fn poll_channels(&mut self, _cx: &mut std::task::Context<'_>) -> Poll<()> {
         Poll::Pending
     }
-    /// Reads the channels [`Mode::poll_channels`] found ready.
+    /// Reads the channels [`Engine::poll_channels`] found ready.
     fn on_channels(&mut self, _core: &mut Core) {}
     /// A child process may have exited.
     fn on_child_exit(&mut self, core: &mut Core);
@@ -315,7 +319,7 @@ impl Core {
     /// An accepted connection goes to the mode, or, on a listener whose connections start
     /// with a PROXY header, to a task that reads that header first (off the accept path;
     /// [`Core::on_proxy_read`] takes it from there).
-    fn hand_on<M: Mode>(&mut self, mode: &mut M, a: Accepted) {
+    fn hand_on<M: Engine>(&mut self, mode: &mut M, a: Accepted) {
         match self.proxy.get(a.listener as usize).copied().flatten() {
             None => mode.on_accept(self, a),
             Some(want) => {
@@ -331,7 +335,7 @@ impl Core {
 
     /// A PROXY header was read: the connection goes on with the client it names; or it was
     /// refused (closed, counted).
-    fn on_proxy_read<M: Mode>(&mut self, mode: &mut M, r: ProxyRead) {
+    fn on_proxy_read<M: Engine>(&mut self, mode: &mut M, r: ProxyRead) {
         self.proxy_pending -= 1;
         match r.result {
             Ok((socket, client)) => {
@@ -462,7 +466,7 @@ impl Core {
 }
 
 /// Runs one program's engine until it has drained (or was killed, or gave up).
-pub(crate) async fn run<M: Mode>(mut core: Core, mut mode: M, mut requests: Requests) -> Outcome {
+pub(crate) async fn run<M: Engine>(mut core: Core, mut mode: M, mut requests: Requests) -> Outcome {
     // SIGCHLD is watched before the first child starts, so no exit goes unnoticed.
     let mut exits = match sys::ChildExits::new() {
         Ok(x) => x,
@@ -485,8 +489,8 @@ pub(crate) async fn run<M: Mode>(mut core: Core, mut mode: M, mut requests: Requ
         if let Some(began) = core.reload_began {
             if !mode.reloading() {
                 let ((n, failed), took) = (mode.reloaded(), began.elapsed());
-                let msg = match M::NAME {
-                    "spawn" => {
+                let msg = match M::KIND {
+                    crate::model::Mode::Spawn => {
                         "nothing to reload (spawn mode starts a fresh process per connection)"
                             .to_owned()
                     }
@@ -561,7 +565,7 @@ pub(crate) async fn run<M: Mode>(mut core: Core, mut mode: M, mut requests: Requ
 }
 
 /// Applies a scale request; the answer says what changed.
-fn scale<M: Mode>(core: &mut Core, mode: &mut M, how: Scale) -> Reply {
+fn scale<M: Engine>(core: &mut Core, mode: &mut M, how: Scale) -> Reply {
     let name = core.prog.name.clone();
     if !core.running() {
         return Reply { ok: false, message: format!("program {name}: draining; not scaled") };
@@ -580,7 +584,7 @@ fn scale<M: Mode>(core: &mut Core, mode: &mut M, how: Scale) -> Reply {
     }
 }
 
-fn begin_drain<M: Mode>(core: &mut Core, mode: &mut M) {
+fn begin_drain<M: Engine>(core: &mut Core, mode: &mut M) {
     if core.phase != Phase::Running {
         return;
     }
@@ -606,7 +610,7 @@ fn begin_drain<M: Mode>(core: &mut Core, mode: &mut M) {
 }
 
 /// The outcome, once a draining engine is done or its deadline has passed.
-fn finished<M: Mode>(core: &mut Core, mode: &mut M) -> Option<Outcome> {
+fn finished<M: Engine>(core: &mut Core, mode: &mut M) -> Option<Outcome> {
     let Phase::Draining { deadline } = core.phase else { return None };
     let drained = match mode.drained(core) {
         // Connections whose PROXY header is being read are still to be served (each for at
@@ -628,21 +632,22 @@ fn finished<M: Mode>(core: &mut Core, mode: &mut M) -> Option<Outcome> {
     }
 }
 
-fn status<M: Mode>(core: &mut Core, mode: &mut M) -> (ProgramStatus, Vec<ListenerStatus>) {
+fn status<M: Engine>(core: &mut Core, mode: &mut M) -> (ProgramStatus, Vec<ListenerStatus>) {
     // The mode first (prefork reads its workers' channels, which may settle a death and so
     // change the core's counters), then the core's counters as of now.
     let mut totals = Totals::default();
     let m = mode.status(core, &mut totals);
     totals.add(&core.totals);
     totals.live = m.live;
-    let state = if m.reloading && core.running() { "reloading" } else { core.phase.name() };
+    let state =
+        if m.reloading && core.running() { ProgramState::Reloading } else { core.phase.state() };
     let mut workers = m.workers;
     workers.sort_by_key(|w| w.slot);
     let p = ProgramStatus {
         name: core.prog.name.clone(),
-        mode: M::NAME.to_owned(),
+        mode: M::KIND,
         command: core.prog.program.display().to_string(),
-        state: state.to_owned(),
+        state,
         workers_wanted: mode.workers_wanted(),
         queue: m.queue,
         controls: (&core.prog.controls).into(),

@@ -1,5 +1,5 @@
 //! Worker slots (prefork and shared mode): starting workers, replacing the dead by the restart
-//! policy ([`crate::child::Restarts`]), reloading one slot at a time, recycling workers
+//! policy ([`crate::restart::Restarts`]), reloading one slot at a time, recycling workers
 //! (`--max-requests`, `--max-memory`), changing the number of slots at run time (`handover
 //! scale`), and reaping without waiting.
 //!
@@ -18,28 +18,26 @@
 //! that many workers are starting and not ready yet, so workers come up in batches, each
 //! gated on the readiness of the one before.
 
-use std::collections::VecDeque;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
+use super::slots::{Action, Departure, Slots};
+pub(crate) use super::slots::{Killed, ProcState, WorkerId};
 use super::Core;
-use crate::child::{self, Cause, Death, Restart, Restarts};
 use crate::output::Label;
+use crate::restart::{self, Cause, Death};
 use crate::status::WorkerStatus;
 use crate::sys::{self, ProcessTree, Stop, TreeKind};
-
-/// A worker process, unique for the supervisor's lifetime (a restarted slot gets a new one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct WorkerId(pub(crate) u64);
 
 /// How long a killed worker may take to exit before its slot is refilled regardless (it is
 /// reaped later); also how long a worker whose channel closed may go on running before it is
 /// killed.
 pub(crate) const KILL_GRACE: Duration = Duration::from_secs(1);
 
-/// One worker process, as the pool sees it.
+/// One worker process, as the pool sees it (its state is kept by [`Slots`]: see
+/// [`Pool::state`]).
 #[derive(Debug)]
 pub(crate) struct Proc {
     pub(crate) id: WorkerId,
@@ -48,38 +46,9 @@ pub(crate) struct Proc {
     pub(crate) child: handover::Child,
     pub(crate) tree: ProcessTree,
     pub(crate) started: Instant,
-    /// It became ready (prefork: said hello; shared: stayed up long enough).
-    pub(crate) ready: bool,
-    /// It was told to finish and exit (a reload replaced it, or the program drains).
-    pub(crate) retiring: bool,
-    /// Why and when the supervisor killed it.
-    pub(crate) killed: Option<Killed>,
-    /// Why it is being replaced while it lives (see [`Pool::recycle`]).
-    pub(crate) recycled: Option<Cause>,
     /// `--max-requests` plus its share of the jitter: the connections it serves before it is
     /// recycled.
     pub(crate) max_requests: Option<u64>,
-}
-
-/// Why and when the supervisor killed a worker.
-#[derive(Debug, Clone)]
-pub(crate) struct Killed {
-    pub(crate) why: String,
-    pub(crate) at: Instant,
-    /// What its restart counts as.
-    pub(crate) cause: Cause,
-}
-
-impl Proc {
-    /// Ready, and neither told to finish nor being killed.
-    pub(crate) fn serving(&self) -> bool {
-        self.ready && !self.retiring && self.killed.is_none()
-    }
-
-    /// Serving, and not being replaced already: what [`Pool::recycle`] may take.
-    fn recyclable(&self) -> bool {
-        self.serving() && self.recycled.is_none()
-    }
 }
 
 /// A pool member: a [`Proc`] and what the mode keeps about it.
@@ -107,7 +76,7 @@ macro_rules! impl_member {
 }
 pub(crate) use impl_member;
 
-/// The [`Mode`](super::Mode) methods that a mode whose workers are the [`Pool`] in its `pool`
+/// The [`Engine`](super::Engine) methods that a mode whose workers are the [`Pool`] in its `pool`
 /// field answers from the pool (prefork, shared).
 macro_rules! pool_mode_methods {
     () => {
@@ -130,22 +99,13 @@ macro_rules! pool_mode_methods {
 }
 pub(crate) use pool_mode_methods;
 
-#[derive(Debug, Default)]
-struct Slot {
-    current: Option<WorkerId>,
-    /// A reload's replacement; takes over when it is ready.
-    incoming: Option<WorkerId>,
-    start_at: Option<Instant>,
-    restarts: Restarts,
-    last_exit: Option<String>,
-}
-
 /// A departed member, until it is reaped and its slot decided about.
 #[derive(Debug)]
 struct Departed {
     proc: Proc,
-    /// Its slot needs a new worker (it was the slot's current or incoming one).
-    restart: bool,
+    /// What the slots said when it departed (its state: updated once the pool kills it for
+    /// not exiting).
+    gone: Departure,
     lived: Duration,
     /// How its end was noticed ("exited", "killed").
     how: &'static str,
@@ -156,16 +116,12 @@ struct Departed {
     since: Instant,
 }
 
+/// The workers of a prefork or shared program: the I/O (spawning, signalling, reaping,
+/// reading resident memory) around a [`Slots`] machine, which decides.
 #[derive(Debug)]
 pub(crate) struct Pool<W> {
     members: Vec<W>,
-    slots: Vec<Slot>,
-    next_id: u64,
-    /// Some worker has been ready since start or the last reload (see [`child::Death`]).
-    proven: bool,
-    /// Slots still to reload, in order, and the one being reloaded.
-    reload: VecDeque<usize>,
-    reloading: Option<usize>,
+    slots: Slots,
     departed: Vec<Departed>,
     /// Departed workers given up on waiting for; reaped when they finally exit.
     zombies: Vec<handover::Child>,
@@ -173,12 +129,6 @@ pub(crate) struct Pool<W> {
     at_start: &'static str,
     /// See [`Pool::with`].
     reap_retired_trees: bool,
-    /// Workers a reload replaced since it began (reported when it is done).
-    reloaded: usize,
-    /// Slots whose replacement died before it was ready, in the reload under way (or the last).
-    reload_failed: usize,
-    /// State of the generator that draws each worker's `--max-requests` jitter.
-    jitter_state: u64,
     /// When resident memory is read next (`--max-memory`).
     memory_check_at: Instant,
 }
@@ -193,24 +143,17 @@ impl<W: Member> Pool<W> {
         Pool {
             reap_retired_trees,
             members: Vec::new(),
-            slots: (0..slots).map(|_| Slot { start_at: Some(now), ..Slot::default() }).collect(),
-            next_id: 1,
-            proven: false,
-            reload: VecDeque::new(),
-            reloading: None,
+            slots: Slots::new(slots, now, seed()),
             departed: Vec::new(),
             zombies: Vec::new(),
             at_start,
-            reloaded: 0,
-            reload_failed: 0,
-            jitter_state: seed(),
             memory_check_at: now,
         }
     }
 
     /// Some worker has been ready since start, the last reload or upgrade.
     pub(crate) fn proven(&self) -> bool {
-        self.proven
+        self.slots.proven()
     }
 
     pub(crate) fn members(&self) -> &[W] {
@@ -225,7 +168,7 @@ impl<W: Member> Pool<W> {
     /// Workers a reload replaced since it began, and slots it could not (their replacement
     /// died before it was ready; they keep their worker).
     pub(crate) fn reloaded(&self) -> (usize, usize) {
-        (self.reloaded, self.reload_failed)
+        self.slots.reloaded()
     }
 
     pub(crate) fn get(&self, id: WorkerId) -> Option<&W> {
@@ -234,6 +177,12 @@ impl<W: Member> Pool<W> {
 
     pub(crate) fn get_mut(&mut self, id: WorkerId) -> Option<&mut W> {
         self.members.iter_mut().find(|m| m.proc().id == id)
+    }
+
+    /// Where member `id` is in its life (`Starting` for one that is not a member: it is
+    /// asked about only while it is).
+    pub(crate) fn state(&self, id: WorkerId) -> &ProcState {
+        self.slots.state(id).unwrap_or(&ProcState::Starting)
     }
 
     /// The ids of the members `pick` selects (to act on each while changing the pool).
@@ -265,39 +214,24 @@ impl<W: Member> Pool<W> {
 
     /// A reload is under way.
     pub(crate) fn reloading(&self) -> bool {
-        self.reloading.is_some() || !self.reload.is_empty()
+        self.slots.reloading()
     }
 
-    /// The slots whose worker is due to start now: first starts, restarts whose backoff has
-    /// passed, replacements of recycled workers (at most `--max-starting` workers starting at
-    /// once, if set), and the next step of a reload. The mode starts each with [`Pool::start`].
+    /// The slots whose worker is due to start now (see [`Slots::due`]). The mode starts each
+    /// with [`Pool::start`].
     pub(crate) fn due(&mut self, core: &Core) -> Vec<usize> {
-        let now = Instant::now();
-        let mut due = Vec::new();
         let max = core.prog.controls.max_starting;
-        let starting = self.members.iter().filter(|m| starting(m.proc())).count();
-        let mut budget = if max == 0 { usize::MAX } else { max.saturating_sub(starting) };
-        for (i, s) in self.slots.iter_mut().enumerate() {
-            if budget == 0 {
-                break;
-            }
-            if s.start_at.is_some_and(|t| t <= now) {
-                s.start_at = None;
-                due.push(i);
-                budget -= 1;
-            }
-        }
-        if core.running() && self.reloading.is_none() {
-            if let Some(slot) = self.reload.pop_front() {
-                let s = &self.slots[slot];
-                if s.current.is_some() && s.incoming.is_none() && s.start_at.is_none() {
+        let due = self.slots.due(Instant::now(), max, core.running());
+        let mut slots = Vec::with_capacity(due.len());
+        for a in due {
+            if let Action::Start { slot, reload } = a {
+                if reload {
                     info!(program = %core.prog.name, slot, "reload: starting a replacement worker");
-                    self.reloading = Some(slot);
-                    due.push(slot);
                 }
+                slots.push(slot);
             }
         }
-        due
+        slots
     }
 
     /// Starts a worker in `slot` from `cmd`, as a member made by `make`. A worker that cannot
@@ -316,114 +250,65 @@ impl<W: Member> Pool<W> {
             Err(err) => {
                 let program = core.prog.program.display();
                 error!(program = %core.prog.name, slot, "cannot start worker {program}: {err}");
-                self.slots[slot].last_exit = Some(format!("could not start: {err}"));
-                let death = Death {
-                    lived: Duration::ZERO,
-                    ready: false,
-                    from_outside: false,
-                    proven: self.proven,
-                };
-                self.schedule_restart(core, slot, death, Cause::Exit);
+                let why = format!("could not start: {err}");
+                let t = core.prog.timeouts;
+                let a = self.slots.start_failed(slot, why, Instant::now(), core.running(), &t);
+                self.act(core, a);
                 return;
             }
         };
-        let id = WorkerId(self.next_id);
-        self.next_id += 1;
+        let max_requests = self.draw_max_requests(core);
+        let id = self.slots.started(slot);
         let pid = child.id();
         debug!(program = %core.prog.name, slot, pid, "worker started");
         if let Some(o) = output {
             let program = std::rc::Rc::from(core.prog.name.as_str());
             o.start(Label { program, worker: Some((slot, pid)) });
         }
-        let proc = Proc {
-            id,
-            slot,
-            pid,
-            child,
-            tree,
-            started: Instant::now(),
-            ready: false,
-            retiring: false,
-            killed: None,
-            recycled: None,
-            max_requests: self.draw_max_requests(core),
-        };
+        let started = Instant::now();
+        let proc = Proc { id, slot, pid, child, tree, started, max_requests };
         self.members.push(make(proc));
-        let s = &mut self.slots[slot];
-        if s.current.is_some() {
-            s.incoming = Some(id);
-        } else {
-            s.current = Some(id);
-        }
     }
 
     /// `id` is ready. If it replaces a worker (a reload), that worker's id is returned: the
-    /// mode retires it.
+    /// mode retires it ([`Pool::retire`]).
     ///
     /// A worker retired before it was ready (its slot was scaled away) takes no slot.
     pub(crate) fn mark_ready(&mut self, id: WorkerId) -> Option<WorkerId> {
-        let m = self.get_mut(id)?;
-        let p = m.proc_mut();
-        p.ready = true;
-        let (slot, retiring) = (p.slot, p.retiring);
-        self.proven = true;
-        if retiring {
-            return None;
+        match self.slots.ready(id)? {
+            Action::Retire(old) => Some(old),
+            _ => None,
         }
-        let s = self.slots.get_mut(slot)?;
-        let mut old = None;
-        if s.incoming == Some(id) {
-            s.incoming = None;
-            old = s.current.replace(id);
-        } else if s.current.is_none() {
-            s.current = Some(id);
-        }
-        // A reload's replacement may have died and been restarted as the slot's current one.
-        if self.reloading == Some(slot) && s.incoming.is_none() {
-            self.reloading = None;
-            self.reloaded += 1;
-        }
-        old
+    }
+
+    /// `id` is told to finish and exit; returns whether that is news (the mode tells it then).
+    pub(crate) fn retire(&mut self, id: WorkerId) -> bool {
+        self.slots.retire(id)
     }
 
     /// Every slot has a current worker that is ready.
     pub(crate) fn all_ready(&self) -> bool {
-        self.slots
-            .iter()
-            .all(|s| s.current.and_then(|id| self.get(id)).is_some_and(|m| m.proc().serving()))
+        self.slots.all_ready()
     }
 
     /// Starts a reload: every slot in turn. The program on disk may have changed, so it has to
     /// prove itself again.
     pub(crate) fn reload(&mut self) {
-        if !self.reloading() {
-            self.reloaded = 0;
-            self.reload_failed = 0;
-        }
-        self.reload = (0..self.slots.len()).collect();
-        self.proven = false;
+        self.slots.reload();
     }
 
     /// Sets the number of slots to `n` (at least 1). New slots start their worker now (or when
     /// `--max-starting` lets them). The workers of the slots removed (the highest) are returned
     /// for the mode to retire: they drain, they are not killed, and nobody replaces them.
     pub(crate) fn resize(&mut self, n: usize) -> Vec<WorkerId> {
-        let n = n.max(1);
-        let now = Instant::now();
-        let mut retire = Vec::new();
-        while self.slots.len() > n {
-            let s = self.slots.pop().expect("more slots than n >= 1");
-            retire.extend(s.current);
-            retire.extend(s.incoming);
-        }
-        while self.slots.len() < n {
-            self.slots.push(Slot { start_at: Some(now), ..Slot::default() });
-        }
-        self.reload.retain(|&slot| slot < n);
-        if self.reloading.is_some_and(|slot| slot >= n) {
-            self.reloading = None;
-        }
+        let retire = self.slots.resize(n, Instant::now());
         retire
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Retire(id) => Some(id),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Replaces `id` because of `cause` (`why` says more, for the log): a replacement starts
@@ -437,22 +322,14 @@ impl<W: Member> Pool<W> {
         cause: Cause,
         why: &str,
     ) -> bool {
-        let Some(m) = self.get_mut(id) else { return false };
-        let p = m.proc_mut();
-        if !p.recyclable() {
+        if !self.slots.recycle(id, cause, Instant::now(), core.running()) {
             return false;
         }
-        p.recycled = Some(cause);
-        let (slot, pid) = (p.slot, p.pid);
-        info!(program = %core.prog.name, slot, pid, "recycling worker: {why}");
+        if let Some(p) = self.get(id).map(Member::proc) {
+            info!(program = %core.prog.name, slot = p.slot, pid = p.pid, "recycling worker: {why}");
+        }
         core.totals.restarts += 1;
         core.totals.restarts_by_cause.count(cause);
-        if let Some(s) = self.slots.get_mut(slot) {
-            s.restarts.count += 1;
-            if s.current == Some(id) && s.incoming.is_none() && core.running() {
-                s.start_at = Some(Instant::now());
-            }
-        }
         true
     }
 
@@ -460,9 +337,7 @@ impl<W: Member> Pool<W> {
     /// worker (so workers that started together are not recycled together).
     fn draw_max_requests(&mut self, core: &Core) -> Option<u64> {
         let c = &core.prog.controls;
-        let max = c.max_requests?;
-        self.jitter_state = xorshift(self.jitter_state);
-        Some(jittered(max, c.max_requests_jitter, self.jitter_state))
+        Some(self.slots.jittered_limit(c.max_requests?, c.max_requests_jitter))
     }
 
     /// Recycles every worker whose resident memory passed `--max-memory` (see
@@ -493,7 +368,7 @@ impl<W: Member> Pool<W> {
         self.members
             .iter()
             .map(Member::proc)
-            .filter(|p| p.recyclable())
+            .filter(|p| *self.state(p.id) == ProcState::Ready)
             .filter_map(|p| match sys::resident_memory(p.pid) {
                 Ok(rss) if rss > limit => Some((p.id, rss)),
                 _ => None,
@@ -503,23 +378,29 @@ impl<W: Member> Pool<W> {
 
     /// The program drains: no more starts, no more reload steps.
     pub(crate) fn drain(&mut self) {
-        for s in &mut self.slots {
-            s.start_at = None;
-        }
-        self.reload.clear();
+        self.slots.drain();
     }
 
     /// Kills `id`'s tree and remembers why (`cause`: what its restart counts as); it departs
     /// when the mode notices (its channel closes, it exits).
     pub(crate) fn kill(&mut self, core: &Core, id: WorkerId, why: String, cause: Cause) {
-        let Some(m) = self.get_mut(id) else { return };
-        let p = m.proc_mut();
-        if p.killed.is_some() {
+        let Some(p) = self.get(id).map(Member::proc) else { return };
+        let (slot, pid) = (p.slot, p.pid);
+        let at = Instant::now();
+        if !self.slots.kill(id, Killed { why: why.clone(), at, cause }) {
             return;
         }
-        warn!(program = %core.prog.name, slot = p.slot, pid = p.pid, "killing worker: {why}");
-        p.tree.signal(Stop::Kill);
-        p.killed = Some(Killed { why, at: Instant::now(), cause });
+        warn!(program = %core.prog.name, slot, pid, "killing worker: {why}");
+        if let Some(m) = self.get(id) {
+            m.proc().tree.signal(Stop::Kill);
+        }
+    }
+
+    /// Records `id` as killed (`why`, `cause`) if it is not already, without signalling it
+    /// (see [`Pool::kill_all`]).
+    pub(crate) fn mark_killed(&mut self, id: WorkerId, why: &str, cause: Cause) {
+        let at = Instant::now();
+        self.slots.kill(id, Killed { why: why.to_owned(), at, cause });
     }
 
     /// Kills every member's tree now (the supervisor exits next: nobody is reaped).
@@ -540,50 +421,43 @@ impl<W: Member> Pool<W> {
     }
 
     /// A member taken out with [`Pool::take`] is gone (`how`: "exited", "killed"); `detail`
-    /// goes into the log line about it. Its slot is refilled once it is reaped.
+    /// goes into the log line about it; `ready`: it counts as having been ready whatever its
+    /// state says (shared mode: it stayed up long enough, but died before the tick that would
+    /// have found it ready). Its slot is refilled once it is reaped.
     pub(crate) fn depart(
         &mut self,
         core: &mut Core,
         proc: Proc,
         how: &'static str,
         detail: String,
+        ready: bool,
     ) {
+        // (Every member is in the slots; were one not, it would still be reaped.)
+        let mut gone = self.slots.depart(proc.id).unwrap_or(Departure {
+            slot: proc.slot,
+            state: ProcState::Starting,
+            restart: false,
+            reload_failed: false,
+        });
+        if ready {
+            gone.state = gone.state.into_ready();
+        }
+        let state = &gone.state;
         // A worker the supervisor killed is signalled again (its tree: anything it started).
         // One whose channel closed by itself is left to exit: signalling it now would turn
         // its own exit or crash into a SIGKILL, which the restart policy takes for a kill
         // from outside. `reap` kills it if it has not exited within KILL_GRACE.
-        if proc.killed.is_some() {
+        if state.killed().is_some() {
             proc.tree.signal(Stop::Kill);
         }
-        let restart = match self.slots.get_mut(proc.slot) {
-            // Its slot was scaled away.
-            None => false,
-            Some(s) if s.current == Some(proc.id) => {
-                s.current = None;
-                // A recycled worker's replacement may not have started yet.
-                s.incoming.is_none() && s.start_at.is_none()
-            }
-            Some(s) if s.incoming == Some(proc.id) => {
-                s.incoming = None;
-                // A reload's replacement that died before it was ready: the slot keeps its
-                // worker (so `settle` starts none), and the reload goes on with the next slot
-                // (a reload that waited for this one would never end, and no later reload
-                // would start).
-                if self.reloading == Some(proc.slot) {
-                    self.reloading = None;
-                    if s.current.is_some() {
-                        self.reload_failed += 1;
-                        warn!(program = %core.prog.name, slot = proc.slot, "reload: the replacement worker died before it was ready; this slot keeps its worker");
-                    }
-                }
-                true
-            }
-            Some(_) => false,
-        };
-        let expected = proc.retiring || proc.recycled.is_some() || !core.running();
+        if gone.reload_failed {
+            warn!(program = %core.prog.name, slot = gone.slot, "reload: the replacement worker died before it was ready; this slot keeps its worker");
+        }
+        let expected =
+            matches!(state, ProcState::Retiring { .. } | ProcState::Recycled(_)) || !core.running();
         let lived = proc.started.elapsed();
         let since = Instant::now();
-        self.departed.push(Departed { proc, restart, lived, how, expected, detail, since });
+        self.departed.push(Departed { proc, gone, lived, how, expected, detail, since });
         self.reap(core);
     }
 
@@ -602,13 +476,14 @@ impl<W: Member> Pool<W> {
                     i += 1;
                     continue;
                 }
-                Ok(None) if d.proc.killed.is_none() => {
+                Ok(None) if d.gone.state.killed().is_none() => {
                     // Its channel closed a while ago and it still runs: end it, and judge it
                     // as killed for that (not as a kill from outside).
                     d.proc.tree.signal(Stop::Kill);
                     let why = "closed its control channel but did not exit".to_owned();
                     let at = Instant::now();
-                    d.proc.killed = Some(Killed { why, at, cause: Cause::Misbehaved });
+                    let killed = Killed { why, at, cause: Cause::Misbehaved };
+                    d.gone.state = ProcState::Killed { ready: d.gone.state.was_ready(), killed };
                     d.since = Instant::now();
                     i += 1;
                     continue;
@@ -620,8 +495,9 @@ impl<W: Member> Pool<W> {
             // only while members remain); except, where the mode says so, what a worker told
             // to finish started (shared mode: children finishing in-flight requests after
             // their parent exited on SIGTERM).
-            let spare = d.proc.retiring && !self.reap_retired_trees;
-            if status.is_some() && d.proc.killed.is_none() && !spare {
+            let spare =
+                matches!(d.gone.state, ProcState::Retiring { .. }) && !self.reap_retired_trees;
+            if status.is_some() && d.gone.state.killed().is_none() && !spare {
                 d.proc.tree.signal(Stop::Kill);
             }
             self.settle(core, &d, status);
@@ -633,63 +509,55 @@ impl<W: Member> Pool<W> {
 
     /// Logs how a departed worker ended and refills its slot by the restart policy.
     fn settle(&mut self, core: &mut Core, d: &Departed, status: Option<ExitStatus>) {
-        let what = match &d.proc.killed {
+        let killed = d.gone.state.killed();
+        let what = match killed {
             Some(k) => format!("killed ({})", k.why),
-            None => format!("{} ({})", d.how, child::describe(status)),
+            None => format!("{} ({})", d.how, restart::describe(status)),
         };
         let (slot, pid, lived, detail) = (d.proc.slot, d.proc.pid, d.lived, &d.detail);
-        if d.expected && d.proc.killed.is_none() {
+        if d.expected && killed.is_none() {
             info!(program = %core.prog.name, slot, pid, "worker exited{detail}");
         } else {
             warn!(program = %core.prog.name, slot, pid, "worker {what} after {lived:?}{detail}");
         }
-        let Some(s) = self.slots.get_mut(slot) else { return };
-        s.last_exit = Some(what);
-        // Both of a slot's workers (a reload's pair) may die before either is settled: the
-        // slot needs one new worker, not two.
-        let refilled = s.current.is_some() || s.incoming.is_some() || s.start_at.is_some();
-        if d.restart && !refilled {
-            let from_outside =
-                d.proc.killed.is_none() && status.as_ref().is_some_and(sys::killed_from_outside);
-            let death = Death { lived, ready: d.proc.ready, from_outside, proven: self.proven };
-            let cause = match &d.proc.killed {
-                Some(k) => k.cause,
-                None => Cause::of_exit(status.as_ref()),
-            };
-            self.schedule_restart(core, slot, death, cause);
-        }
+        let from_outside =
+            killed.is_none() && status.as_ref().is_some_and(sys::killed_from_outside);
+        let cause = match killed {
+            Some(k) => k.cause,
+            None => Cause::of_exit(status.as_ref()),
+        };
+        let exit = Death { lived, ready: d.gone.state.was_ready(), from_outside, cause };
+        let t = core.prog.timeouts;
+        let (now, running) = (Instant::now(), core.running());
+        let a = self.slots.settle(&d.gone, what, exit, now, running, &t);
+        self.act(core, a);
     }
 
-    fn schedule_restart(&mut self, core: &mut Core, slot: usize, death: Death, cause: Cause) {
-        if !core.running() {
-            return;
-        }
-        let t = core.prog.timeouts;
-        match self.slots[slot].restarts.on_death(death, &t) {
-            Restart::After(delay) => {
+    /// Counts and logs a restart the slots decided, or gives the program up.
+    fn act(&mut self, core: &mut Core, action: Option<Action>) {
+        match action {
+            Some(Action::Restart { slot, delay, cause }) => {
                 core.totals.restarts += 1;
-                let looping = self.slots[slot].restarts.crash_looping(&t);
-                core.totals.restarts_by_cause.count(if looping { Cause::CrashLoop } else { cause });
-                self.slots[slot].start_at = Some(Instant::now() + delay);
+                core.totals.restarts_by_cause.count(cause);
                 let name = &core.prog.name;
-                if looping {
+                if cause == Cause::CrashLoop {
                     warn!(program = %name, slot, "crash-looping: restarting worker in {delay:?}");
                 } else if !delay.is_zero() {
                     warn!(program = %name, slot, "restarting worker in {delay:?}");
                 }
             }
-            Restart::GiveUp(n) => {
-                let last = self.slots[slot].last_exit.as_deref().unwrap_or_default();
-                let message = child::crash_loop(&core.prog, n, self.at_start, last);
+            Some(Action::GiveUp { slot, crashes }) => {
+                let last = self.slots.last_exit(slot);
+                let message = restart::crash_loop(&core.prog, crashes, self.at_start, last);
                 core.give_up(message);
-                self.drain();
             }
+            Some(Action::Start { .. } | Action::Retire(_)) | None => {}
         }
     }
 
     /// Times `slot`'s worker was restarted (0 for a slot scaled away).
     pub(crate) fn restarts(&self, slot: usize) -> u64 {
-        self.slots.get(slot).map_or(0, |s| s.restarts.count)
+        self.slots.restarts(slot)
     }
 
     /// Status rows for the slots waiting to start their next worker (backoff or
@@ -697,27 +565,15 @@ impl<W: Member> Pool<W> {
     pub(crate) fn waiting_rows(&self, core: &Core) -> Vec<WorkerStatus> {
         let t = &core.prog.timeouts;
         self.slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.start_at.is_some() && s.current.is_none())
-            .map(|(slot, s)| WorkerStatus {
+            .waiting()
+            .map(|(slot, r)| WorkerStatus {
                 slot,
-                state: child::waiting_state(&s.restarts, t).to_owned(),
-                restarts: s.restarts.count,
+                state: restart::waiting_state(r, t),
+                restarts: r.count,
                 ..WorkerStatus::default()
             })
             .collect()
     }
-}
-
-/// Started, not ready yet, and neither retiring nor killed: what `--max-starting` counts.
-fn starting(p: &Proc) -> bool {
-    !p.ready && !p.retiring && p.killed.is_none()
-}
-
-/// `max` plus `0..=jitter`, chosen by `random`.
-fn jittered(max: u64, jitter: u64, random: u64) -> u64 {
-    max.saturating_add(random % jitter.saturating_add(1))
 }
 
 /// A seed that differs between supervisors (std's per-process hash keys).
@@ -726,32 +582,4 @@ fn seed() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(u64::from(std::process::id()));
     h.finish() | 1
-}
-
-/// Marsaglia's xorshift64: plenty for spreading restarts.
-fn xorshift(mut x: u64) -> u64 {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    x
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jitter_spreads_limits_over_the_whole_range_and_no_further() {
-        let mut x = seed();
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..2000 {
-            x = xorshift(x);
-            let n = jittered(50, 20, x);
-            assert!((50..=70).contains(&n), "{n}");
-            seen.insert(n);
-        }
-        assert_eq!(seen.len(), 21, "every value of 50..=70 drawn: {seen:?}");
-        assert_eq!(jittered(50, 0, x), 50, "no jitter: exactly the limit");
-        assert_eq!(jittered(u64::MAX, 5, 3), u64::MAX);
-    }
 }

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::cli::Policy;
+use crate::model::Policy;
 
 /// What the policy knows about one worker.
 #[derive(Debug, Clone, Copy)]

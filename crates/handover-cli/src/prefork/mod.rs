@@ -58,21 +58,21 @@ use std::time::{Duration, Instant};
 
 use handover::{AsSocketRef, Channel, Message, SendStatus};
 use handover_worker::protocol::{
-    kind, ConnectionInfo, SupervisorMessage, WorkerMessage, CONNECTION_MAX_LEN,
+    ConnectionInfo, SupervisorMessage, WorkerMessage, CONNECTION_MAX_LEN,
 };
 use socket2::Socket;
 use tracing::{debug, info, warn};
 
 use self::dispatch::{choose, Candidate};
 use self::ledger::{ConnId, Ledger, Load, Waiting};
-use crate::child::{self, Cause};
-use crate::cli::Policy;
 use crate::engine::pool::{
-    impl_member, pool_mode_methods, Killed, Member, Pool, Proc, WorkerId, KILL_GRACE,
+    impl_member, pool_mode_methods, Member, Pool, Proc, ProcState, WorkerId, KILL_GRACE,
 };
-use crate::engine::{Core, Drained, Mode, ModeStatus};
+use crate::engine::{Core, Drained, Engine, ModeStatus};
 use crate::listener::{self, Accepted};
-use crate::status::{Totals, WorkerStatus};
+use crate::model::Policy;
+use crate::restart::Cause;
+use crate::status::{Totals, WorkerState, WorkerStatus};
 use crate::sys;
 
 /// A worker holding this many unacknowledged connections, none acknowledged while other
@@ -110,25 +110,15 @@ const SWEEP: u32 = 50;
 /// `--connection-timeout`, to report that connection finished before it is taken as hung.
 pub(crate) const DEADLINE_GRACE: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WState {
-    /// Spawned; no HELLO yet.
-    Starting,
-    Ready,
-    /// Sent DRAIN: finishing its connections, then exiting.
-    Draining,
-    /// Killed; waiting for its channel to close.
-    Dying,
-}
-
-impl WState {
-    fn name(self) -> &'static str {
-        match self {
-            WState::Starting => "starting",
-            WState::Ready => "ready",
-            WState::Draining => "draining",
-            WState::Dying => "stopping",
-        }
+/// A prefork worker's state, from its [`ProcState`]: spawned, no HELLO yet (`Starting`);
+/// said hello (`Ready`); sent DRAIN, finishing its connections, then exiting (`Draining`);
+/// killed, its channel not closed yet (`Stopping`).
+fn worker_state(state: &ProcState) -> WorkerState {
+    match state {
+        ProcState::Killed { .. } => WorkerState::Stopping,
+        ProcState::Retiring { .. } => WorkerState::Draining,
+        ProcState::Ready | ProcState::Recycled(_) => WorkerState::Ready,
+        ProcState::Starting => WorkerState::Starting,
     }
 }
 
@@ -165,21 +155,13 @@ impl Worker {
         self.proc.id
     }
 
-    fn state(&self) -> WState {
-        if self.proc.killed.is_some() {
-            WState::Dying
-        } else if self.proc.retiring {
-            WState::Draining
-        } else if self.proc.ready {
-            WState::Ready
-        } else {
-            WState::Starting
-        }
+    fn state(&self, pool: &Pool<Worker>) -> WorkerState {
+        worker_state(pool.state(self.id()))
     }
 
     /// It may take a connection now (but see [`Load::stalled`]).
-    fn open(&self, load: Load) -> bool {
-        self.state() == WState::Ready && load.live < self.capacity && !self.blocked
+    fn open(&self, pool: &Pool<Worker>, load: Load) -> bool {
+        self.state(pool) == WorkerState::Ready && load.live < self.capacity && !self.blocked
     }
 
     fn stalled(&self, ledger: &Ledger<Socket>) -> bool {
@@ -247,7 +229,7 @@ impl Prefork {
     }
 
     fn any_open(&self) -> bool {
-        self.pool.members().iter().any(|w| w.open(self.ledger.load(w.id())))
+        self.pool.members().iter().any(|w| w.open(&self.pool, self.ledger.load(w.id())))
     }
 
     fn worker(&self, id: WorkerId) -> Option<&Worker> {
@@ -255,7 +237,7 @@ impl Prefork {
     }
 
     fn start_worker(&mut self, core: &mut Core, slot: usize) {
-        let mut cmd = child::command(&core.prog, &core.env);
+        let mut cmd = crate::engine::command(&core.prog, &core.env);
         cmd.channel();
         self.pool.start(core, slot, &mut cmd, |mut proc| {
             let channel = Rc::new(proc.child.channel.take().expect("spawned with a channel"));
@@ -293,9 +275,10 @@ impl Prefork {
         let ledger = &self.ledger;
         // (Watched channels too: while the engine is busy accepting, the reactor may not have
         // looked for their readiness yet.)
-        let doubtful = self.pool.ids(|w| {
+        let pool = &self.pool;
+        let doubtful = pool.ids(|w| {
             let recheck = w.stalled(ledger) && now >= w.polled_at + FLUSH;
-            w.state() == WState::Ready
+            w.state(pool) == WorkerState::Ready
                 && (ledger.load(w.id()).live >= w.capacity || w.blocked || recheck)
         });
         for id in doubtful {
@@ -305,14 +288,14 @@ impl Prefork {
                 w.polled_at = now;
             }
         }
-        let ledger = &self.ledger;
+        let (ledger, pool) = (&self.ledger, &self.pool);
         self.candidates.clear();
-        self.candidates.extend(self.pool.members().iter().map(|w| {
+        self.candidates.extend(pool.members().iter().map(|w| {
             let load = ledger.load(w.id());
             Candidate {
                 slot: w.proc.slot,
                 live: load.live,
-                open: w.open(load),
+                open: w.open(pool, load),
                 stalled: w.stalled(ledger),
             }
         }));
@@ -375,12 +358,10 @@ impl Prefork {
 
     /// Tells a worker to finish what it holds and exit (once).
     fn send_drain(&mut self, core: &mut Core, id: WorkerId) {
-        let Some(w) = self.pool.get_mut(id) else { return };
-        if w.proc.retiring {
+        if !self.pool.retire(id) {
             return;
         }
-        w.proc.retiring = true;
-        self.send_control(core, id, &SupervisorMessage::control(kind::DRAIN));
+        self.send_control(core, id, &SupervisorMessage::drain());
     }
 
     /// Sends a control message (DRAIN, PING) without waiting: behind whatever the worker's
@@ -446,7 +427,7 @@ impl Prefork {
     /// Whether `w` may have sent something: it holds connections, or is starting, draining or
     /// dying.
     fn active(&self, w: &Worker) -> bool {
-        self.ledger.load(w.id()).live > 0 || w.state() != WState::Ready || w.blocked
+        self.ledger.load(w.id()).live > 0 || w.state(&self.pool) != WorkerState::Ready || w.blocked
     }
 
     /// Registers with the reactor the channels of the workers that cannot take a connection
@@ -459,9 +440,9 @@ impl Prefork {
         if !self.watchable {
             return;
         }
-        let ledger = &self.ledger;
+        let (ledger, pool) = (&self.ledger, &self.pool);
         // Those whose watch is to change: watched and open, or unwatched and not open.
-        let change = self.pool.ids(|w| w.open(ledger.load(w.id())) == w.watch.is_some());
+        let change = pool.ids(|w| w.open(pool, ledger.load(w.id())) == w.watch.is_some());
         for id in change {
             let Some(w) = self.pool.get_mut(id) else { continue };
             if w.watch.take().is_some() {
@@ -557,6 +538,7 @@ impl Prefork {
     }
 
     fn on_message(&mut self, core: &mut Core, id: WorkerId, m: WorkerMessage) {
+        let state = worker_state(self.pool.state(id));
         let Some(w) = self.pool.get_mut(id) else { return };
         // It is reading its channel: a connection it refused may fit now.
         w.refused_at = None;
@@ -565,7 +547,7 @@ impl Prefork {
         let now = Instant::now();
         let breach = match m {
             WorkerMessage::Hello { capacity, pid, heartbeat } => {
-                if w.state() != WState::Starting {
+                if state != WorkerState::Starting {
                     return self.misbehaved(core, id, "sent a second hello".to_owned());
                 }
                 w.capacity = capacity;
@@ -620,7 +602,7 @@ impl Prefork {
     /// A worker broke the protocol: it is killed and settled at once (nothing more is read).
     fn misbehaved(&mut self, core: &mut Core, id: WorkerId, why: String) {
         let Some(w) = self.worker(id) else { return };
-        if w.state() != WState::Dying {
+        if w.state(&self.pool) != WorkerState::Stopping {
             core.totals.misbehaving_killed += 1;
         }
         self.pool.kill(core, id, why, Cause::Misbehaved);
@@ -643,7 +625,7 @@ impl Prefork {
         if gone.timed_out > 0 {
             detail.push_str(&format!(", timed out {}", gone.timed_out));
         }
-        self.pool.depart(core, w.into_proc(), how, detail);
+        self.pool.depart(core, w.into_proc(), how, detail, false);
     }
 
     /// Sends the PINGs that are due to ready workers that declared heartbeats, and adds those
@@ -654,16 +636,19 @@ impl Prefork {
         if timeout.is_zero() {
             return;
         }
-        let asked = |w: &Worker| w.heartbeat && w.state() == WState::Ready;
+        let asked =
+            |pool: &Pool<Worker>, w: &Worker| w.heartbeat && w.state(pool) == WorkerState::Ready;
         let late = |w: &Worker| w.ping.is_some_and(|(_, at)| now.duration_since(at) > timeout);
-        for id in self.pool.ids(|w| asked(w) && late(w)) {
+        let pool = &self.pool;
+        for id in pool.ids(|w| asked(pool, w) && late(w)) {
             self.poll_worker(core, id); // its answer may be there, unread
             if self.worker(id).is_some_and(late) {
                 stuck.push((id, format!("did not answer a heartbeat within {timeout:?}")));
             }
         }
         let every = (timeout / 4).min(HEARTBEAT_EVERY);
-        for id in self.pool.ids(|w| asked(w) && w.ping.is_none() && now >= w.next_ping) {
+        let pool = &self.pool;
+        for id in pool.ids(|w| asked(pool, w) && w.ping.is_none() && now >= w.next_ping) {
             let nonce = self.next_nonce;
             self.next_nonce += 1;
             if let Some(w) = self.pool.get_mut(id) {
@@ -685,15 +670,18 @@ impl Prefork {
         if core.gave_up() {
             // No worker that has not said hello yet will: waiting connections are not held
             // for the drain timeout on their account (they are reset just below).
-            for id in self.pool.ids(|w| w.state() == WState::Starting) {
+            let starting = self.pool.ids(|w| w.state(&self.pool) == WorkerState::Starting);
+            for id in starting {
                 self.pool.kill(core, id, "the program was given up on".to_owned(), Cause::Hung);
             }
         }
-        let members = self.pool.members();
-        let serving = |w: &Worker| match w.state() {
-            WState::Ready => true,
-            WState::Starting => !core.gave_up(),
-            WState::Draining | WState::Dying => false,
+        let pool = &self.pool;
+        let members = pool.members();
+        let gave_up = core.gave_up();
+        let serving = |w: &Worker| match w.state(pool) {
+            WorkerState::Ready => true,
+            WorkerState::Starting => !gave_up,
+            _ => false,
         };
         if self.ledger.waiting() > 0 && !members.iter().any(serving) {
             // Nobody left to serve what is waiting.
@@ -710,17 +698,19 @@ impl Prefork {
         self.drain_sent = true;
         // A worker that has not said hello holds no connection: it is stopped at once rather
         // than waited for (it may never answer, e.g. in an abandoned upgrade).
-        for id in self.pool.ids(|w| w.state() == WState::Starting) {
+        let pool = &self.pool;
+        for id in pool.ids(|w| w.state(pool) == WorkerState::Starting) {
             self.pool.kill(core, id, "draining before it said hello".to_owned(), Cause::Hung);
         }
-        for id in self.pool.ids(|w| w.state() == WState::Ready) {
+        let pool = &self.pool;
+        for id in pool.ids(|w| w.state(pool) == WorkerState::Ready) {
             self.send_drain(core, id);
         }
     }
 }
 
-impl Mode for Prefork {
-    const NAME: &'static str = "prefork";
+impl Engine for Prefork {
+    const KIND: crate::model::Mode = crate::model::Mode::Prefork;
     /// Timer resolution for timeouts and restarts.
     const TICK: Duration = Duration::from_millis(20);
 
@@ -816,7 +806,9 @@ impl Mode for Prefork {
         let start = core.prog.timeouts.start;
         let mut silent = false;
         for w in self.pool.members() {
-            if w.state() == WState::Starting && now.duration_since(w.proc.started) > start {
+            if w.state(&self.pool) == WorkerState::Starting
+                && now.duration_since(w.proc.started) > start
+            {
                 stuck.push((w.id(), format!("did not say hello within {start:?}")));
                 silent = true;
             }
@@ -844,7 +836,7 @@ impl Mode for Prefork {
             }
         }
         for (id, why) in stuck {
-            if self.worker(id).is_some_and(|w| w.state() != WState::Dying) {
+            if self.worker(id).is_some_and(|w| w.state(&self.pool) != WorkerState::Stopping) {
                 core.totals.misbehaving_killed += 1;
                 self.pool.kill(core, id, why, Cause::Hung);
             }
@@ -852,10 +844,11 @@ impl Mode for Prefork {
         // One that passed --max-memory serves on until its replacement says hello (then it
         // drains).
         self.pool.recycle_over_memory(core);
+        let pool = &self.pool;
         let overdue = |w: &Worker| {
-            w.proc.killed.as_ref().is_some_and(|k| now.duration_since(k.at) > KILL_GRACE)
+            pool.state(w.id()).killed().is_some_and(|k| now.duration_since(k.at) > KILL_GRACE)
         };
-        for id in self.pool.ids(overdue) {
+        for id in pool.ids(overdue) {
             self.cleanup(core, id, "killed");
         }
         self.pool.reap(core);
@@ -865,9 +858,9 @@ impl Mode for Prefork {
 
     fn scale(&mut self, core: &mut Core, n: usize) {
         for id in self.pool.resize(n) {
-            match self.worker(id).map(Worker::state) {
+            match self.worker(id).map(|w| w.state(&self.pool)) {
                 // It holds nothing yet: stopped now rather than waited for.
-                Some(WState::Starting) => self.pool.kill(
+                Some(WorkerState::Starting) => self.pool.kill(
                     core,
                     id,
                     "scaled down before it said hello".to_owned(),
@@ -910,13 +903,7 @@ impl Mode for Prefork {
     fn kill_all(&mut self, core: &mut Core) {
         self.pool.kill_all();
         for id in self.pool.ids(|_| true) {
-            if let Some(w) = self.pool.get_mut(id) {
-                w.proc.killed.get_or_insert_with(|| Killed {
-                    why: "killed at exit".to_owned(),
-                    at: Instant::now(),
-                    cause: Cause::Exit,
-                });
-            }
+            self.pool.mark_killed(id, "killed at exit", Cause::Exit);
             self.cleanup(core, id, "killed at exit");
         }
         for socket in self.ledger.take_waiting() {
@@ -936,8 +923,8 @@ impl Mode for Prefork {
                 WorkerStatus {
                     slot: w.proc.slot,
                     pid: Some(w.proc.pid),
-                    state: w.state().name().to_owned(),
-                    capacity: w.proc.ready.then_some(w.capacity),
+                    state: w.state(&self.pool),
+                    capacity: self.pool.state(w.id()).was_ready().then_some(w.capacity),
                     live: Some(u64::from(load.live)),
                     handled: Some(load.handled),
                     restarts: self.pool.restarts(w.proc.slot),

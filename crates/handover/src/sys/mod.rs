@@ -24,10 +24,11 @@
 //!   module.
 //! - `OwnedFile`: what a `Stdio` made from a file or pipe holds (`OwnedFd`, `OwnedHandle`);
 //!   `From<File>` and `From<ChildStd{in,out,err}>`, and std's `Stdio: From<OwnedFile>`.
-//! - `Job`, for `Command::job`: on Windows an owned job object with kill-on-close,
-//!   `Job::new() -> io::Result<Job>`, `terminate(&Job, exit_code)`,
-//!   `active_processes(&Job) -> io::Result<u32>` and `AsHandle`, which `spawn` creates the
-//!   child inside (the `windows` extension module); on Unix a type with no values.
+//! - `CommandOptions` (`Default`): what only this OS's `Command` has, set through its extension
+//!   module: on Unix `uid`, `gid`, `process_group`, `trust_cloexec`; on Windows `job`, an
+//!   `Arc<Job>`: an owned job object with kill-on-close, `Job::new() -> io::Result<Job>`,
+//!   `terminate(&Job, exit_code)`, `active_processes(&Job) -> io::Result<u32>` and
+//!   `AsHandle`, which `spawn` creates the child inside (the `windows` extension module).
 //! - `HANDLES_PER_FRAME`, `INLINE_HANDLE_BYTES`: how many handles one write can carry, and the
 //!   bytes of inline data each handle needs in a frame (0 where they travel out of band).
 //! - `encode_inline(&RawChannel, &mut Vec<u8>, sockets)`: append each socket's inline record

@@ -26,7 +26,7 @@ crate::macros::cfg_tokio! {
 
 pub(crate) use self::scm_rights::{recv, send, HANDLES_PER_FRAME};
 pub(crate) use self::socket::{socket_kind, stdin_socket};
-pub(crate) use self::spawn::{inherited, mark_cloexec_from, spawn, Child};
+pub(crate) use self::spawn::{inherited, mark_cloexec_from, spawn, Child, CommandOptions};
 pub(crate) use self::uds::{
     accept, bind, bind_abstract, connect, connect_abstract, current_uid, pair, peer_credentials,
     wait, Interest, RawChannel,
@@ -61,10 +61,6 @@ pub(crate) fn sockets_from_inline(
     debug_assert!(inline.is_empty());
     Ok(())
 }
-
-/// Unix has no job objects: a type with no values, so `Command::job` is always `None`.
-#[derive(Debug)]
-pub(crate) enum Job {}
 
 pub(crate) type RawListener = std::os::unix::net::UnixListener;
 pub(crate) type OwnedSocket = std::os::fd::OwnedFd;

@@ -27,6 +27,15 @@ use crate::spawn::{
 #[derive(Debug)]
 pub(crate) struct Child(std::process::Child);
 
+/// What only Unix's `Command` has (`unix::CommandExt`).
+#[derive(Debug, Default)]
+pub(crate) struct CommandOptions {
+    pub(crate) uid: Option<u32>,
+    pub(crate) gid: Option<u32>,
+    pub(crate) process_group: Option<i32>,
+    pub(crate) trust_cloexec: bool,
+}
+
 impl Child {
     pub(crate) fn id(&self) -> u32 {
         self.0.id()
@@ -230,7 +239,7 @@ pub(crate) fn spawn(cmd: &mut Command<'_>) -> io::Result<(Child, Option<RawChann
         env.push((ENV_LISTEN_FDNAMES.into(), names.join(":").into()));
     }
     let path = resolve_program(&cmd.program, &env)?;
-    let direct = cmd.trust_cloexec && sources.is_empty() && !cmd.die_with_parent;
+    let direct = cmd.os.trust_cloexec && sources.is_empty() && !cmd.die_with_parent;
     let plan = if direct { None } else { Some(exec_plan(cmd, &path, &mut env, sources)?) };
 
     let mut std_cmd = std::process::Command::new(&path);
@@ -251,13 +260,13 @@ pub(crate) fn spawn(cmd: &mut Command<'_>) -> io::Result<(Child, Option<RawChann
     if let Some(s) = cmd.stderr.take() {
         std_cmd.stderr(Stdio::from(s));
     }
-    if let Some(uid) = cmd.uid {
+    if let Some(uid) = cmd.os.uid {
         std_cmd.uid(uid);
     }
-    if let Some(gid) = cmd.gid {
+    if let Some(gid) = cmd.os.gid {
         std_cmd.gid(gid);
     }
-    if let Some(pgroup) = cmd.process_group {
+    if let Some(pgroup) = cmd.os.process_group {
         std_cmd.process_group(pgroup);
     }
     match plan {

@@ -40,10 +40,11 @@ crate::macros::cfg_tokio! {
 
 pub(crate) use self::job::Job;
 pub(crate) use self::named_pipe::{
-    accept, bind, connect, current_uid, pair, peer_credentials, RawChannel, RawListener,
+    accept, bind, connect, current_uid, flush, pair, peer_credentials, recv, send, wait,
+    RawChannel, RawListener,
 };
-pub(crate) use self::overlapped::{flush, recv, send, wait, Interest};
-pub(crate) use self::spawn::{inherited, spawn, Child};
+pub(crate) use self::overlapped::Interest;
+pub(crate) use self::spawn::{inherited, spawn, Child, CommandOptions};
 pub(crate) use self::stdio::stdin_socket;
 pub(crate) use self::wsa_duplicate::{
     encode_inline, socket_kind, sockets_from_inline, INLINE_HANDLE_BYTES,

@@ -42,7 +42,8 @@ use windows_sys::Win32::System::Threading::OpenProcessToken;
 use windows_sys::Win32::System::IO::{CancelIoEx, GetOverlappedResult, OVERLAPPED};
 
 use super::handle::{current_process, event, from_wide_ptr, hex, random, wide, LocalBox};
-use super::overlapped::{wait_event, Interest, Pipe};
+use super::overlapped::{wait_event, Interest, Pipe, Received};
+use super::{BorrowedSocket, OwnedSocket};
 use crate::PeerCredentials;
 
 /// How long `connect` keeps retrying a busy pipe, and a handshake may take.
@@ -72,6 +73,43 @@ impl RawChannel {
     pub(crate) fn peer_pid(&self) -> u32 {
         self.peer_pid
     }
+}
+
+/// One non-blocking write of `bytes`. Sockets travel inline in the frame bytes, so `handles`
+/// is ignored. `_block` is a hint this backend does not need: callers wait with [`wait`] on
+/// `WouldBlock`.
+pub(crate) fn send<'a>(
+    ch: &RawChannel,
+    bytes: &[u8],
+    _handles: impl ExactSizeIterator<Item = BorrowedSocket<'a>>,
+    _block: bool,
+) -> io::Result<usize> {
+    ch.pipe().write(bytes)
+}
+
+/// `WouldBlock` until the last write has completed (see [`Pipe::flush`]).
+pub(crate) fn flush(ch: &RawChannel) -> io::Result<()> {
+    ch.pipe().flush()
+}
+
+/// One non-blocking read. Nothing arrives out of band on Windows. `_block` as for [`send`].
+pub(crate) fn recv(
+    ch: &RawChannel,
+    buf: &mut [u8],
+    _handles: &mut Vec<OwnedSocket>,
+    _max_handles: usize,
+    _block: bool,
+) -> io::Result<Received> {
+    Ok(Received { len: ch.pipe().read(buf)?, truncated: false })
+}
+
+/// Blocks until the channel is ready, or the deadline passes (`Ok(false)`).
+pub(crate) fn wait(
+    ch: &RawChannel,
+    interest: Interest,
+    deadline: Option<Instant>,
+) -> io::Result<bool> {
+    ch.pipe().wait(interest, deadline)
 }
 
 fn pipe_error(what: &str) -> io::Error {

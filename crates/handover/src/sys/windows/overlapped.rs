@@ -24,8 +24,6 @@ use windows_sys::Win32::System::Threading::{WaitForSingleObject, INFINITE};
 use windows_sys::Win32::System::IO::{CancelIoEx, GetOverlappedResult, OVERLAPPED};
 
 use super::handle::event;
-use super::named_pipe::RawChannel;
-use super::OwnedSocket;
 
 const BUF_LEN: usize = 64 * 1024;
 /// How long dropping a channel waits for its last write to reach the pipe.
@@ -372,41 +370,4 @@ fn wait_raw(event: HANDLE, deadline: Option<Instant>) -> io::Result<bool> {
             _ => return Err(io::Error::last_os_error()),
         }
     }
-}
-
-/// One non-blocking write of `bytes`. Sockets travel inline in the frame bytes, so `handles`
-/// is ignored. `_block` is a hint this backend does not need: callers wait with [`wait`] on
-/// `WouldBlock`.
-pub(crate) fn send<'a>(
-    ch: &RawChannel,
-    bytes: &[u8],
-    _handles: impl ExactSizeIterator<Item = super::BorrowedSocket<'a>>,
-    _block: bool,
-) -> io::Result<usize> {
-    ch.pipe().write(bytes)
-}
-
-/// `WouldBlock` until the last write has completed (see [`Pipe::flush`]).
-pub(crate) fn flush(ch: &RawChannel) -> io::Result<()> {
-    ch.pipe().flush()
-}
-
-/// One non-blocking read. Nothing arrives out of band on Windows. `_block` as for [`send`].
-pub(crate) fn recv(
-    ch: &RawChannel,
-    buf: &mut [u8],
-    _handles: &mut Vec<OwnedSocket>,
-    _max_handles: usize,
-    _block: bool,
-) -> io::Result<Received> {
-    Ok(Received { len: ch.pipe().read(buf)?, truncated: false })
-}
-
-/// Blocks until the channel is ready, or the deadline passes (`Ok(false)`).
-pub(crate) fn wait(
-    ch: &RawChannel,
-    interest: Interest,
-    deadline: Option<Instant>,
-) -> io::Result<bool> {
-    ch.pipe().wait(interest, deadline)
 }

@@ -54,6 +54,13 @@ use crate::spawn::{
 };
 use crate::stdio::StdioKind;
 
+/// What only Windows' `Command` has (`windows::CommandExt`): the job object it starts the
+/// child in, shared so the builder needs no lifetime for it.
+#[derive(Debug, Default)]
+pub(crate) struct CommandOptions {
+    pub(crate) job: Option<std::sync::Arc<super::Job>>,
+}
+
 /// A spawned child process.
 #[derive(Debug)]
 pub(crate) struct Child {
@@ -396,7 +403,7 @@ pub(crate) fn spawn(cmd: &mut Command<'_>) -> io::Result<(Child, Option<RawChann
     si.StartupInfo.hStdOutput = std_handles[1];
     si.StartupInfo.hStdError = std_handles[2];
     let jobs: Vec<HANDLE> =
-        cmd.job.iter().map(|j| j.as_handle().as_raw_handle() as HANDLE).collect();
+        cmd.os.job.iter().map(|j| j.as_handle().as_raw_handle() as HANDLE).collect();
     let count = u32::from(!list.is_empty()) + u32::from(!jobs.is_empty());
     let mut attrs = None;
     if count > 0 {

@@ -1,4 +1,6 @@
-//! prefork under failure: workers that die, misbehave or get killed; drain; descriptor leaks.
+//! prefork's hand-off guarantees when workers fail: workers that die, break the protocol or
+//! get killed, with flags tuned for each case; drain; descriptor leaks.
+//! (faults_with_default_flags.rs: the same kind of faults with the defaults a user gets.)
 #![cfg(target_os = "linux")] // reads /proc (tests/wine.rs drives the Windows supervisor)
 #![allow(clippy::print_stderr)] // the kill -9 test reports its figures
 
@@ -164,7 +166,7 @@ fn kill_9_under_load_loses_only_acknowledged_mid_request_connections() {
     let mut env = TestEnv::new("kill9");
     let mut args = listen().to_vec();
     // Tuned flags (never give up, a short min-uptime) with 5,000 requests and a 3 ms service
-    // time; resilience.rs runs the same schedule with the defaults a user gets.
+    // time; faults_with_default_flags.rs runs the same schedule with the defaults a user gets.
     args.extend(["-w", "4", "--crash-limit", "0", "--min-uptime", "10ms"]);
     // A 3 ms service time keeps requests in flight, so kills land mid-request too.
     env.serve(&args, &[DEMO_WORKER, "--capacity", "4", "--delay-ms", "3"]);

@@ -1,6 +1,8 @@
-//! The supervisor's defaults under faults (issue 10): workers killed or stopped from outside,
-//! programs that cannot start, bad input to the supervisor's own sockets, descriptor
-//! exhaustion. Every test here runs with default flags unless it says why not.
+//! The supervisor with the flags a user gets, under faults from outside: workers killed or
+//! stopped by someone else, programs that cannot start, bad input to the supervisor's own
+//! sockets, descriptor exhaustion. Every test here runs with default flags unless it says why
+//! not. (prefork_worker_failures.rs: the hand-off's guarantees when workers fail or break the
+//! protocol, with flags tuned for each case.)
 #![cfg(target_os = "linux")] // reads /proc, sends signals
 #![allow(clippy::print_stderr)] // the load tests report their figures
 

@@ -1,46 +1,12 @@
-//! Starting worker processes, reaping them, and deciding when (and whether) to restart them.
+//! The restart policy: when (and whether) a dead worker is replaced ([`Restarts`]), what each
+//! restart counts as ([`Cause`]), and how a worker's end is described and a give-up explained.
+//! Pure: [`crate::engine::slots`] applies it to the slots of a pool.
 
-use std::ffi::OsStr;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use crate::config::{Env, ProgramConfig, Timeouts};
-
-/// Variables the supervisor sets itself; never passed through from its own environment.
-/// `NOTIFY_SOCKET` is the supervisor's own line to systemd: workers are not the main process.
-const OURS: [&str; 14] = [
-    "NOTIFY_SOCKET",
-    "HANDOVER_UPGRADE",
-    "EINHORN_FDS",
-    "EINHORN_FD_COUNT",
-    "SERVER_STARTER_PORT",
-    "SERVER_STARTER_GENERATION",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "HANDOVER_CHANNEL_FD",
-    "HANDOVER_SLOT",
-    "HANDOVER_LISTENER",
-    "REMOTE_ADDR",
-    "REMOTE_PORT",
-];
-
-/// A command for one of `prog`'s children, with an environment built explicitly from the
-/// snapshot taken at start plus the program's own variables.
-pub(crate) fn command<'a>(prog: &ProgramConfig, env: &Env) -> handover::Command<'a> {
-    let mut cmd = handover::Command::new(&prog.program);
-    cmd.args(&prog.args).env_clear();
-    for (k, v) in &env.vars {
-        let einhorn_fd = k.to_str().is_some_and(|k| k.starts_with("EINHORN_FD_"));
-        if !OURS.iter().any(|o| OsStr::new(o) == k) && !einhorn_fd {
-            cmd.env(k, v);
-        }
-    }
-    for (k, v) in &prog.env {
-        cmd.env(k, v);
-    }
-    cmd
-}
+use crate::config::{ProgramConfig, Timeouts};
+use crate::status::WorkerState;
 
 /// Says why the supervisor gives up on `prog` after `n` crashes at start in a row (`last`:
 /// how the last one ended; `start`: what counts as a crash at start in this mode), none of its
@@ -67,8 +33,8 @@ pub(crate) struct Death {
     /// A signal someone else sent ended it (an operator's `kill`, the OOM killer), not its own
     /// crash or exit, nor the supervisor.
     pub(crate) from_outside: bool,
-    /// Some worker of the program has been ready since start, reload or upgrade.
-    pub(crate) proven: bool,
+    /// What its restart counts as.
+    pub(crate) cause: Cause,
 }
 
 /// Why a worker was replaced: `handover status` (`restarts_by_cause`) and the
@@ -160,15 +126,16 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const DEFAULT_CRASH_LOOP: u32 = 5;
 
 impl Restarts {
-    /// Records a death and says when the replacement starts.
-    pub(crate) fn on_death(&mut self, d: Death, t: &Timeouts) -> Restart {
+    /// Records a death and says when the replacement starts. `proven`: some worker of the
+    /// program has been ready since start, reload or upgrade.
+    pub(crate) fn on_death(&mut self, d: Death, proven: bool, t: &Timeouts) -> Restart {
         if d.from_outside || (d.ready && d.lived >= t.min_uptime) {
             self.streak = 0;
             self.count += 1;
             return Restart::After(Duration::ZERO);
         }
         self.streak += 1;
-        if t.crash_limit > 0 && self.streak >= t.crash_limit && !d.proven && !d.from_outside {
+        if t.crash_limit > 0 && self.streak >= t.crash_limit && !proven && !d.from_outside {
             return Restart::GiveUp(self.streak);
         }
         self.count += 1;
@@ -184,11 +151,11 @@ impl Restarts {
 }
 
 /// The state a slot waiting for its next worker reports.
-pub(crate) fn waiting_state(r: &Restarts, t: &Timeouts) -> &'static str {
+pub(crate) fn waiting_state(r: &Restarts, t: &Timeouts) -> WorkerState {
     if r.crash_looping(t) {
-        "crash-looping"
+        WorkerState::CrashLooping
     } else {
-        "backoff"
+        WorkerState::Backoff
     }
 }
 
@@ -210,8 +177,8 @@ pub(crate) fn describe(status: Option<ExitStatus>) -> String {
 mod tests {
     use super::*;
 
-    fn death(lived_ms: u64, ready: bool, from_outside: bool, proven: bool) -> Death {
-        Death { lived: Duration::from_millis(lived_ms), ready, from_outside, proven }
+    fn death(lived_ms: u64, ready: bool, from_outside: bool) -> Death {
+        Death { lived: Duration::from_millis(lived_ms), ready, from_outside, cause: Cause::Exit }
     }
 
     const MS: fn(u64) -> Restart = |ms| Restart::After(Duration::from_millis(ms));
@@ -220,11 +187,11 @@ mod tests {
     fn a_program_never_ready_is_given_up_on() {
         let t = Timeouts { crash_limit: 4, ..Timeouts::default() };
         let mut r = Restarts::default();
-        assert_eq!(r.on_death(death(0, false, false, false), &t), MS(100));
-        assert_eq!(r.on_death(death(0, false, false, false), &t), MS(200));
-        assert_eq!(r.on_death(death(10, true, false, false), &t), MS(400));
+        assert_eq!(r.on_death(death(0, false, false), false, &t), MS(100));
+        assert_eq!(r.on_death(death(0, false, false), false, &t), MS(200));
+        assert_eq!(r.on_death(death(10, true, false), false, &t), MS(400));
         assert!(!r.crash_looping(&t));
-        assert_eq!(r.on_death(death(0, false, false, false), &t), Restart::GiveUp(4));
+        assert_eq!(r.on_death(death(0, false, false), false, &t), Restart::GiveUp(4));
     }
 
     #[test]
@@ -232,15 +199,15 @@ mod tests {
         let t = Timeouts::default();
         let mut r = Restarts::default();
         for _ in 0..100 {
-            match r.on_death(death(0, false, false, true), &t) {
+            match r.on_death(death(0, false, false), true, &t) {
                 Restart::After(d) => assert!(d <= MAX_BACKOFF),
                 Restart::GiveUp(_) => panic!("gave up on a program that has served"),
             }
         }
-        assert_eq!(r.on_death(death(0, false, false, true), &t), Restart::After(MAX_BACKOFF));
+        assert_eq!(r.on_death(death(0, false, false), true, &t), Restart::After(MAX_BACKOFF));
         assert!(r.crash_looping(&t));
         // A worker that stays up clears it.
-        assert_eq!(r.on_death(death(5000, true, false, true), &t), MS(0));
+        assert_eq!(r.on_death(death(5000, true, false), true, &t), MS(0));
         assert!(!r.crash_looping(&t));
     }
 
@@ -250,17 +217,17 @@ mod tests {
         let mut r = Restarts::default();
         // Killed 10 ms after hello, again and again: replaced at once every time.
         for _ in 0..50 {
-            assert_eq!(r.on_death(death(10, true, true, true), &t), MS(0));
+            assert_eq!(r.on_death(death(10, true, true), true, &t), MS(0));
         }
         // Killed before it was ready, unproven: the same (a kill says nothing about the
         // program; a crash-at-start streak would starve the slot under repeated kills).
         for _ in 0..50 {
-            assert_eq!(r.on_death(death(1, false, true, false), &t), MS(0));
+            assert_eq!(r.on_death(death(1, false, true), false, &t), MS(0));
         }
         assert!(!r.crash_looping(&t));
         assert_eq!(r.count, 100);
         // Its own crash still counts.
-        assert_eq!(r.on_death(death(1, false, false, true), &t), MS(100));
+        assert_eq!(r.on_death(death(1, false, false), true, &t), MS(100));
     }
 
     #[test]
@@ -279,9 +246,9 @@ mod tests {
         let t = Timeouts { crash_limit: 0, ..Timeouts::default() };
         let mut r = Restarts::default();
         for i in 1..=DEFAULT_CRASH_LOOP {
-            assert!(matches!(r.on_death(death(0, false, false, false), &t), Restart::After(_)));
+            assert!(matches!(r.on_death(death(0, false, false), false, &t), Restart::After(_)));
             assert_eq!(r.crash_looping(&t), i >= DEFAULT_CRASH_LOOP);
         }
-        assert_eq!(waiting_state(&r, &t), "crash-looping");
+        assert_eq!(waiting_state(&r, &t), WorkerState::CrashLooping);
     }
 }
