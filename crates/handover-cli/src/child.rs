@@ -8,7 +8,7 @@ use crate::config::{Env, ProgramConfig, Timeouts};
 
 /// Variables the supervisor sets itself; never passed through from its own environment.
 /// `NOTIFY_SOCKET` is the supervisor's own line to systemd: workers are not the main process.
-const OURS: [&str; 14] = [
+const OURS: [&str; 15] = [
     "NOTIFY_SOCKET",
     "HANDOVER_UPGRADE",
     "EINHORN_FDS",
@@ -23,6 +23,7 @@ const OURS: [&str; 14] = [
     "HANDOVER_LISTENER",
     "REMOTE_ADDR",
     "REMOTE_PORT",
+    crate::init::ENV_INIT_PID,
 ];
 
 /// A command for one of `prog`'s children, with an environment built explicitly from the

@@ -264,6 +264,13 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "PATH")]
     pub(crate) pid_file: Option<PathBuf>,
 
+    /// Linux: reap every orphaned process below this one (`PR_SET_CHILD_SUBREAPER`), as PID 1
+    /// of a container does by itself. Either way a thin first process starts the supervisor,
+    /// passes signals on, reaps, and exits with the status of the last generation, so an
+    /// upgrade survives (tini's design; docs/multi-host.md).
+    #[arg(long)]
+    pub(crate) subreaper: bool,
+
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9100).
     #[arg(long, value_name = "HOST:PORT")]
     pub(crate) metrics: Option<String>,

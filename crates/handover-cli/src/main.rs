@@ -14,6 +14,7 @@ mod control;
 mod engine;
 mod exit_codes;
 mod generate;
+mod init;
 mod listener;
 mod logging;
 mod metrics;
@@ -28,6 +29,7 @@ mod supervisor;
 mod sys;
 mod upgrade;
 
+use anyhow::Context as _;
 use clap::Parser;
 
 use crate::cli::{Cli, Command};
@@ -75,7 +77,11 @@ fn run() -> Result<ExitCode, (ExitCode, anyhow::Error)> {
         init_logging(cli.log.as_deref(), &env, cli::LogFormat::Text);
     }
     match cli.command {
+        Command::Serve(args) if init::wanted(args.subreaper, &env) => {
+            init::run(args.subreaper, &env).map_err(failure)
+        }
         Command::Serve(args) => {
+            sys::unblock_signals().context("cannot unblock signals").map_err(failure)?;
             sys::close_inherited_on_exec().map_err(failure)?;
             // Sockets and channels this process was started with are taken first, once.
             let startup = upgrade::Startup::capture(&env).map_err(failure)?;

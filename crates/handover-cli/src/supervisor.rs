@@ -699,6 +699,8 @@ impl Supervisor {
             FromParent::Go => match take_over(&mut self.control, self.config.pid_file.as_deref()) {
                 Ok(()) => {
                     self.serve();
+                    // Before the old generation hears of it, so before it exits.
+                    crate::init::announce(&self.env);
                     report_to(&parent, Report::TookOver { pid: std::process::id() });
                     let generation = self.generation_no;
                     info!(generation, "upgrade: generation {generation} took over");

@@ -117,6 +117,24 @@ impl Startup {
     }
 }
 
+/// This binary as it was invoked: `argv[0]` made absolute, through a `PATH` lookup when it
+/// names no directory (as the shell found it), with symbolic links left alone, so that a
+/// `current` link swapped to a new release names the new binary (`current_exe()` resolves
+/// the link at start). `current_exe()` when `argv[0]` names nothing on disk.
+pub(crate) fn invoked_binary(env: &Env) -> Result<PathBuf> {
+    let cwd = std::env::current_dir().ok();
+    let found = std::env::args_os().next().and_then(|argv0| {
+        sys::program_candidates(&argv0, env).into_iter().find(|p| p.is_file()).map(|p| match &cwd {
+            Some(cwd) if p.is_relative() => cwd.join(p),
+            _ => p,
+        })
+    });
+    match found {
+        Some(p) => Ok(p),
+        None => std::env::current_exe().context("cannot find this program's binary"),
+    }
+}
+
 /// The binary to start the next generation from: the path this one was started from, which
 /// now names whatever was installed there since (`/proc/self/exe` would name the old inode).
 pub(crate) fn binary(startup: &Startup) -> Result<PathBuf> {

@@ -19,6 +19,13 @@ use nix::unistd::{access, AccessFlags, Pid};
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::{Notify, Signal, Stop, TreeKind};
+
+#[cfg(target_os = "linux")]
+mod init;
+#[cfg(not(target_os = "linux"))]
+#[path = "no_init.rs"]
+mod init;
+pub(crate) use self::init::*;
 use crate::config::{Env, ListenAddr};
 
 /// `$XDG_RUNTIME_DIR/handover.sock`, else `/tmp/handover-UID.sock` (the fallback comes second
@@ -249,6 +256,13 @@ fn ignore_sigpipe() -> io::Result<()> {
     // and nothing else in this process relies on a SIGPIPE handler of its own.
     unsafe { set_handler(NixSignal::SIGPIPE, SigHandler::SigIgn) }.map_err(io::Error::from)?;
     Ok(())
+}
+
+/// Unblocks every signal: a supervisor started with some blocked (the init process's
+/// children inherit its mask, which blocks what it reads from its `signalfd`) would never
+/// see them. Call before the runtime starts its threads, which inherit the mask.
+pub(crate) fn unblock_signals() -> io::Result<()> {
+    nix::sys::signal::SigSet::empty().thread_set_mask().map_err(io::Error::from)
 }
 
 /// Wakes when a child process may have exited (`SIGCHLD`).

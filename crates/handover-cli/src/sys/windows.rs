@@ -24,6 +24,10 @@ use windows_sys::Win32::System::Threading::{
 use super::{Notify, Signal, Stop, TreeKind};
 use crate::config::{Env, ListenAddr};
 
+#[path = "no_init.rs"]
+mod init;
+pub(crate) use self::init::*;
+
 /// `%LOCALAPPDATA%\handover\handover.ctl` (the supervisor creates the directory), else the
 /// same name in the temporary directory, which comes second when `LOCALAPPDATA` is set. The
 /// file names a named pipe, owner-only (the handover library's rendezvous).
@@ -184,6 +188,11 @@ pub(crate) fn close_inherited_on_exec() -> Result<()> {
 }
 
 /// There is no systemd on Windows.
+/// Windows has no signal mask.
+pub(crate) fn unblock_signals() -> io::Result<()> {
+    Ok(())
+}
+
 pub(crate) fn notify(_states: &[Notify<'_>]) {}
 
 pub(crate) fn file_identity(path: &Path) -> Option<(u64, u64)> {
