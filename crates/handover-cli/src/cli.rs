@@ -86,10 +86,11 @@ pub(crate) enum Command {
     /// `handover stop && handover serve ...` works. Says every 5 s that it is still waiting.
     Stop(StopArgs),
     /// Zero-downtime upgrade (as SIGUSR2 does): start a new generation of the supervisor from
-    /// the binary now on disk with the configuration re-read, hand it the listening sockets,
-    /// and drain the old generation once the new one is ready. Waits for the outcome; exits
-    /// non-zero (and the old generation carries on) if the new one fails to become ready.
-    Upgrade(ControlArgs),
+    /// the binary now on disk (the path `handover serve` was invoked as, through any link
+    /// swapped since; or --binary) with the configuration re-read, hand it the listening
+    /// sockets, and drain the old generation once the new one is ready. Waits for the outcome;
+    /// exits non-zero (and the old generation carries on) if the new one fails to become ready.
+    Upgrade(UpgradeArgs),
     /// Print a completion script for a shell, generated from these definitions.
     ///
     ///   bash        handover completions bash > ~/.local/share/bash-completion/completions/handover
@@ -320,6 +321,17 @@ pub(crate) struct ReloadArgs {
     /// Start the reload and return at once, without waiting for it to finish.
     #[arg(long)]
     pub(crate) no_wait: bool,
+
+    #[command(flatten)]
+    pub(crate) control: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UpgradeArgs {
+    /// Start the new generation from this binary instead (made absolute here; links are not
+    /// resolved, so later upgrades start whatever it names then).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) binary: Option<PathBuf>,
 
     #[command(flatten)]
     pub(crate) control: ControlArgs,

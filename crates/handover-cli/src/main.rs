@@ -144,8 +144,21 @@ fn run() -> Result<ExitCode, (ExitCode, anyhow::Error)> {
             reply(control::ask(&path, control::Command::Scale { program, how }).map_err(failure)?)
         }
         Command::Upgrade(args) => {
-            let path = control_path(args.control, &env);
-            reply(control::ask(&path, control::Command::Upgrade).map_err(failure)?)
+            let path = control_path(args.control.control, &env);
+            let binary = match args.binary {
+                None => None,
+                Some(b) => {
+                    let b = std::path::absolute(&b)
+                        .with_context(|| format!("--binary {}", b.display()))
+                        .map_err(failure)?;
+                    let b = b.into_os_string().into_string().map_err(|b| {
+                        let msg = format!("--binary {}: not UTF-8", b.to_string_lossy());
+                        (ExitCode::Usage, anyhow::anyhow!(msg))
+                    })?;
+                    Some(b)
+                }
+            };
+            reply(control::ask(&path, control::Command::Upgrade { binary }).map_err(failure)?)
         }
         Command::Stop(args) => {
             let path = control_path(args.control.control, &env);

@@ -64,6 +64,8 @@ struct Shared {
     state: Cell<&'static str>,
     generation: u64,
     upgrades_failed: Cell<u64>,
+    /// The binary this generation was started from, as invoked.
+    binary: String,
 }
 
 impl Shared {
@@ -73,6 +75,8 @@ impl Shared {
             uptime_ms: self.started.elapsed().as_millis() as u64,
             state: self.state.get().to_owned(),
             generation: self.generation,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            binary: self.binary.clone(),
             upgrades: self.generation.saturating_sub(1),
             upgrades_failed: self.upgrades_failed.get(),
             log_writes_dropped: crate::logging::dropped(),
@@ -191,7 +195,7 @@ enum Control {
     Reload(Option<oneshot::Sender<Reply>>),
     /// A stop; the connection, if the client waits, is told how the supervisor exits.
     Stop(Option<Box<handover::tokio::Channel>>),
-    Upgrade(oneshot::Sender<Reply>),
+    Upgrade(oneshot::Sender<Reply>, Option<PathBuf>),
     Scale {
         program: Option<String>,
         how: Scale,
@@ -553,6 +557,7 @@ impl Supervisor {
             state: Cell::new(if parent.is_some() { "starting" } else { "running" }),
             generation: generation_no,
             upgrades_failed: Cell::new(0),
+            binary: startup.exe.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
         });
         let metrics = metrics.map(|(m, listener, handoff)| MetricsEndpoint {
             task: tokio::task::spawn_local(metrics::serve(listener, m, Rc::clone(&shared))),
@@ -632,7 +637,7 @@ impl Supervisor {
             }
             Signal::Upgrade => {
                 info!("SIGUSR2: upgrading");
-                self.upgrade(None);
+                self.upgrade(None, None);
             }
             Signal::Terminate | Signal::Interrupt if self.draining => {
                 warn!("second {sig:?} while draining: killing the workers");
@@ -680,7 +685,7 @@ impl Supervisor {
                 self.stop_waiters.extend(waiter.map(|w| *w));
                 self.drain();
             }
-            Control::Upgrade(reply) => self.upgrade(Some(reply)),
+            Control::Upgrade(reply, binary) => self.upgrade(Some(reply), binary),
             Control::Scale { program, how, reply } => {
                 self.shared.scale(program.as_deref(), how, false, Some(reply))
             }
@@ -701,7 +706,13 @@ impl Supervisor {
                     self.serve();
                     // Before the old generation hears of it, so before it exits.
                     crate::init::announce(&self.env);
-                    report_to(&parent, Report::TookOver { pid: std::process::id() });
+                    report_to(
+                        &parent,
+                        Report::TookOver {
+                            pid: std::process::id(),
+                            version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+                        },
+                    );
                     let generation = self.generation_no;
                     info!(generation, "upgrade: generation {generation} took over");
                 }
@@ -743,10 +754,13 @@ impl Supervisor {
         match result {
             Ok(new) => {
                 let msg = format!(
-                    "upgraded: generation {} (pid {}) is serving; generation {generation} (pid {}) drains and exits",
+                    "upgraded: generation {} (pid {}, version {}, binary {}) is serving; generation {generation} (pid {}, version {}) drains and exits",
                     new.generation,
                     new.pid,
-                    std::process::id()
+                    new.version.as_deref().unwrap_or("unknown"),
+                    new.binary.display(),
+                    std::process::id(),
+                    env!("CARGO_PKG_VERSION"),
                 );
                 info!("{msg}");
                 let status =
@@ -869,7 +883,7 @@ impl Supervisor {
     }
 
     /// An upgrade was asked for (by `SIGUSR2`: no `reply`, or the control socket).
-    fn upgrade(&mut self, reply: Option<oneshot::Sender<Reply>>) {
+    fn upgrade(&mut self, reply: Option<oneshot::Sender<Reply>>, binary: Option<PathBuf>) {
         let refused = if self.draining {
             Some("the supervisor is draining")
         } else {
@@ -883,7 +897,7 @@ impl Supervisor {
         };
         let plan = match refused {
             Some(why) => Err(why.to_owned()),
-            None => self.plan_upgrade(),
+            None => self.plan_upgrade(binary),
         };
         match plan {
             Ok(plan) => {
@@ -903,9 +917,14 @@ impl Supervisor {
         }
     }
 
-    fn plan_upgrade(&self) -> Result<upgrade::Plan, String> {
-        let startup = Startup { exe: self.exe.clone(), ..Startup::default() };
-        let exe = upgrade::binary(&startup).map_err(|e| e.to_string())?;
+    fn plan_upgrade(&self, binary: Option<PathBuf>) -> Result<upgrade::Plan, String> {
+        let exe = match binary {
+            Some(path) => upgrade::check_binary(path)?,
+            None => {
+                let startup = Startup { exe: self.exe.clone(), ..Startup::default() };
+                upgrade::binary(&startup).map_err(|e| e.to_string())?
+            }
+        };
         let dup = |s: &socket2::Socket| {
             s.try_clone().map_err(|e| format!("cannot duplicate a listener: {e}"))
         };
@@ -1033,9 +1052,9 @@ async fn answer(
     };
     let reply = match Command::parse(&msg.bytes) {
         Some(Command::Status) => serde_json::to_vec(&shared.status().await).unwrap_or_default(),
-        Some(Command::Upgrade) => {
+        Some(Command::Upgrade { binary }) => {
             let (tx, rx) = oneshot::channel();
-            let _ = ctl.send(Control::Upgrade(tx));
+            let _ = ctl.send(Control::Upgrade(tx, binary.map(PathBuf::from)));
             let r = rx.await.unwrap_or(Reply {
                 ok: false,
                 message: "the supervisor stopped before the upgrade finished".into(),
