@@ -40,6 +40,10 @@ pub(crate) fn command<'a>(prog: &ProgramConfig, env: &Env) -> handover::Command<
     for (k, v) in &prog.env {
         cmd.env(k, v);
     }
+    if let Some(dir) = &prog.context.chdir {
+        cmd.current_dir(dir);
+    }
+    crate::sys::apply_context(&mut cmd, &prog.context);
     cmd
 }
 

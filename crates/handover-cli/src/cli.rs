@@ -272,6 +272,32 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     pub(crate) subreaper: bool,
 
+    /// Run the workers as this user (name or uid; its primary group unless --group), with
+    /// supplementary groups dropped. The supervisor must run as root to use it (it binds
+    /// first, so ports below 1024 work: gunicorn's --user).
+    #[arg(long, value_name = "USER")]
+    pub(crate) user: Option<String>,
+
+    /// Run the workers as this group (name or gid).
+    #[arg(long, value_name = "GROUP")]
+    pub(crate) group: Option<String>,
+
+    /// Start the workers in this directory (gunicorn's --chdir).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) chdir: Option<PathBuf>,
+
+    /// The workers' file mode creation mask, octal (e.g. 027; gunicorn's --umask).
+    #[arg(long, value_name = "MASK")]
+    pub(crate) umask: Option<String>,
+
+    /// Set a variable in the workers' environment. Repeat for more.
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = crate::context::parse_env_flag)]
+    pub(crate) env: Vec<(String, String)>,
+
+    /// Read variables for the workers' environment from this file (KEY=VALUE lines, # comments).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) env_file: Option<PathBuf>,
+
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9100).
     #[arg(long, value_name = "HOST:PORT")]
     pub(crate) metrics: Option<String>,

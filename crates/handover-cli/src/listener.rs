@@ -101,6 +101,9 @@ pub(crate) fn bind(l: &ListenerConfig) -> Result<Bound> {
                 .bind(&SockAddr::unix(path).with_context(what)?)
                 .map_err(explain)
                 .with_context(what)?;
+            crate::sys::set_socket_perms(path, &l.perms)
+                .with_context(|| format!("cannot set the owner or mode of {}", path.display()))
+                .with_context(what)?;
             (socket, Some(path.clone()))
         }
     };

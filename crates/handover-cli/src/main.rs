@@ -10,6 +10,7 @@
 mod child;
 mod cli;
 mod config;
+mod context;
 mod control;
 mod engine;
 mod exit_codes;

@@ -132,6 +132,8 @@ pub struct Command<'a> {
     pub(crate) process_group: Option<i32>,
     #[allow(dead_code)]
     pub(crate) trust_cloexec: bool,
+    #[allow(dead_code)]
+    pub(crate) umask: Option<u32>,
     // Set through `windows::CommandExt`; shared so the builder needs no lifetime for it.
     #[allow(dead_code)]
     pub(crate) job: Option<std::sync::Arc<sys::Job>>,
@@ -157,6 +159,7 @@ impl<'a> Command<'a> {
             gid: None,
             process_group: None,
             trust_cloexec: false,
+            umask: None,
             job: None,
         }
     }

@@ -62,6 +62,7 @@ struct ExecPlan {
     temps: Vec<RawFd>,
     die_with_parent: bool,
     parent_pid: libc::pid_t,
+    umask: Option<libc::mode_t>,
 }
 
 // SAFETY: the raw pointers point into buffers owned by the same ExecPlan, which are never
@@ -95,6 +96,10 @@ impl ExecPlan {
         }
         if self.die_with_parent {
             set_parent_death_signal(self.parent_pid)?;
+        }
+        if let Some(mask) = self.umask {
+            // SAFETY: umask cannot fail and touches nothing but the process's mask.
+            unsafe { libc::umask(mask) };
         }
         // SAFETY: path, argv and envp are NUL-terminated strings in NULL-terminated arrays that
         // live in this plan. execve returns only on failure.
@@ -230,7 +235,8 @@ pub(crate) fn spawn(cmd: &mut Command<'_>) -> io::Result<(Child, Option<RawChann
         env.push((ENV_LISTEN_FDNAMES.into(), names.join(":").into()));
     }
     let path = resolve_program(&cmd.program, &env)?;
-    let direct = cmd.trust_cloexec && sources.is_empty() && !cmd.die_with_parent;
+    let direct =
+        cmd.trust_cloexec && sources.is_empty() && !cmd.die_with_parent && cmd.umask.is_none();
     let plan = if direct { None } else { Some(exec_plan(cmd, &path, &mut env, sources)?) };
 
     let mut std_cmd = std::process::Command::new(&path);
@@ -319,6 +325,7 @@ fn exec_plan(
         die_with_parent: cmd.die_with_parent,
         // SAFETY: getpid cannot fail.
         parent_pid: unsafe { libc::getpid() },
+        umask: cmd.umask.map(|m| m as libc::mode_t),
     })
 }
 
