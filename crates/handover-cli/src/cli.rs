@@ -63,6 +63,11 @@ pub(crate) enum Command {
     /// READY=1 / RELOADING=1 / STOPPING=1 / MAINPID= are reported (docs/systemd.md).
     #[command(verbatim_doc_comment)]
     Serve(Box<ServeArgs>),
+    /// Check a configuration (the same file or flags as `serve`) without serving: every
+    /// command found and executable, every address parseable, every user and group present
+    /// and permitted. Prints the plan and exits 0, or says what is wrong and exits 2
+    /// (nginx -t).
+    Check(Box<ServeArgs>),
     /// Show a running supervisor's workers, listeners and totals (`--watch`: a live view).
     Status(StatusArgs),
     /// Restart a running supervisor's workers one at a time (as SIGHUP does), each replacement

@@ -47,7 +47,7 @@ impl ContextSpec {
             let (uid, gid) =
                 sys::lookup_user(name).map_err(|e| anyhow!("{what}: user {name:?}: {e}"))?;
             ctx.user = Some((name.clone(), uid));
-            ctx.group = Some((name.clone(), gid));
+            ctx.group = Some((format!("{name}'s primary group"), gid));
         }
         if let Some(name) = &self.group {
             let gid =

@@ -7,6 +7,7 @@
 // The binary reports to its user on the terminal.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod check;
 mod child;
 mod cli;
 mod config;
@@ -111,6 +112,14 @@ fn run() -> Result<ExitCode, (ExitCode, anyhow::Error)> {
             }
             Ok(outcome.code)
         }
+        Command::Check(args) => match Config::from_args(*args, env.clone()) {
+            Ok(config) => {
+                print!("{}", check::plan(&config));
+                println!("configuration ok");
+                Ok(ExitCode::Success)
+            }
+            Err(e) => Err((ExitCode::Usage, e)),
+        },
         Command::Status(args) => {
             let path = control_path(args.control.control, &env);
             if args.watch {
