@@ -277,6 +277,13 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     pub(crate) subreaper: bool,
 
+    /// prefork, spawn: bind at start (so a taken port fails at once) but listen only once
+    /// every program has a ready worker: until then connections are refused instead of
+    /// queued in the backlog, so a TCP health check fails until the service can answer.
+    /// Sockets passed by systemd or an older generation listen already and are unaffected.
+    #[arg(long)]
+    pub(crate) listen_when_ready: bool,
+
     /// Run the workers as this user (name or uid; its primary group unless --group), with
     /// supplementary groups dropped. The supervisor must run as root to use it (it binds
     /// first, so ports below 1024 work: gunicorn's --user).

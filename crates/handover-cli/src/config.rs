@@ -208,6 +208,8 @@ pub(crate) struct Config {
     pub(crate) log_format: LogFormat,
     /// `--log-file`: the log and the workers' prefixed output go there (reopened on SIGUSR1).
     pub(crate) log_file: Option<PathBuf>,
+    /// Bind at start, but listen only once every program has a ready worker.
+    pub(crate) listen_when_ready: bool,
 }
 
 /// The TOML file, as written.
@@ -375,6 +377,7 @@ impl Config {
         if let Some(p) = args.log_file {
             config.log_file = Some(p);
         }
+        config.listen_when_ready = args.listen_when_ready;
         config.validate()?;
         Ok(config)
     }
@@ -421,6 +424,13 @@ impl Config {
                 bail!("program {:?}: too many listeners", p.name);
             }
             p.controls.validate(&p.name, p.mode)?;
+            if self.listen_when_ready && p.mode == Mode::Shared {
+                bail!(
+                    "program {:?}: --listen-when-ready is not for shared mode, whose workers \
+                     accept on the listening socket themselves (use prefork or spawn)",
+                    p.name
+                );
+            }
             if !p.compat.is_empty() && p.mode != Mode::Shared {
                 bail!(
                     "program {:?}: --compat describes listening sockets, which only shared mode \
@@ -637,6 +647,7 @@ fn from_flags(
         metrics: None,
         log_format: LogFormat::Text,
         log_file: None,
+        listen_when_ready: false,
     })
 }
 
@@ -786,6 +797,7 @@ fn from_file(
         metrics: file.metrics.as_deref().map(parse_metrics).transpose()?,
         log_format: file.log_format.unwrap_or_default(),
         log_file: file.log_file.clone(),
+        listen_when_ready: false,
     })
 }
 

@@ -302,6 +302,8 @@ struct Supervisor {
     /// Readiness announced: `READY=1` to systemd (first generation), READY to the old
     /// generation (a new one).
     announced: bool,
+    /// `--listen-when-ready`: listeners that listen once readiness is announced.
+    deferred: Vec<Deferred>,
     draining: bool,
     shared: Rc<Shared>,
     engines: JoinSet<Outcome>,
@@ -327,11 +329,32 @@ enum Flow {
 
 /// The listeners: handed over by the old generation, passed by systemd, or bound here. Also
 /// returns the Unix socket files this generation is responsible for removing.
+/// A listener bound but not listening yet (`--listen-when-ready`).
+#[derive(Debug)]
+struct Deferred {
+    name: String,
+    socket: socket2::Socket,
+    backlog: i32,
+}
+
+/// What [`bind_listeners`] gives.
+struct Listeners {
+    bound: Vec<Option<Bound>>,
+    /// Unix socket files this generation removes when it exits for good.
+    owned_paths: Vec<PathBuf>,
+    deferred: Vec<Deferred>,
+}
+
+/// Binds or adopts every listener. With `defer_listen` (`--listen-when-ready`, first
+/// generation) the ones bound here are not listening yet: copies of them come back too, to
+/// listen on once the workers are ready.
 fn bind_listeners(
     config: &Config,
     mut handed: Vec<(HandedListener, handover::Socket)>,
     mut activated: Vec<(String, handover::Socket)>,
-) -> Result<(Vec<Option<Bound>>, Vec<PathBuf>)> {
+    defer_listen: bool,
+) -> Result<Listeners> {
+    let mut deferred = Vec::new();
     let mode_of = |i: usize| {
         config.programs.iter().find(|p| p.listeners.contains(&i)).map_or(Mode::Prefork, |p| p.mode)
     };
@@ -347,7 +370,7 @@ fn bind_listeners(
                     l.name, l.addr
                 );
                 owned_paths.extend(info.unix_path);
-                listener::bind(l)?
+                listener::bind(l, true)?
             } else if (info.mode == Mode::Shared) != (mode == Mode::Shared) {
                 bail!(
                     "listener {:?} would move from {:?} to {mode:?} mode, which an upgrade cannot do \
@@ -362,7 +385,12 @@ fn bind_listeners(
             // systemd owns the socket (and its file, if any).
             Bound::adopt(l, socket, None)?
         } else {
-            listener::bind(l)?
+            let b = listener::bind(l, !defer_listen)?;
+            if defer_listen {
+                let copy = b.socket.try_clone().context("cannot duplicate a listener")?;
+                deferred.push(Deferred { name: l.name.clone(), socket: copy, backlog: l.backlog });
+            }
+            b
         };
         owned_paths.extend(b.unix_path.clone());
         bound.push(Some(b));
@@ -377,7 +405,7 @@ fn bind_listeners(
     for (name, _) in activated {
         warn!("systemd passed a socket named {name:?}, which no listener is named: closing it");
     }
-    Ok((bound, owned_paths))
+    Ok(Listeners { bound, owned_paths, deferred })
 }
 
 /// The metrics listener: handed over (two processes cannot bind one port), or bound here.
@@ -513,7 +541,9 @@ impl Supervisor {
         if !startup.activated.is_empty() {
             info!("socket activation: {} socket(s) passed", startup.activated.len());
         }
-        let (bound, owned_paths) = bind_listeners(&config, handed, startup.activated)?;
+        let defer = config.listen_when_ready && parent.is_none();
+        let Listeners { bound, owned_paths, deferred } =
+            bind_listeners(&config, handed, startup.activated, defer)?;
         let metrics = match config.metrics {
             None => None,
             Some(addr) => {
@@ -544,7 +574,8 @@ impl Supervisor {
         }
         let env = Rc::new(config.env.clone());
         let ctx = EngineContext {
-            held: parent.is_some(),
+            // Until GO from the old generation, or until the deferred listeners listen.
+            held: parent.is_some() || !deferred.is_empty(),
             generation: generation_no,
             handoff_latency: metrics.as_ref().map(|(m, _, _)| m.handoff_latency.clone()),
             output,
@@ -578,6 +609,7 @@ impl Supervisor {
             generation_no,
             generation,
             announced: false,
+            deferred,
             draining: false,
             shared,
             engines,
@@ -819,6 +851,18 @@ impl Supervisor {
                 report_to(parent, Report::Ready);
             }
             _ => {
+                if !self.deferred.is_empty() {
+                    for d in std::mem::take(&mut self.deferred) {
+                        if let Err(e) = listener::listen(&d.socket, d.backlog) {
+                            error!("cannot listen on listener {:?}: {e}", d.name);
+                            self.code = self.code.or(ExitCode::Failure);
+                            self.drain();
+                            return Flow::Continue;
+                        }
+                    }
+                    info!("listening now that the workers are ready (--listen-when-ready)");
+                    self.shared.broadcast(|| Request::Start);
+                }
                 info!(generation, "ready");
                 sys::notify(&[Notify::Ready, Notify::Status("serving")]);
             }
@@ -886,6 +930,8 @@ impl Supervisor {
     fn upgrade(&mut self, reply: Option<oneshot::Sender<Reply>>, binary: Option<PathBuf>) {
         let refused = if self.draining {
             Some("the supervisor is draining")
+        } else if !self.deferred.is_empty() {
+            Some("the supervisor is not listening yet (--listen-when-ready: no worker is ready)")
         } else {
             match self.generation {
                 Generation::Upgrading { .. } => Some("an upgrade is already in progress"),

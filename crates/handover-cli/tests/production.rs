@@ -445,3 +445,36 @@ fn ready_is_503_until_a_worker_is_ready_and_again_while_draining() {
     assert!(slow.join().unwrap().starts_with("HTTP/1.1 200"));
     assert!(env.wait_exit(Duration::from_secs(10)).success(), "{}", env.log_text());
 }
+
+/// Issue 17: `--listen-when-ready` binds at start but refuses connections (rather than
+/// queueing them in the backlog, where a TCP health check counts them as served) until a
+/// worker is ready.
+#[test]
+fn issue_17_listen_when_ready_refuses_connections_until_a_worker_is_ready() {
+    let mut env = TestEnv::new("listen-when-ready");
+    env.serve(
+        &["-l", "tcp://127.0.0.1:0", "-w", "1", "--listen-when-ready"],
+        &[DEMO_WORKER, "--start-delay-ms", "1500"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let addr: std::net::SocketAddr = loop {
+        if let Some(s) = env.status() {
+            let a = s["listeners"][0]["address"].as_str().unwrap().to_owned();
+            break a.trim_start_matches("tcp://").parse().unwrap();
+        }
+        assert!(env.running(), "exited:\n{}", env.log_text());
+        assert!(Instant::now() < deadline, "no status:\n{}", env.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let early = std::net::TcpStream::connect(addr);
+    assert_eq!(
+        early.as_ref().map_err(std::io::Error::kind).err(),
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "a connection before any worker is ready: {early:?}"
+    );
+    // Listening starts when readiness is announced (the supervisor's next check after the
+    // worker said hello), logged just before `ready`.
+    wait_log(&env, "listening now that the workers are ready");
+    let body = get(addr).expect("served once ready");
+    assert!(!body.is_empty());
+}
