@@ -136,6 +136,9 @@ pub(crate) struct ProgramConfig {
     pub(crate) controls: Controls,
     /// User, group, directory and umask of its children.
     pub(crate) context: ExecContext,
+    /// Files its children's prefixed output goes to instead of the supervisor's streams.
+    pub(crate) stdout_file: Option<PathBuf>,
+    pub(crate) stderr_file: Option<PathBuf>,
 }
 
 /// The day-to-day controls of a program: recycling, deadlines, staggered starts, output.
@@ -272,6 +275,8 @@ struct FileProgram {
     chdir: Option<PathBuf>,
     umask: Option<String>,
     env_file: Option<PathBuf>,
+    stdout: Option<PathBuf>,
+    stderr: Option<PathBuf>,
 }
 
 /// A size in the file: bytes, or a string with a unit (`"512M"`).
@@ -424,6 +429,15 @@ impl Config {
                 bail!("program {:?}: too many listeners", p.name);
             }
             p.controls.validate(&p.name, p.mode)?;
+            if (p.stdout_file.is_some() || p.stderr_file.is_some())
+                && p.controls.worker_output != WorkerOutput::Prefix
+            {
+                bail!(
+                    "program {:?}: stdout and stderr files take the prefixed output, which \
+                     worker_output = \"inherit\" turns off",
+                    p.name
+                );
+            }
             if self.listen_when_ready && p.mode == Mode::Shared {
                 bail!(
                     "program {:?}: --listen-when-ready is not for shared mode, whose workers \
@@ -635,6 +649,8 @@ fn from_flags(
             compat: args.compat.clone(),
             controls,
             context,
+            stdout_file: None,
+            stderr_file: None,
         });
     }
     Ok(Config {
@@ -785,6 +801,8 @@ fn from_file(
             compat: p.compat.clone(),
             controls: c,
             context,
+            stdout_file: p.stdout.as_ref().map(|f| base.join(f)),
+            stderr_file: p.stderr.as_ref().map(|f| base.join(f)),
         });
     }
     Ok(Config {

@@ -467,6 +467,9 @@ fn start_engines(
                 socket: b.socket.try_clone().context("cannot keep a copy of a listener")?,
             });
         }
+        let files = crate::output::ProgramFiles::open(prog).with_context(|| {
+            format!("program {:?}: cannot open its stdout or stderr file", prog.name)
+        })?;
         let (prog, env, ctx) = (prog.clone(), Rc::clone(env), ctx.clone());
         let status: Vec<ListenerStatus> = mine
             .iter()
@@ -478,7 +481,8 @@ fn start_engines(
             })
             .collect();
         if prog.mode == Mode::Shared {
-            let core = Core::new(prog, env, Vec::new(), status, ctx);
+            let mut core = Core::new(prog, env, Vec::new(), status, ctx);
+            core.files = files;
             let mode = crate::shared::Shared::new(&core, mine);
             engines.spawn_local(engine::run(core, mode, rx));
             continue;
@@ -489,7 +493,8 @@ fn start_engines(
             .map(|(i, b)| Listener::new(i as u16, b))
             .collect::<std::io::Result<Vec<_>>>()
             .context("cannot register the listeners")?;
-        let core = Core::new(prog, env, listeners, status, ctx);
+        let mut core = Core::new(prog, env, listeners, status, ctx);
+        core.files = files;
         if core.prog.mode == Mode::Prefork {
             let mode = crate::prefork::Prefork::new(&core);
             engines.spawn_local(engine::run(core, mode, rx));
@@ -679,13 +684,21 @@ impl Supervisor {
                 warn!("SIGQUIT: fast shutdown, killing the workers now");
                 return self.kill_all(sig).await;
             }
-            Signal::ReopenLogs => match crate::logging::reopen() {
-                Ok(Some(path)) => info!("SIGUSR1: reopened the log file {}", path.display()),
-                Ok(None) => info!("SIGUSR1: no --log-file to reopen"),
-                Err(e) => {
-                    error!("SIGUSR1: cannot reopen the log file ({e}); writing on to the old one")
+            Signal::ReopenLogs => {
+                let (done, failed) = crate::logging::reopen();
+                if done.is_empty() && failed.is_empty() {
+                    info!("SIGUSR1: no --log-file to reopen");
                 }
-            },
+                for path in done {
+                    info!("SIGUSR1: reopened the log file {}", path.display());
+                }
+                for (path, e) in failed {
+                    error!(
+                        "SIGUSR1: cannot reopen the log file {} ({e}); writing on to the old one",
+                        path.display()
+                    );
+                }
+            }
             Signal::Ignored(name) => {
                 info!(
                     "{name}: ignored (it means nothing to handover; see the README's signal table)"

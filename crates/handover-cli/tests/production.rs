@@ -478,3 +478,46 @@ fn issue_17_listen_when_ready_refuses_connections_until_a_worker_is_ready() {
     let body = get(addr).expect("served once ready");
     assert!(!body.is_empty());
 }
+
+/// Issue 17: per-program `stdout` and `stderr` files (paths relative to the configuration
+/// file) take that program's prefixed lines instead of the supervisor's streams, and are
+/// opened again on `SIGUSR1`, as the log file is.
+#[test]
+fn issue_17_program_stdout_and_stderr_files_take_its_lines_and_reopen_on_usr1() {
+    let mut env = TestEnv::new("program-files");
+    let config = env.dir.join("handover.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listener]]\nname = \"web\"\naddress = \"tcp://127.0.0.1:0\"\n\n[[program]]\n\
+             name = \"app\"\ncommand = [\"{DEMO_WORKER}\", \"--log-requests\"]\nworkers = 1\n\
+             stdout = \"app.out\"\nstderr = \"app.err\"\n"
+        ),
+    )
+    .unwrap();
+    env.serve(&["--config", config.to_str().unwrap()], &[]);
+    let addr = env.wait_ready(1);
+    let (out, err) = (env.dir.join("app.out"), env.dir.join("app.err"));
+    get(addr).expect("request");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served_lines(&out).is_empty() {
+        assert!(Instant::now() < deadline, "nothing in {}:\n{}", out.display(), env.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(served_lines(&out)[0].starts_with("app.0["), "prefixed: {:?}", served_lines(&out));
+    let errors = std::fs::read_to_string(&err).unwrap();
+    assert!(errors.contains("starting"), "the worker's stderr: {errors}");
+    assert!(!env.log_text().contains("served request"), "{}", env.log_text());
+
+    // logrotate's way: rename, then USR1; new lines go to a new file at the path.
+    std::fs::rename(&out, env.dir.join("app.out.1")).unwrap();
+    env.signal("USR1");
+    wait_log(&env, &format!("SIGUSR1: reopened the log file {}", out.display()));
+    get(addr).expect("request");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served_lines(&out).is_empty() {
+        assert!(Instant::now() < deadline, "nothing in the new {}", out.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(served_lines(&env.dir.join("app.out.1")).len(), 1);
+}
