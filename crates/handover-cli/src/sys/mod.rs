@@ -58,7 +58,13 @@
 //!   `InitSignals::new()?` (blocks the signals it reads, before any child starts) and
 //!   `next(block) -> io::Result<Option<InitEvent>>` (a `signalfd`), `reap_any()` (`waitpid(-1,
 //!   WNOHANG)`: pid and exit code, 128 + signal for a death by a signal), `forward(pid,
-//!   signal)`, `exists(pid)`, and `announce_to(init_pid)` (a generation says it took over).
+//!   signal)`, `exists(pid)`, and `announce_to(init_pid)` (a generation says it took over);
+//! - users and modes (`crate::context`): `lookup_user(name) -> Result<(uid, gid), String>`,
+//!   `lookup_group(name) -> Result<gid, String>`, `check_may_become(uid, gid)` and
+//!   `check_may_give(owner, group)` (root may; others only themselves and their groups),
+//!   `apply_context(&mut Command, &ExecContext)` (uid, gid, umask between fork and exec),
+//!   `HAS_UMASK`, and `set_socket_perms(path, &SocketPerms)` (chown, chmod). Windows refuses
+//!   users and umasks when the configuration is read; its `apply_context` does nothing.
 
 #[cfg(unix)]
 mod unix;
