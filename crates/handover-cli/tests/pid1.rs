@@ -124,3 +124,28 @@ fn issue_17_as_pid_1_orphans_are_reaped_an_upgrade_keeps_serving_and_sigterm_dra
     assert!(st.success(), "exit {st}:\n{}", env.log_text());
     assert!(env.log_text().contains("Terminate: draining"), "{}", env.log_text());
 }
+
+#[test]
+fn issue_17_subreaper_adopts_and_reaps_orphans_without_being_pid_1() {
+    let mut env = TestEnv::new("subreaper");
+    env.serve(
+        &["--subreaper", "--mode", "spawn", "--listen", "tcp://127.0.0.1:0"],
+        &["sh", "-c", "(sleep 1 </dev/null >/dev/null 2>&1 &); echo served by $$"],
+    );
+    let addr = env.wait_ready(1);
+    assert!(answer(addr).starts_with("served by"));
+    // The orphaned `sleep` is reparented to the init process (the one the test started), not
+    // to the system's init.
+    let init = env.pid();
+    let comm = |p: u32| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !testenv::children_of(init).iter().any(|&p| comm(p).trim() == "sleep") {
+        assert!(Instant::now() < deadline, "the orphan was not adopted:\n{}", env.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    wait_no_zombies(init);
+    env.signal("TERM");
+    let st = env.wait_exit(Duration::from_secs(15));
+    assert!(st.success(), "exit {st}:\n{}", env.log_text());
+}
