@@ -65,6 +65,11 @@ pub(crate) enum Command {
     /// READY=1 / RELOADING=1 / STOPPING=1 / MAINPID= are reported (docs/systemd.md).
     #[command(verbatim_doc_comment)]
     Serve(Box<ServeArgs>),
+    /// Check a configuration (the same file or flags as `serve`) without serving: every
+    /// command found and executable, every address parseable, every user and group present
+    /// and permitted. Prints the plan and exits 0, or says what is wrong and exits 2
+    /// (nginx -t).
+    Check(Box<ServeArgs>),
     /// Show a running supervisor's workers, listeners and totals (`--watch`: a live view).
     Status(StatusArgs),
     /// Restart a running supervisor's workers one at a time (as SIGHUP does), each replacement
@@ -88,10 +93,11 @@ pub(crate) enum Command {
     /// `handover stop && handover serve ...` works. Says every 5 s that it is still waiting.
     Stop(StopArgs),
     /// Zero-downtime upgrade (as SIGUSR2 does): start a new generation of the supervisor from
-    /// the binary now on disk with the configuration re-read, hand it the listening sockets,
-    /// and drain the old generation once the new one is ready. Waits for the outcome; exits
-    /// non-zero (and the old generation carries on) if the new one fails to become ready.
-    Upgrade(ControlArgs),
+    /// the binary now on disk (the path `handover serve` was invoked as, through any link
+    /// swapped since; or --binary) with the configuration re-read, hand it the listening
+    /// sockets, and drain the old generation once the new one is ready. Waits for the outcome;
+    /// exits non-zero (and the old generation carries on) if the new one fails to become ready.
+    Upgrade(UpgradeArgs),
     /// Print a completion script for a shell, generated from these definitions.
     ///
     ///   bash        handover completions bash > ~/.local/share/bash-completion/completions/handover
@@ -266,6 +272,46 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "PATH")]
     pub(crate) pid_file: Option<PathBuf>,
 
+    /// Linux: reap every orphaned process below this one (`PR_SET_CHILD_SUBREAPER`), as PID 1
+    /// of a container does by itself. Either way a thin first process starts the supervisor,
+    /// passes signals on, reaps, and exits with the status of the last generation, so an
+    /// upgrade survives (tini's design; docs/multi-host.md).
+    #[arg(long)]
+    pub(crate) subreaper: bool,
+
+    /// prefork, spawn: bind at start (so a taken port fails at once) but listen only once
+    /// every program has a ready worker: until then connections are refused instead of
+    /// queued in the backlog, so a TCP health check fails until the service can answer.
+    /// Sockets passed by systemd or an older generation listen already and are unaffected.
+    #[arg(long)]
+    pub(crate) listen_when_ready: bool,
+
+    /// Run the workers as this user (name or uid; its primary group unless --group), with
+    /// supplementary groups dropped. The supervisor must run as root to use it (it binds
+    /// first, so ports below 1024 work: gunicorn's --user).
+    #[arg(long, value_name = "USER")]
+    pub(crate) user: Option<String>,
+
+    /// Run the workers as this group (name or gid).
+    #[arg(long, value_name = "GROUP")]
+    pub(crate) group: Option<String>,
+
+    /// Start the workers in this directory (gunicorn's --chdir).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) chdir: Option<PathBuf>,
+
+    /// The workers' file mode creation mask, octal (e.g. 027; gunicorn's --umask).
+    #[arg(long, value_name = "MASK")]
+    pub(crate) umask: Option<String>,
+
+    /// Set a variable in the workers' environment. Repeat for more.
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = crate::context::parse_env_flag)]
+    pub(crate) env: Vec<(String, String)>,
+
+    /// Read variables for the workers' environment from this file (KEY=VALUE lines, # comments).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) env_file: Option<PathBuf>,
+
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9100).
     #[arg(long, value_name = "HOST:PORT")]
     pub(crate) metrics: Option<String>,
@@ -315,6 +361,17 @@ pub(crate) struct ReloadArgs {
     /// Start the reload and return at once, without waiting for it to finish.
     #[arg(long)]
     pub(crate) no_wait: bool,
+
+    #[command(flatten)]
+    pub(crate) control: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UpgradeArgs {
+    /// Start the new generation from this binary instead (made absolute here; links are not
+    /// resolved, so later upgrades start whatever it names then).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) binary: Option<PathBuf>,
 
     #[command(flatten)]
     pub(crate) control: ControlArgs,

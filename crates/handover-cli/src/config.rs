@@ -47,6 +47,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
 use crate::cli::ServeArgs;
+use crate::context::{ContextSpec, ExecContext, SocketPerms};
 use crate::model::{Compat, LogFormat, Mode, Policy, ProxyProtocol, SpawnSocket, WorkerOutput};
 
 /// The process environment, read once at start. Children's environments are built from this
@@ -111,6 +112,8 @@ pub(crate) struct ListenerConfig {
     pub(crate) backlog: i32,
     /// Its connections start with a PROXY header (see `proxy`).
     pub(crate) proxy: Option<ProxyProtocol>,
+    /// `unix:` listeners: the socket file's mode, owner and group.
+    pub(crate) perms: SocketPerms,
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +132,11 @@ pub(crate) struct ProgramConfig {
     /// shared mode: extra variables for programs written for other supervisors.
     pub(crate) compat: Vec<Compat>,
     pub(crate) controls: Controls,
+    /// User, group, directory and umask of its children.
+    pub(crate) context: ExecContext,
+    /// Files its children's prefixed output goes to instead of the supervisor's streams.
+    pub(crate) stdout_file: Option<PathBuf>,
+    pub(crate) stderr_file: Option<PathBuf>,
 }
 
 /// The day-to-day controls of a program: recycling, deadlines, staggered starts, output.
@@ -201,6 +209,8 @@ pub(crate) struct Config {
     pub(crate) log_format: LogFormat,
     /// `--log-file`: the log and the workers' prefixed output go there (reopened on SIGUSR1).
     pub(crate) log_file: Option<PathBuf>,
+    /// Bind at start, but listen only once every program has a ready worker.
+    pub(crate) listen_when_ready: bool,
 }
 
 /// The TOML file, as written.
@@ -228,6 +238,9 @@ struct FileListener {
     policy: Option<Policy>,
     backlog: Option<i32>,
     proxy_protocol: Option<ProxyProtocol>,
+    mode: Option<String>,
+    owner: Option<String>,
+    group: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -255,6 +268,13 @@ struct FileProgram {
     connection_timeout: Option<String>,
     max_starting: Option<usize>,
     worker_output: Option<WorkerOutput>,
+    user: Option<String>,
+    group: Option<String>,
+    chdir: Option<PathBuf>,
+    umask: Option<String>,
+    env_file: Option<PathBuf>,
+    stdout: Option<PathBuf>,
+    stderr: Option<PathBuf>,
 }
 
 /// A size in the file: bytes, or a string with a unit (`"512M"`).
@@ -360,6 +380,7 @@ impl Config {
         if let Some(p) = args.log_file {
             config.log_file = Some(p);
         }
+        config.listen_when_ready = args.listen_when_ready;
         config.validate()?;
         Ok(config)
     }
@@ -406,6 +427,22 @@ impl Config {
                 bail!("program {:?}: too many listeners", p.name);
             }
             p.controls.validate(&p.name, p.mode)?;
+            if (p.stdout_file.is_some() || p.stderr_file.is_some())
+                && p.controls.worker_output != WorkerOutput::Prefix
+            {
+                bail!(
+                    "program {:?}: stdout and stderr files take the prefixed output, which \
+                     worker_output = \"inherit\" turns off",
+                    p.name
+                );
+            }
+            if self.listen_when_ready && p.mode == Mode::Shared {
+                bail!(
+                    "program {:?}: --listen-when-ready is not for shared mode, whose workers \
+                     accept on the listening socket themselves (use prefork or spawn)",
+                    p.name
+                );
+            }
             if !p.compat.is_empty() && p.mode != Mode::Shared {
                 bail!(
                     "program {:?}: --compat describes listening sockets, which only shared mode \
@@ -572,6 +609,7 @@ fn from_flags(
             policy: args.policy.unwrap_or(Policy::RoundRobin),
             backlog: args.backlog.unwrap_or(DEFAULT_BACKLOG),
             proxy: args.proxy_protocol,
+            perms: SocketPerms::default(),
         });
     }
     let mut programs = Vec::new();
@@ -585,6 +623,9 @@ fn from_flags(
             heartbeat_timeout: args.heartbeat_timeout.is_some(),
         };
         given.validate("main", args.mode.unwrap_or(Mode::Prefork))?;
+        let cwd = std::env::current_dir().context("cannot read the current directory")?;
+        let (context, mut prog_env) = flag_context(args).resolve(&cwd, "the program")?;
+        prog_env.extend(flag_env(args));
         programs.push(ProgramConfig {
             name: "main".to_owned(),
             program: resolve_program(cmd, &env)?,
@@ -592,11 +633,14 @@ fn from_flags(
             mode: args.mode.unwrap_or(Mode::Prefork),
             workers: args.workers.unwrap_or(DEFAULT_WORKERS),
             listeners: (0..listeners.len()).collect(),
-            env: Vec::new(),
+            env: prog_env,
             socket: args.socket.unwrap_or(SpawnSocket::Stdio),
             timeouts,
             compat: args.compat.clone(),
             controls,
+            context,
+            stdout_file: None,
+            stderr_file: None,
         });
     }
     Ok(Config {
@@ -609,6 +653,7 @@ fn from_flags(
         metrics: None,
         log_format: LogFormat::Text,
         log_file: None,
+        listen_when_ready: false,
     })
 }
 
@@ -643,12 +688,19 @@ fn from_file(
             ListenAddr::parse(&l.address).with_context(|| format!("listener {:?}", l.name))?;
         let proxy = l.proxy_protocol.or(args.proxy_protocol);
         check_proxy(&l.name, &addr, proxy)?;
+        let what = format!("listener {:?}", l.name);
+        let perms =
+            SocketPerms::resolve(l.mode.as_deref(), l.owner.as_deref(), l.group.as_deref(), &what)?;
+        if !perms.is_empty() && !matches!(addr, ListenAddr::Unix(_)) {
+            bail!("{what}: mode, owner and group apply to unix: listeners only");
+        }
         listeners.push(ListenerConfig {
             name: l.name.clone(),
             addr,
             policy: l.policy.unwrap_or(Policy::RoundRobin),
             backlog: l.backlog.or(args.backlog).unwrap_or(DEFAULT_BACKLOG),
             proxy,
+            perms,
         });
     }
     let mut programs = Vec::new();
@@ -706,6 +758,25 @@ fn from_file(
         }
         c.max_starting = p.max_starting.unwrap_or(c.max_starting);
         c.worker_output = p.worker_output.unwrap_or(c.worker_output);
+        // The program's keys, else the flags; relative paths in the file are the file's.
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = std::path::absolute(&base).unwrap_or(base);
+        let cwd = std::env::current_dir().context("cannot read the current directory")?;
+        let flags = flag_context(args);
+        let spec = ContextSpec {
+            user: p.user.clone().or(flags.user),
+            group: p.group.clone().or(flags.group),
+            chdir: p.chdir.as_ref().map(|d| base.join(d)).or(flags.chdir.map(|d| cwd.join(d))),
+            umask: p.umask.clone().or(flags.umask),
+            env_file: p
+                .env_file
+                .as_ref()
+                .map(|f| base.join(f))
+                .or(flags.env_file.map(|f| cwd.join(f))),
+        };
+        let (context, mut prog_env) = spec.resolve(&base, &format!("program {name:?}"))?;
+        prog_env.extend(flag_env(args));
+        prog_env.extend(p.env.iter().map(|(k, v)| (k.into(), v.into())));
         programs.push(ProgramConfig {
             program: resolve_program(OsStr::new(cmd), &env)
                 .with_context(|| format!("program {name:?}"))?,
@@ -714,11 +785,14 @@ fn from_file(
             mode: p.mode.unwrap_or(Mode::Prefork),
             workers: p.workers.unwrap_or(DEFAULT_WORKERS),
             listeners: idx,
-            env: p.env.iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            env: prog_env,
             socket: p.socket.unwrap_or(SpawnSocket::Stdio),
             timeouts: t,
             compat: p.compat.clone(),
             controls: c,
+            context,
+            stdout_file: p.stdout.as_ref().map(|f| base.join(f)),
+            stderr_file: p.stderr.as_ref().map(|f| base.join(f)),
         });
     }
     Ok(Config {
@@ -731,7 +805,24 @@ fn from_file(
         metrics: file.metrics.as_deref().map(parse_metrics).transpose()?,
         log_format: file.log_format.unwrap_or_default(),
         log_file: file.log_file.clone(),
+        listen_when_ready: false,
     })
+}
+
+/// The context flags, as given.
+fn flag_context(args: &ServeArgs) -> ContextSpec {
+    ContextSpec {
+        user: args.user.clone(),
+        group: args.group.clone(),
+        chdir: args.chdir.clone(),
+        umask: args.umask.clone(),
+        env_file: args.env_file.clone(),
+    }
+}
+
+/// `--env K=V`, in order.
+fn flag_env(args: &ServeArgs) -> Vec<(OsString, OsString)> {
+    args.env.iter().map(|(k, v)| (k.into(), v.into())).collect()
 }
 
 /// Finds the program as `execvp` would, in the captured `PATH`, and checks it can run.

@@ -31,7 +31,10 @@ pub(crate) enum Command {
     Stop,
     /// Stop, answered with [`Stopped`] once the supervisor has cleaned up and is about to exit.
     StopWait,
-    Upgrade,
+    /// An upgrade, to `binary` if given (else the binary as this generation was invoked).
+    Upgrade {
+        binary: Option<String>,
+    },
     /// Change the number of workers of `program` (the only program if `None`).
     Scale {
         program: Option<String>,
@@ -47,7 +50,8 @@ impl Command {
             Command::ReloadWait => b"reload wait".to_vec(),
             Command::Stop => b"stop".to_vec(),
             Command::StopWait => b"stop wait".to_vec(),
-            Command::Upgrade => b"upgrade".to_vec(),
+            Command::Upgrade { binary: None } => b"upgrade".to_vec(),
+            Command::Upgrade { binary: Some(b) } => format!("upgrade --binary {b}").into(),
             Command::Scale { program: Some(p), how } => {
                 format!("scale {p} {}", how.to_arg()).into()
             }
@@ -62,9 +66,13 @@ impl Command {
             b"reload wait" => Some(Command::ReloadWait),
             b"stop" => Some(Command::Stop),
             b"stop wait" => Some(Command::StopWait),
-            b"upgrade" => Some(Command::Upgrade),
+            b"upgrade" => Some(Command::Upgrade { binary: None }),
             _ => {
                 let text = std::str::from_utf8(b).ok()?;
+                if let Some(path) = text.strip_prefix("upgrade --binary ") {
+                    return (!path.is_empty())
+                        .then(|| Command::Upgrade { binary: Some(path.to_owned()) });
+                }
                 let words: Vec<&str> = text.strip_prefix("scale ")?.split(' ').collect();
                 let (program, n) = match words[..] {
                     [n] => (None, n),
@@ -294,7 +302,8 @@ mod tests {
             Command::ReloadWait,
             Command::Stop,
             Command::StopWait,
-            Command::Upgrade,
+            Command::Upgrade { binary: None },
+            Command::Upgrade { binary: Some("/srv/app/releases/2 b/handover".into()) },
             Command::Scale { program: None, how: Scale::To(6) },
             Command::Scale { program: Some("web".into()), how: Scale::By(-1) },
             Command::Scale { program: Some("web".into()), how: Scale::By(2) },
@@ -302,7 +311,15 @@ mod tests {
         for c in all {
             assert_eq!(Command::parse(&c.to_bytes()), Some(c.clone()), "{c:?}");
         }
-        for bad in [&b"scale"[..], b"scale ", b"scale a b c", b"scale web", b"scale  3", b"nope"] {
+        for bad in [
+            &b"scale"[..],
+            b"scale ",
+            b"scale a b c",
+            b"scale web",
+            b"scale  3",
+            b"nope",
+            b"upgrade --binary ",
+        ] {
             assert_eq!(Command::parse(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }

@@ -83,8 +83,9 @@ fn describe_local(socket: &Socket, addr: &ListenAddr) -> String {
     }
 }
 
-/// Binds a listener, failing clearly if it cannot be bound (port in use, …).
-pub(crate) fn bind(l: &ListenerConfig) -> Result<Bound> {
+/// Binds a listener, failing clearly if it cannot be bound (port in use, …), and listens
+/// unless `listen` is false (`--listen-when-ready`: see [`listen`]).
+pub(crate) fn bind(l: &ListenerConfig, listen_now: bool) -> Result<Bound> {
     let what = || format!("cannot listen on {} ({})", l.addr, l.name);
     let (socket, unix_path) = match &l.addr {
         ListenAddr::Tcp(addr) => {
@@ -101,12 +102,22 @@ pub(crate) fn bind(l: &ListenerConfig) -> Result<Bound> {
                 .bind(&SockAddr::unix(path).with_context(what)?)
                 .map_err(explain)
                 .with_context(what)?;
+            crate::sys::set_socket_perms(path, &l.perms)
+                .with_context(|| format!("cannot set the owner or mode of {}", path.display()))
+                .with_context(what)?;
             (socket, Some(path.clone()))
         }
     };
-    socket.listen(l.backlog).with_context(what)?;
+    if listen_now {
+        socket.listen(l.backlog).with_context(what)?;
+    }
     let local = describe_local(&socket, &l.addr);
     Ok(Bound { name: l.name.clone(), socket, local, policy: l.policy, proxy: l.proxy, unix_path })
+}
+
+/// Starts listening on a socket [`bind`] left bound only.
+pub(crate) fn listen(socket: &Socket, backlog: i32) -> io::Result<()> {
+    socket.listen(backlog)
 }
 
 fn explain(e: io::Error) -> io::Error {

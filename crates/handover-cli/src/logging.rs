@@ -17,7 +17,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 
 /// Which standard stream a write is meant for (used when there is no log file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,13 +59,65 @@ pub(crate) fn set_file(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Opens the log file's path again (after logrotate renamed it) and returns it; `None`
-/// without a log file. If the path cannot be opened, writing goes on to the file already open.
-pub(crate) fn reopen() -> io::Result<Option<PathBuf>> {
-    let mut guard = lock();
-    let Some(current) = guard.as_mut() else { return Ok(None) };
-    current.file = open(&current.path)?;
-    Ok(Some(current.path.clone()))
+/// Opens the log file's path and every program's `stdout`/`stderr` file again (after
+/// logrotate renamed them): the paths reopened, and those that could not be (writing goes on
+/// to the file already open).
+pub(crate) fn reopen() -> (Vec<PathBuf>, Vec<(PathBuf, io::Error)>) {
+    let (mut done, mut failed) = (Vec::new(), Vec::new());
+    let mut reopen_one = |path: &Path, file: &mut File| match open(path) {
+        Ok(f) => {
+            *file = f;
+            done.push(path.to_owned());
+        }
+        Err(e) => failed.push((path.to_owned(), e)),
+    };
+    if let Some(current) = lock().as_mut() {
+        reopen_one(&current.path, &mut current.file);
+    }
+    for f in program_files().iter().filter_map(Weak::upgrade) {
+        let mut file = f.file.lock().unwrap_or_else(|e| e.into_inner());
+        reopen_one(&f.path, &mut file);
+    }
+    (done, failed)
+}
+
+/// A program's `stdout` or `stderr` file (`[[program]]` keys): its workers' prefixed lines
+/// from that stream are appended to it instead, whole lines under its lock; reopened by
+/// [`reopen`] with the log file.
+#[derive(Debug)]
+pub(crate) struct OutputFile {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+impl OutputFile {
+    /// Writes whole lines; a failure drops them and counts one.
+    pub(crate) fn write(&self, bytes: &[u8]) {
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if file.write_all(bytes).is_err() {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The program files open, so [`reopen`] finds them.
+static PROGRAM_FILES: Mutex<Vec<Weak<OutputFile>>> = Mutex::new(Vec::new());
+
+fn program_files() -> std::sync::MutexGuard<'static, Vec<Weak<OutputFile>>> {
+    PROGRAM_FILES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The file at `path`, opened for appending (created if missing), or the one already open
+/// there (two programs, or both streams, may share a file).
+pub(crate) fn program_file(path: &Path) -> io::Result<Arc<OutputFile>> {
+    let mut files = program_files();
+    files.retain(|w| w.strong_count() > 0);
+    if let Some(f) = files.iter().filter_map(Weak::upgrade).find(|f| f.path == path) {
+        return Ok(f);
+    }
+    let f = Arc::new(OutputFile { path: path.to_owned(), file: Mutex::new(open(path)?) });
+    files.push(Arc::downgrade(&f));
+    Ok(f)
 }
 
 /// Whether the log goes to a file.
@@ -159,7 +211,9 @@ mod tests {
         write(Stream::Stdout, b"one\n");
         std::fs::rename(&path, dir.join("h.log.1")).unwrap();
         write(Stream::Stderr, b"two\n");
-        assert_eq!(reopen().unwrap(), Some(path.clone()));
+        let (done, failed) = reopen();
+        assert_eq!(done, std::slice::from_ref(&path));
+        assert!(failed.is_empty());
         write(Stream::Stderr, b"three\n");
         assert_eq!(std::fs::read_to_string(dir.join("h.log.1")).unwrap(), "one\ntwo\n");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "three\n");

@@ -7,12 +7,15 @@
 // The binary reports to its user on the terminal.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod check;
 mod cli;
 mod config;
+mod context;
 mod control;
 mod engine;
 mod exit_codes;
 mod generate;
+mod init;
 mod listener;
 mod logging;
 mod metrics;
@@ -29,6 +32,7 @@ mod supervisor;
 mod sys;
 mod upgrade;
 
+use anyhow::Context as _;
 use clap::Parser;
 
 use crate::cli::{Cli, Command};
@@ -76,7 +80,11 @@ fn run() -> Result<ExitCode, (ExitCode, anyhow::Error)> {
         init_logging(cli.log.as_deref(), &env, model::LogFormat::Text);
     }
     match cli.command {
+        Command::Serve(args) if init::wanted(args.subreaper, &env) => {
+            init::run(args.subreaper, &env).map_err(failure)
+        }
         Command::Serve(args) => {
+            sys::unblock_signals().context("cannot unblock signals").map_err(failure)?;
             sys::close_inherited_on_exec().map_err(failure)?;
             // Sockets and channels this process was started with are taken first, once.
             let startup = upgrade::Startup::capture(&env).map_err(failure)?;
@@ -105,6 +113,14 @@ fn run() -> Result<ExitCode, (ExitCode, anyhow::Error)> {
             }
             Ok(outcome.code)
         }
+        Command::Check(args) => match Config::from_args(*args, env.clone()) {
+            Ok(config) => {
+                print!("{}", check::plan(&config));
+                println!("configuration ok");
+                Ok(ExitCode::Success)
+            }
+            Err(e) => Err((ExitCode::Usage, e)),
+        },
         Command::Status(args) => {
             let path = control_path(args.control.control, &env);
             if args.watch {
@@ -139,8 +155,21 @@ fn run() -> Result<ExitCode, (ExitCode, anyhow::Error)> {
             reply(control::ask(&path, control::Command::Scale { program, how }).map_err(failure)?)
         }
         Command::Upgrade(args) => {
-            let path = control_path(args.control, &env);
-            reply(control::ask(&path, control::Command::Upgrade).map_err(failure)?)
+            let path = control_path(args.control.control, &env);
+            let binary = match args.binary {
+                None => None,
+                Some(b) => {
+                    let b = std::path::absolute(&b)
+                        .with_context(|| format!("--binary {}", b.display()))
+                        .map_err(failure)?;
+                    let b = b.into_os_string().into_string().map_err(|b| {
+                        let msg = format!("--binary {}: not UTF-8", b.to_string_lossy());
+                        (ExitCode::Usage, anyhow::anyhow!(msg))
+                    })?;
+                    Some(b)
+                }
+            };
+            reply(control::ask(&path, control::Command::Upgrade { binary }).map_err(failure)?)
         }
         Command::Stop(args) => {
             let path = control_path(args.control.control, &env);

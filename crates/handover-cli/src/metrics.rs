@@ -40,6 +40,7 @@ pub(crate) struct Metrics {
     upgrades_failed: Counter,
     log_writes_dropped: Counter,
     generation: Gauge,
+    build_info: Family<Labels, Gauge>,
     live: Gauge,
     timed_out: Counter,
     proxy_refused: Counter,
@@ -70,6 +71,7 @@ impl Metrics {
             upgrades_failed: Counter::default(),
             log_writes_dropped: Counter::default(),
             generation: Gauge::default(),
+            build_info: Family::default(),
             live: Gauge::default(),
             timed_out: Counter::default(),
             proxy_refused: Counter::default(),
@@ -188,6 +190,11 @@ impl Metrics {
             m.generation.clone(),
         );
         r.register(
+            "build_info",
+            "1, labelled with this generation's version and the binary it was started from (as invoked)",
+            m.build_info.clone(),
+        );
+        r.register(
             "handoff_latency_seconds",
             "prefork: time from sending a connection to a worker to reading its acknowledgement (worker channels are read 1 ms to 32 ms late)",
             m.handoff_latency.clone(),
@@ -214,6 +221,12 @@ impl Metrics {
         advance(&self.timed_out, t.timed_out);
         advance(&self.proxy_refused, t.proxy_refused);
         self.generation.set(s.generation as i64);
+        self.build_info.clear();
+        let build = vec![
+            ("version".to_owned(), s.version.clone()),
+            ("binary".to_owned(), s.binary.clone()),
+        ];
+        self.build_info.get_or_create(&build).set(1);
         self.live.set(t.live as i64);
         self.workers.clear();
         self.restarts_by_cause.clear();

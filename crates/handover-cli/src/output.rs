@@ -18,12 +18,13 @@
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use crate::logging::Stream;
+use crate::logging::{OutputFile, Stream};
 use crate::model::LogFormat;
 use crate::sys;
 
@@ -37,6 +38,31 @@ const READ: usize = 16 * 1024;
 struct Chunk {
     stream: Stream,
     bytes: Vec<u8>,
+    /// The program's file for this stream, if it has one.
+    file: Option<Arc<OutputFile>>,
+}
+
+/// A program's `stdout` and `stderr` files, opened when its engine starts.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ProgramFiles {
+    stdout: Option<Arc<OutputFile>>,
+    stderr: Option<Arc<OutputFile>>,
+}
+
+impl ProgramFiles {
+    pub(crate) fn open(prog: &crate::config::ProgramConfig) -> std::io::Result<ProgramFiles> {
+        let open = |p: &Option<std::path::PathBuf>| {
+            p.as_deref().map(crate::logging::program_file).transpose()
+        };
+        Ok(ProgramFiles { stdout: open(&prog.stdout_file)?, stderr: open(&prog.stderr_file)? })
+    }
+
+    fn for_stream(&self, stream: Stream) -> Option<Arc<OutputFile>> {
+        match stream {
+            Stream::Stdout => self.stdout.clone(),
+            Stream::Stderr => self.stderr.clone(),
+        }
+    }
 }
 
 /// Who wrote a line.
@@ -45,6 +71,8 @@ pub(crate) struct Label {
     pub(crate) program: Rc<str>,
     /// The worker's slot and pid (none for spawn mode's children).
     pub(crate) worker: Option<(usize, u32)>,
+    /// Where its lines go instead of the supervisor's streams, if anywhere.
+    pub(crate) files: ProgramFiles,
 }
 
 /// The writer thread's queue, shared by every program's engine.
@@ -86,7 +114,10 @@ impl Output {
             // Write errors (a closed stdout) drop the lines, counted: nobody is there to read
             // them.
             while let Some(c) = rx.blocking_recv() {
-                crate::logging::write(c.stream, &c.bytes);
+                match &c.file {
+                    Some(f) => f.write(&c.bytes),
+                    None => crate::logging::write(c.stream, &c.bytes),
+                }
             }
             let _ = done_tx.send(());
         })?;
@@ -164,6 +195,7 @@ impl Drop for Reading {
 /// Reads `r` until it closes, handing its lines on, formatted.
 async fn pump(mut r: sys::PipeReader, stream: Stream, label: Label, out: Output) {
     let _reading = Reading::new(&out.live);
+    let file = label.files.for_stream(stream);
     let mut buf = vec![0u8; READ];
     let mut partial: Vec<u8> = Vec::new();
     loop {
@@ -184,14 +216,15 @@ async fn pump(mut r: sys::PipeReader, stream: Stream, label: Label, out: Output)
             line(&mut chunk, &label, stream, out.format, &partial[..MAX_LINE]);
             partial.drain(..MAX_LINE);
         }
-        if !chunk.is_empty() && out.tx.send(Chunk { stream, bytes: chunk }).await.is_err() {
+        let send = Chunk { stream, bytes: chunk, file: file.clone() };
+        if !send.bytes.is_empty() && out.tx.send(send).await.is_err() {
             return;
         }
     }
     if !partial.is_empty() {
         let mut chunk = Vec::new();
         line(&mut chunk, &label, stream, out.format, &partial);
-        let _ = out.tx.send(Chunk { stream, bytes: chunk }).await;
+        let _ = out.tx.send(Chunk { stream, bytes: chunk, file }).await;
     }
 }
 
@@ -254,7 +287,7 @@ mod tests {
     use std::time::Duration;
 
     fn label(worker: Option<(usize, u32)>) -> Label {
-        Label { program: Rc::from("web"), worker }
+        Label { program: Rc::from("web"), worker, files: ProgramFiles::default() }
     }
 
     #[test]

@@ -97,6 +97,12 @@ pub(crate) struct Status {
     /// 1 for the supervisor first started, one more per zero-downtime upgrade.
     #[serde(default)]
     pub(crate) generation: u64,
+    /// This generation's version and the binary it was started from (as invoked: through
+    /// links, not resolved).
+    #[serde(default)]
+    pub(crate) version: String,
+    #[serde(default)]
+    pub(crate) binary: String,
     /// Upgrades completed in this supervisor's lineage (`generation - 1`) and failed here.
     #[serde(default)]
     pub(crate) upgrades: u64,
@@ -331,6 +337,9 @@ pub(crate) fn render(s: &Status) -> String {
         s.upgrades,
         s.upgrades_failed
     );
+    if !s.version.is_empty() {
+        let _ = writeln!(out, "version {}, binary {}", s.version, s.binary);
+    }
     let _ = writeln!(out, "\nLISTENER        ADDRESS                          PROGRAM     POLICY              ACCEPTED");
     for l in &s.listeners {
         let _ = writeln!(

@@ -64,6 +64,8 @@ struct Shared {
     state: Cell<SupervisorState>,
     generation: u64,
     upgrades_failed: Cell<u64>,
+    /// The binary this generation was started from, as invoked.
+    binary: String,
 }
 
 impl Shared {
@@ -73,6 +75,8 @@ impl Shared {
             uptime_ms: self.started.elapsed().as_millis() as u64,
             state: self.state.get(),
             generation: self.generation,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            binary: self.binary.clone(),
             upgrades: self.generation.saturating_sub(1),
             upgrades_failed: self.upgrades_failed.get(),
             log_writes_dropped: crate::logging::dropped(),
@@ -191,7 +195,7 @@ enum Control {
     Reload(Option<oneshot::Sender<Reply>>),
     /// A stop; the connection, if the client waits, is told how the supervisor exits.
     Stop(Option<Box<handover::tokio::Channel>>),
-    Upgrade(oneshot::Sender<Reply>),
+    Upgrade(oneshot::Sender<Reply>, Option<PathBuf>),
     Scale {
         program: Option<String>,
         how: Scale,
@@ -298,6 +302,8 @@ struct Supervisor {
     /// Readiness announced: `READY=1` to systemd (first generation), READY to the old
     /// generation (a new one).
     announced: bool,
+    /// `--listen-when-ready`: listeners that listen once readiness is announced.
+    deferred: Vec<Deferred>,
     draining: bool,
     shared: Rc<Shared>,
     engines: JoinSet<Outcome>,
@@ -323,11 +329,32 @@ enum Flow {
 
 /// The listeners: handed over by the old generation, passed by systemd, or bound here. Also
 /// returns the Unix socket files this generation is responsible for removing.
+/// A listener bound but not listening yet (`--listen-when-ready`).
+#[derive(Debug)]
+struct Deferred {
+    name: String,
+    socket: socket2::Socket,
+    backlog: i32,
+}
+
+/// What [`bind_listeners`] gives.
+struct Listeners {
+    bound: Vec<Option<Bound>>,
+    /// Unix socket files this generation removes when it exits for good.
+    owned_paths: Vec<PathBuf>,
+    deferred: Vec<Deferred>,
+}
+
+/// Binds or adopts every listener. With `defer_listen` (`--listen-when-ready`, first
+/// generation) the ones bound here are not listening yet: copies of them come back too, to
+/// listen on once the workers are ready.
 fn bind_listeners(
     config: &Config,
     mut handed: Vec<(HandedListener, handover::Socket)>,
     mut activated: Vec<(String, handover::Socket)>,
-) -> Result<(Vec<Option<Bound>>, Vec<PathBuf>)> {
+    defer_listen: bool,
+) -> Result<Listeners> {
+    let mut deferred = Vec::new();
     let mode_of = |i: usize| {
         config.programs.iter().find(|p| p.listeners.contains(&i)).map_or(Mode::Prefork, |p| p.mode)
     };
@@ -343,7 +370,7 @@ fn bind_listeners(
                     l.name, l.addr
                 );
                 owned_paths.extend(info.unix_path);
-                listener::bind(l)?
+                listener::bind(l, true)?
             } else if (info.mode == Mode::Shared) != (mode == Mode::Shared) {
                 bail!(
                     "listener {:?} would move from {:?} to {mode:?} mode, which an upgrade cannot do \
@@ -358,7 +385,12 @@ fn bind_listeners(
             // systemd owns the socket (and its file, if any).
             Bound::adopt(l, socket, None)?
         } else {
-            listener::bind(l)?
+            let b = listener::bind(l, !defer_listen)?;
+            if defer_listen {
+                let copy = b.socket.try_clone().context("cannot duplicate a listener")?;
+                deferred.push(Deferred { name: l.name.clone(), socket: copy, backlog: l.backlog });
+            }
+            b
         };
         owned_paths.extend(b.unix_path.clone());
         bound.push(Some(b));
@@ -373,7 +405,7 @@ fn bind_listeners(
     for (name, _) in activated {
         warn!("systemd passed a socket named {name:?}, which no listener is named: closing it");
     }
-    Ok((bound, owned_paths))
+    Ok(Listeners { bound, owned_paths, deferred })
 }
 
 /// The metrics listener: handed over (two processes cannot bind one port), or bound here.
@@ -435,6 +467,9 @@ fn start_engines(
                 socket: b.socket.try_clone().context("cannot keep a copy of a listener")?,
             });
         }
+        let files = crate::output::ProgramFiles::open(prog).with_context(|| {
+            format!("program {:?}: cannot open its stdout or stderr file", prog.name)
+        })?;
         let (prog, env, ctx) = (prog.clone(), Rc::clone(env), ctx.clone());
         let status: Vec<ListenerStatus> = mine
             .iter()
@@ -445,7 +480,8 @@ fn start_engines(
             })
             .collect();
         if prog.mode == Mode::Shared {
-            let core = Core::new(prog, env, Vec::new(), status, ctx);
+            let mut core = Core::new(prog, env, Vec::new(), status, ctx);
+            core.files = files;
             let mode = crate::shared::Shared::new(&core, mine);
             engines.spawn_local(engine::run(core, mode, rx));
             continue;
@@ -456,7 +492,8 @@ fn start_engines(
             .map(|(i, b)| Listener::new(i as u16, b))
             .collect::<std::io::Result<Vec<_>>>()
             .context("cannot register the listeners")?;
-        let core = Core::new(prog, env, listeners, status, ctx);
+        let mut core = Core::new(prog, env, listeners, status, ctx);
+        core.files = files;
         if core.prog.mode == Mode::Prefork {
             let mode = crate::prefork::Prefork::new(&core);
             engines.spawn_local(engine::run(core, mode, rx));
@@ -508,7 +545,9 @@ impl Supervisor {
         if !startup.activated.is_empty() {
             info!("socket activation: {} socket(s) passed", startup.activated.len());
         }
-        let (bound, owned_paths) = bind_listeners(&config, handed, startup.activated)?;
+        let defer = config.listen_when_ready && parent.is_none();
+        let Listeners { bound, owned_paths, deferred } =
+            bind_listeners(&config, handed, startup.activated, defer)?;
         let metrics = match config.metrics {
             None => None,
             Some(addr) => {
@@ -539,7 +578,8 @@ impl Supervisor {
         }
         let env = Rc::new(config.env.clone());
         let ctx = EngineContext {
-            held: parent.is_some(),
+            // Until GO from the old generation, or until the deferred listeners listen.
+            held: parent.is_some() || !deferred.is_empty(),
             generation: generation_no,
             handoff_latency: metrics.as_ref().map(|(m, _, _)| m.handoff_latency.clone()),
             output,
@@ -556,6 +596,7 @@ impl Supervisor {
             }),
             generation: generation_no,
             upgrades_failed: Cell::new(0),
+            binary: startup.exe.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
         });
         let metrics = metrics.map(|(m, listener, handoff)| MetricsEndpoint {
             task: tokio::task::spawn_local(metrics::serve(listener, m, Rc::clone(&shared))),
@@ -576,6 +617,7 @@ impl Supervisor {
             generation_no,
             generation,
             announced: false,
+            deferred,
             draining: false,
             shared,
             engines,
@@ -635,7 +677,7 @@ impl Supervisor {
             }
             Signal::Upgrade => {
                 info!("SIGUSR2: upgrading");
-                self.upgrade(None);
+                self.upgrade(None, None);
             }
             Signal::Terminate | Signal::Interrupt if self.draining => {
                 warn!("second {sig:?} while draining: killing the workers");
@@ -645,13 +687,21 @@ impl Supervisor {
                 warn!("SIGQUIT: fast shutdown, killing the workers now");
                 return self.kill_all(sig).await;
             }
-            Signal::ReopenLogs => match crate::logging::reopen() {
-                Ok(Some(path)) => info!("SIGUSR1: reopened the log file {}", path.display()),
-                Ok(None) => info!("SIGUSR1: no --log-file to reopen"),
-                Err(e) => {
-                    error!("SIGUSR1: cannot reopen the log file ({e}); writing on to the old one")
+            Signal::ReopenLogs => {
+                let (done, failed) = crate::logging::reopen();
+                if done.is_empty() && failed.is_empty() {
+                    info!("SIGUSR1: no --log-file to reopen");
                 }
-            },
+                for path in done {
+                    info!("SIGUSR1: reopened the log file {}", path.display());
+                }
+                for (path, e) in failed {
+                    error!(
+                        "SIGUSR1: cannot reopen the log file {} ({e}); writing on to the old one",
+                        path.display()
+                    );
+                }
+            }
             Signal::Ignored(name) => {
                 info!(
                     "{name}: ignored (it means nothing to handover; see the README's signal table)"
@@ -683,7 +733,7 @@ impl Supervisor {
                 self.stop_waiters.extend(waiter.map(|w| *w));
                 self.drain();
             }
-            Control::Upgrade(reply) => self.upgrade(Some(reply)),
+            Control::Upgrade(reply, binary) => self.upgrade(Some(reply), binary),
             Control::Scale { program, how, reply } => {
                 self.shared.scale(program.as_deref(), how, false, Some(reply))
             }
@@ -702,7 +752,15 @@ impl Supervisor {
             FromParent::Go => match take_over(&mut self.control, self.config.pid_file.as_deref()) {
                 Ok(()) => {
                     self.serve();
-                    report_to(&parent, Report::TookOver { pid: std::process::id() });
+                    // Before the old generation hears of it, so before it exits.
+                    crate::init::announce(&self.env);
+                    report_to(
+                        &parent,
+                        Report::TookOver {
+                            pid: std::process::id(),
+                            version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+                        },
+                    );
                     let generation = self.generation_no;
                     info!(generation, "upgrade: generation {generation} took over");
                 }
@@ -744,10 +802,13 @@ impl Supervisor {
         match result {
             Ok(new) => {
                 let msg = format!(
-                    "upgraded: generation {} (pid {}) is serving; generation {generation} (pid {}) drains and exits",
+                    "upgraded: generation {} (pid {}, version {}, binary {}) is serving; generation {generation} (pid {}, version {}) drains and exits",
                     new.generation,
                     new.pid,
-                    std::process::id()
+                    new.version.as_deref().unwrap_or("unknown"),
+                    new.binary.display(),
+                    std::process::id(),
+                    env!("CARGO_PKG_VERSION"),
                 );
                 info!("{msg}");
                 let status =
@@ -806,6 +867,18 @@ impl Supervisor {
                 report_to(parent, Report::Ready);
             }
             _ => {
+                if !self.deferred.is_empty() {
+                    for d in std::mem::take(&mut self.deferred) {
+                        if let Err(e) = listener::listen(&d.socket, d.backlog) {
+                            error!("cannot listen on listener {:?}: {e}", d.name);
+                            self.code = self.code.or(ExitCode::Failure);
+                            self.drain();
+                            return Flow::Continue;
+                        }
+                    }
+                    info!("listening now that the workers are ready (--listen-when-ready)");
+                    self.shared.broadcast(|| Request::Start);
+                }
                 info!(generation, "ready");
                 sys::notify(&[Notify::Ready, Notify::Status("serving")]);
             }
@@ -870,9 +943,11 @@ impl Supervisor {
     }
 
     /// An upgrade was asked for (by `SIGUSR2`: no `reply`, or the control socket).
-    fn upgrade(&mut self, reply: Option<oneshot::Sender<Reply>>) {
+    fn upgrade(&mut self, reply: Option<oneshot::Sender<Reply>>, binary: Option<PathBuf>) {
         let refused = if self.draining {
             Some("the supervisor is draining")
+        } else if !self.deferred.is_empty() {
+            Some("the supervisor is not listening yet (--listen-when-ready: no worker is ready)")
         } else {
             match self.generation {
                 Generation::Upgrading { .. } => Some("an upgrade is already in progress"),
@@ -884,7 +959,7 @@ impl Supervisor {
         };
         let plan = match refused {
             Some(why) => Err(why.to_owned()),
-            None => self.plan_upgrade(),
+            None => self.plan_upgrade(binary),
         };
         match plan {
             Ok(plan) => {
@@ -904,9 +979,14 @@ impl Supervisor {
         }
     }
 
-    fn plan_upgrade(&self) -> Result<upgrade::Plan, String> {
-        let startup = Startup { exe: self.exe.clone(), ..Startup::default() };
-        let exe = upgrade::binary(&startup).map_err(|e| e.to_string())?;
+    fn plan_upgrade(&self, binary: Option<PathBuf>) -> Result<upgrade::Plan, String> {
+        let exe = match binary {
+            Some(path) => upgrade::check_binary(path)?,
+            None => {
+                let startup = Startup { exe: self.exe.clone(), ..Startup::default() };
+                upgrade::binary(&startup).map_err(|e| e.to_string())?
+            }
+        };
         let dup = |s: &socket2::Socket| {
             s.try_clone().map_err(|e| format!("cannot duplicate a listener: {e}"))
         };
@@ -1034,9 +1114,9 @@ async fn answer(
     };
     let reply = match Command::parse(&msg.bytes) {
         Some(Command::Status) => serde_json::to_vec(&shared.status().await).unwrap_or_default(),
-        Some(Command::Upgrade) => {
+        Some(Command::Upgrade { binary }) => {
             let (tx, rx) = oneshot::channel();
-            let _ = ctl.send(Control::Upgrade(tx));
+            let _ = ctl.send(Control::Upgrade(tx, binary.map(PathBuf::from)));
             let r = rx.await.unwrap_or(Reply {
                 ok: false,
                 message: "the supervisor stopped before the upgrade finished".into(),

@@ -65,7 +65,12 @@ pub(crate) enum Report {
     /// The new generation cannot serve (why).
     Failed(String),
     /// Accepting, and the control socket and pid file are the new generation's.
-    TookOver { pid: u32 },
+    TookOver {
+        pid: u32,
+        /// Its version (absent from generations built before it was sent).
+        #[serde(default)]
+        version: Option<String>,
+    },
 }
 
 /// Old to new: commit.
@@ -105,7 +110,7 @@ impl Startup {
             parent: if is_upgrade { parent } else { None },
             activated: std::mem::take(&mut inherited.sockets),
             argv: std::env::args_os().collect(),
-            exe: std::env::current_exe().ok(),
+            exe: invoked_binary(env).ok(),
         })
     }
 
@@ -117,16 +122,45 @@ impl Startup {
     }
 }
 
-/// The binary to start the next generation from: the path this one was started from, which
-/// now names whatever was installed there since (`/proc/self/exe` would name the old inode).
+/// This binary as it was invoked: `argv[0]` made absolute, through a `PATH` lookup when it
+/// names no directory (as the shell found it), with symbolic links left alone, so that a
+/// `current` link swapped to a new release names the new binary (`current_exe()` resolves
+/// the link at start). `current_exe()` when `argv[0]` names nothing on disk.
+pub(crate) fn invoked_binary(env: &Env) -> Result<PathBuf> {
+    let cwd = std::env::current_dir().ok();
+    let found = std::env::args_os().next().and_then(|argv0| {
+        sys::program_candidates(&argv0, env).into_iter().find(|p| p.is_file()).map(|p| match &cwd {
+            Some(cwd) if p.is_relative() => cwd.join(p),
+            _ => p,
+        })
+    });
+    match found {
+        Some(p) => Ok(p),
+        None => std::env::current_exe().context("cannot find this program's binary"),
+    }
+}
+
+/// The binary to start the next generation from: the path this one was invoked as (see
+/// [`invoked_binary`]), which now names whatever was installed there since, through any
+/// links swapped meanwhile; else the path `/proc/self/exe` names, without its ` (deleted)`.
 pub(crate) fn binary(startup: &Startup) -> Result<PathBuf> {
     let deleted =
         |p: &PathBuf| p.to_str().and_then(|s| s.strip_suffix(" (deleted)")).map(PathBuf::from);
     let now = std::env::current_exe().ok();
-    let candidates = [now.as_ref().and_then(deleted), startup.exe.clone(), now];
+    let candidates = [startup.exe.clone(), now.as_ref().and_then(deleted), now];
     candidates.into_iter().flatten().find(|p| p.is_file()).ok_or_else(|| {
         anyhow!("cannot find this program's binary on disk to start the new generation")
     })
+}
+
+/// `handover upgrade --binary PATH`: an absolute path (the client made it so) to an
+/// executable file.
+pub(crate) fn check_binary(path: PathBuf) -> Result<PathBuf, String> {
+    if !path.is_absolute() {
+        return Err(format!("--binary {}: not an absolute path", path.display()));
+    }
+    sys::check_executable(&path).map_err(|why| format!("--binary {}: {why}", path.display()))?;
+    Ok(path)
 }
 
 /// A socket to hand over.
@@ -155,6 +189,10 @@ pub(crate) struct Plan {
 pub(crate) struct NewGeneration {
     pub(crate) pid: u32,
     pub(crate) generation: u64,
+    /// Its version, as it reported it.
+    pub(crate) version: Option<String>,
+    /// The binary it was started from.
+    pub(crate) binary: PathBuf,
     /// Never waited for: it outlives this process.
     pub(crate) _child: handover::Child,
 }
@@ -200,9 +238,15 @@ pub(crate) async fn start(plan: Plan) -> Result<NewGeneration, String> {
     };
     let result = converse(&plan, &channel, pid).await;
     match result {
-        Ok(()) => {
+        Ok(version) => {
             let (child, _) = guard.0.take().expect("armed");
-            Ok(NewGeneration { pid, generation: plan.generation, _child: child })
+            Ok(NewGeneration {
+                pid,
+                generation: plan.generation,
+                version,
+                binary: plan.exe.clone(),
+                _child: child,
+            })
         }
         Err(why) => {
             let (mut child, tree) = guard.0.take().expect("armed");
@@ -214,7 +258,8 @@ pub(crate) async fn start(plan: Plan) -> Result<NewGeneration, String> {
     }
 }
 
-async fn converse(plan: &Plan, channel: &Channel, pid: u32) -> Result<(), String> {
+/// The conversation up to TOOK_OVER; the new generation's version, if it said.
+async fn converse(plan: &Plan, channel: &Channel, pid: u32) -> Result<Option<String>, String> {
     let handoff = Handoff {
         generation: plan.generation,
         listeners: plan.listeners.iter().map(|h| h.info.clone()).collect(),
@@ -248,7 +293,7 @@ async fn converse(plan: &Plan, channel: &Channel, pid: u32) -> Result<(), String
         _ => return Err("cannot tell the new generation to take over".to_owned()),
     }
     match receive(channel, Instant::now() + PROMPT, PROMPT).await? {
-        Report::TookOver { .. } => Ok(()),
+        Report::TookOver { version, .. } => Ok(version),
         other => Err(format!("unexpected message from the new generation: {other:?}")),
     }
 }

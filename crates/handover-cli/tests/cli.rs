@@ -85,3 +85,59 @@ fn second_supervisor_on_the_same_control_socket_is_refused() {
     assert_eq!(c, 0);
     assert!(out.contains("SLOT") && out.contains("ready"), "{out}");
 }
+
+/// Issue 17: `handover check` validates a configuration as `serve` reads it, without serving,
+/// prints the plan and exits 0, or says what is wrong and exits 2.
+#[test]
+fn issue_17_check_prints_the_plan_or_refuses_with_exit_2() {
+    let env = TestEnv::new("check");
+    let write = |name: &str, text: &str| {
+        let path = env.dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let good = write(
+        "good.toml",
+        r#"
+[[listener]]
+name = "web"
+address = "tcp://127.0.0.1:0"
+policy = "least-connections"
+
+[[program]]
+name = "app"
+command = ["sh", "-c", "exec true"]
+workers = 3
+umask = "027"
+env = { K = "v" }
+"#,
+    );
+    let (c, out, err) = run(&["check", "-c", &good]);
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(out.contains("listener web tcp://127.0.0.1:0 (policy least-connections"), "{out}");
+    let sh = ["/usr/bin/sh", "/bin/sh"].into_iter().find(|p| out.contains(*p));
+    assert!(sh.is_some(), "the command resolved through PATH: {out}");
+    assert!(out.contains("program app: prefork mode, 3 worker(s), listeners [web]"), "{out}");
+    assert!(out.contains("umask 027") && out.contains("environment sets K"), "{out}");
+    assert!(out.trim_end().ends_with("configuration ok"), "{out}");
+
+    // The same with flags; nothing is bound, so a port in use does not matter.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("tcp://{}", busy.local_addr().unwrap());
+    let (c, out, err) = run(&["check", "-l", &addr, "--", "sh"]);
+    assert_eq!(c, 0, "{out}{err}");
+
+    let bad = [
+        ("command", "[[listener]]\nname = \"w\"\naddress = \"tcp://127.0.0.1:0\"\n[[program]]\ncommand = [\"no-such-program-here\"]\n", "\"no-such-program-here\" not found in PATH"),
+        ("address", "[[listener]]\nname = \"w\"\naddress = \"tcp://localhost:notaport\"\n[[program]]\ncommand = [\"sh\"]\n", "listener \"w\""),
+        ("user", "[[listener]]\nname = \"w\"\naddress = \"tcp://127.0.0.1:0\"\n[[program]]\ncommand = [\"sh\"]\nuser = \"no-such-user-here\"\n", "user \"no-such-user-here\": no such user"),
+        ("group", "[[listener]]\nname = \"w\"\naddress = \"unix:/tmp/x.sock\"\ngroup = \"no-such-group-here\"\n[[program]]\ncommand = [\"sh\"]\n", "group \"no-such-group-here\": no such group"),
+    ];
+    for (what, text, needle) in bad {
+        let path = write(&format!("{what}.toml"), text);
+        let (c, out, err) = run(&["check", "-c", &path]);
+        assert_eq!(c, 2, "{what}: {out}{err}");
+        assert!(err.contains(needle), "{what}: {err}");
+        assert!(!out.contains("configuration ok"), "{what}: {out}");
+    }
+}

@@ -60,7 +60,9 @@ fn bash_completions_load_and_complete_subcommands_flags_and_values() {
 fn completions_for_every_shell_name_every_subcommand() {
     for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
         let script = String::from_utf8(handover(&["completions", shell]).stdout).unwrap();
-        for sub in ["serve", "status", "reload", "scale", "stop", "upgrade", "completions", "man"] {
+        for sub in
+            ["serve", "check", "status", "reload", "scale", "stop", "upgrade", "completions", "man"]
+        {
             assert!(script.contains(sub), "{shell} completions lack {sub}");
         }
     }
@@ -69,7 +71,7 @@ fn completions_for_every_shell_name_every_subcommand() {
     let out = Command::new(HANDOVER).args(["man", "serv"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "so is an unknown subcommand's page");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("one of: serve, status"), "{err}");
+    assert!(err.contains("one of: serve, check, status"), "{err}");
 }
 
 /// `man -l` renders the page (man-db, from scripts/setup.sh) with its sections.

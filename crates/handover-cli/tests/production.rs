@@ -445,3 +445,79 @@ fn ready_is_503_until_a_worker_is_ready_and_again_while_draining() {
     assert!(slow.join().unwrap().starts_with("HTTP/1.1 200"));
     assert!(env.wait_exit(Duration::from_secs(10)).success(), "{}", env.log_text());
 }
+
+/// Issue 17: `--listen-when-ready` binds at start but refuses connections (rather than
+/// queueing them in the backlog, where a TCP health check counts them as served) until a
+/// worker is ready.
+#[test]
+fn issue_17_listen_when_ready_refuses_connections_until_a_worker_is_ready() {
+    let mut env = TestEnv::new("listen-when-ready");
+    env.serve(
+        &["-l", "tcp://127.0.0.1:0", "-w", "1", "--listen-when-ready"],
+        &[DEMO_WORKER, "--start-delay-ms", "1500"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let addr: std::net::SocketAddr = loop {
+        if let Some(s) = env.status() {
+            let a = s["listeners"][0]["address"].as_str().unwrap().to_owned();
+            break a.trim_start_matches("tcp://").parse().unwrap();
+        }
+        assert!(env.running(), "exited:\n{}", env.log_text());
+        assert!(Instant::now() < deadline, "no status:\n{}", env.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let early = std::net::TcpStream::connect(addr);
+    assert_eq!(
+        early.as_ref().map_err(std::io::Error::kind).err(),
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "a connection before any worker is ready: {early:?}"
+    );
+    // Listening starts when readiness is announced (the supervisor's next check after the
+    // worker said hello), logged just before `ready`.
+    wait_log(&env, "listening now that the workers are ready");
+    let body = get(addr).expect("served once ready");
+    assert!(!body.is_empty());
+}
+
+/// Issue 17: per-program `stdout` and `stderr` files (paths relative to the configuration
+/// file) take that program's prefixed lines instead of the supervisor's streams, and are
+/// opened again on `SIGUSR1`, as the log file is.
+#[test]
+fn issue_17_program_stdout_and_stderr_files_take_its_lines_and_reopen_on_usr1() {
+    let mut env = TestEnv::new("program-files");
+    let config = env.dir.join("handover.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listener]]\nname = \"web\"\naddress = \"tcp://127.0.0.1:0\"\n\n[[program]]\n\
+             name = \"app\"\ncommand = [\"{DEMO_WORKER}\", \"--log-requests\"]\nworkers = 1\n\
+             stdout = \"app.out\"\nstderr = \"app.err\"\n"
+        ),
+    )
+    .unwrap();
+    env.serve(&["--config", config.to_str().unwrap()], &[]);
+    let addr = env.wait_ready(1);
+    let (out, err) = (env.dir.join("app.out"), env.dir.join("app.err"));
+    get(addr).expect("request");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served_lines(&out).is_empty() {
+        assert!(Instant::now() < deadline, "nothing in {}:\n{}", out.display(), env.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(served_lines(&out)[0].starts_with("app.0["), "prefixed: {:?}", served_lines(&out));
+    let errors = std::fs::read_to_string(&err).unwrap();
+    assert!(errors.contains("starting"), "the worker's stderr: {errors}");
+    assert!(!env.log_text().contains("served request"), "{}", env.log_text());
+
+    // logrotate's way: rename, then USR1; new lines go to a new file at the path.
+    std::fs::rename(&out, env.dir.join("app.out.1")).unwrap();
+    env.signal("USR1");
+    wait_log(&env, &format!("SIGUSR1: reopened the log file {}", out.display()));
+    get(addr).expect("request");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served_lines(&out).is_empty() {
+        assert!(Instant::now() < deadline, "nothing in the new {}", out.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(served_lines(&env.dir.join("app.out.1")).len(), 1);
+}

@@ -297,3 +297,104 @@ fn sigusr2_upgrades_too() {
     assert!(get(addr).is_ok());
     stop_lineage(&env);
 }
+
+/// Issue 17: an upgrade starts the binary the user installed. Two releases, a `current` link
+/// swapped from the first to the second (as Capistrano, stow or a Nix profile do): the upgrade
+/// runs the second, through the link as invoked; `--binary` starts another one; the reply,
+/// `status` and `handover_build_info` name the binary of each generation.
+#[test]
+fn issue_17_upgrade_starts_the_binary_a_swapped_link_names_and_binary_overrides_it() {
+    let mut env = TestEnv::new("symlink-upgrade");
+    for r in ["1", "2"] {
+        let dir = env.dir.join("releases").join(r);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(HANDOVER, dir.join("handover")).unwrap();
+    }
+    let current = env.dir.join("current");
+    std::os::unix::fs::symlink("releases/1", &current).unwrap();
+    let invoked = current.join("handover");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let log = std::fs::File::create(&env.log).unwrap();
+    let child = Command::new(&invoked)
+        .args(["serve", "--mode", "spawn", "--listen", "tcp://127.0.0.1:0", "--metrics"])
+        .arg(metrics.to_string())
+        .arg("--pid-file")
+        .arg(env.dir.join("pid"))
+        .arg("--control")
+        .arg(&env.control)
+        .args(["--", "sh", "-c", "echo hi"])
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    env.child = Some(child);
+    let _lineage = Lineage(env.dir.join("pid"));
+    env.wait_ready(1);
+    let exe_of = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let release = |r: &str| std::fs::canonicalize(env.dir.join("releases").join(r)).unwrap();
+    let status = env.status().unwrap();
+    assert_eq!(status["binary"], invoked.to_str().unwrap(), "{status}");
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"), "{status}");
+
+    // Swap the link atomically (a new link renamed over the old one), then upgrade.
+    std::os::unix::fs::symlink("releases/2", env.dir.join("current.new")).unwrap();
+    std::fs::rename(env.dir.join("current.new"), &current).unwrap();
+    let (code, text) = upgrade(&env.control);
+    assert_eq!(code, 0, "{text}\n{}", env.log_text());
+    assert!(text.contains(&format!("binary {}", invoked.display())), "{text}");
+    assert!(text.contains(&format!("version {}", env!("CARGO_PKG_VERSION"))), "{text}");
+    let (generation2, pid2) = generation(&env);
+    assert_eq!(generation2, 2);
+    assert_eq!(exe_of(pid2), release("2").join("handover"), "the upgrade ran the old release");
+    assert_eq!(env.status().unwrap()["binary"], invoked.to_str().unwrap());
+
+    // --binary: a relative path, made absolute by the client; links not resolved.
+    let out = Command::new(HANDOVER)
+        .current_dir(&env.dir)
+        .args(["upgrade", "--binary", "releases/1/handover", "--control"])
+        .arg(&env.control)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let named = env.dir.join("releases/1/handover");
+    assert!(text.contains(&format!("binary {}", named.display())), "{text}");
+    let (generation3, pid3) = generation(&env);
+    assert_eq!(generation3, 3);
+    assert_eq!(exe_of(pid3), release("1").join("handover"));
+    let status = env.status().unwrap();
+    assert_eq!(status["binary"], named.to_str().unwrap(), "{status}");
+    let body = get_metrics(metrics);
+    let line = format!(
+        "handover_build_info{{version=\"{}\",binary=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        named.display()
+    );
+    assert!(body.lines().any(|l| l == line), "no {line} in:\n{body}");
+
+    // A path that is not an executable file is refused; the generation serves on.
+    let out = Command::new(HANDOVER)
+        .args(["upgrade", "--binary", "/nonexistent/handover", "--control"])
+        .arg(&env.control)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--binary /nonexistent/handover"), "{err}");
+    assert_eq!(generation(&env).0, 3);
+    stop_lineage(&env);
+}
+
+/// `GET /metrics`: the body.
+fn get_metrics(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or(resp)
+}

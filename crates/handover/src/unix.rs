@@ -60,10 +60,15 @@ impl ChannelExt for Channel {
 
 /// Unix process options for [`Command`].
 pub trait CommandExt {
-    /// Runs the child as user `uid` (the parent needs the privilege to do so).
+    /// Runs the child as user `uid` (the parent needs the privilege to do so). A parent
+    /// running as root also drops the child's supplementary groups (`setgroups(0)`, as
+    /// `std::process::Command` does), so it keeps none of root's.
     fn uid(&mut self, uid: u32) -> &mut Self;
     /// Runs the child as group `gid`.
     fn gid(&mut self, gid: u32) -> &mut Self;
+    /// Sets the child's file mode creation mask ([`umask(2)`](https://man7.org/linux/man-pages/man2/umask.2.html))
+    /// between `fork` and `exec`; this process's own is left alone.
+    fn umask(&mut self, mask: u32) -> &mut Self;
     /// Puts the child in process group `pgroup` (0: a new group led by the child).
     fn process_group(&mut self, pgroup: i32) -> &mut Self;
     /// Trusts that every descriptor of this process not given to the child is close-on-exec,
@@ -87,6 +92,10 @@ impl CommandExt for Command<'_> {
     }
     fn gid(&mut self, gid: u32) -> &mut Self {
         self.os.gid = Some(gid);
+        self
+    }
+    fn umask(&mut self, mask: u32) -> &mut Self {
+        self.os.umask = Some(mask & 0o777);
         self
     }
     fn process_group(&mut self, pgroup: i32) -> &mut Self {

@@ -6,7 +6,7 @@ use crate::config::{Env, ProgramConfig};
 
 /// Variables the supervisor sets itself; never passed through from its own environment.
 /// `NOTIFY_SOCKET` is the supervisor's own line to systemd: workers are not the main process.
-const OURS: [&str; 14] = [
+const OURS: [&str; 15] = [
     "NOTIFY_SOCKET",
     "HANDOVER_UPGRADE",
     "EINHORN_FDS",
@@ -21,6 +21,7 @@ const OURS: [&str; 14] = [
     "HANDOVER_LISTENER",
     "REMOTE_ADDR",
     "REMOTE_PORT",
+    crate::init::ENV_INIT_PID,
 ];
 
 /// A command for one of `prog`'s children, with an environment built explicitly from the
@@ -37,5 +38,9 @@ pub(crate) fn command<'a>(prog: &ProgramConfig, env: &Env) -> handover::Command<
     for (k, v) in &prog.env {
         cmd.env(k, v);
     }
+    if let Some(dir) = &prog.context.chdir {
+        cmd.current_dir(dir);
+    }
+    crate::sys::apply_context(&mut cmd, &prog.context);
     cmd
 }

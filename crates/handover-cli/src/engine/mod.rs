@@ -260,6 +260,8 @@ pub(crate) struct Core {
     pub(crate) generation: u64,
     pub(crate) handoff_latency: Option<prometheus_client::metrics::histogram::Histogram>,
     output: Option<Output>,
+    /// The program's `stdout`/`stderr` files, where its prefixed lines go if set.
+    pub(crate) files: crate::output::ProgramFiles,
     /// Piping workers' output failed once (said so; they inherit it from then on).
     output_failed: bool,
     /// Each listener's PROXY protocol setting, by index (kept when the listeners close for a
@@ -308,6 +310,7 @@ impl Core {
             generation: ctx.generation,
             handoff_latency: ctx.handoff_latency,
             output: ctx.output,
+            files: crate::output::ProgramFiles::default(),
             output_failed: false,
             proxy,
             proxy_pending: 0,
@@ -364,7 +367,11 @@ impl Core {
     /// With `--worker-output prefix`: a pipe shared by all the program's children (spawn mode)
     /// for their standard error (or output), with lines labelled by the program alone.
     pub(crate) fn shared_output(&mut self, stderr: bool) -> Option<crate::sys::PipeWriter> {
-        let label = Label { program: std::rc::Rc::from(self.prog.name.as_str()), worker: None };
+        let label = Label {
+            program: std::rc::Rc::from(self.prog.name.as_str()),
+            worker: None,
+            files: self.files.clone(),
+        };
         self.piped("children's", |o| o.shared_pipe(label, stderr))
     }
 

@@ -263,7 +263,7 @@ impl<W: Member> Pool<W> {
         debug!(program = %core.prog.name, slot, pid, "worker started");
         if let Some(o) = output {
             let program = std::rc::Rc::from(core.prog.name.as_str());
-            o.start(Label { program, worker: Some((slot, pid)) });
+            o.start(Label { program, worker: Some((slot, pid)), files: core.files.clone() });
         }
         let started = Instant::now();
         let proc = Proc { id, slot, pid, child, tree, started, max_requests };

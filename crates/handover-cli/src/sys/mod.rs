@@ -19,6 +19,8 @@
 //!   stops the lot (`Successor`: the process alone; `Terminate` is a no-op for a Windows job);
 //! - `STOP_OVER_CHANNEL`: shared mode asks a worker to finish by ending its channel (Windows)
 //!   rather than with `SIGTERM` (Unix);
+//! - `unblock_signals() -> io::Result<()>`: at start-up, an empty signal mask (the init
+//!   process's children inherit the mask it reads its signals through; no-op on Windows);
 //! - `close_inherited_on_exec() -> anyhow::Result<()>`: at start-up, so no child inherits what
 //!   the supervisor was started with;
 //! - `killed_from_outside(&ExitStatus) -> bool`: a death by a signal someone else sent to stop
@@ -50,7 +52,19 @@
 //!   gives a child a copy of the write end (blocking, as programs expect of their standard
 //!   handles), `PipeReader` is `tokio::io::AsyncRead`, registered with the runtime, and reads
 //!   the end of the stream once every copy of the write end is closed (Unix: an anonymous
-//!   pipe; Windows: a named pipe, since only those can be read overlapped).
+//!   pipe; Windows: a named pipe, since only those can be read overlapped);
+//! - the init process (`crate::init`; Linux only, elsewhere `Unsupported` and never PID 1):
+//!   `is_pid1()`, `become_subreaper()` (`PR_SET_CHILD_SUBREAPER`), `own_pid()`,
+//!   `InitSignals::new()?` (blocks the signals it reads, before any child starts) and
+//!   `next(block) -> io::Result<Option<InitEvent>>` (a `signalfd`), `reap_any()` (`waitpid(-1,
+//!   WNOHANG)`: pid and exit code, 128 + signal for a death by a signal), `forward(pid,
+//!   signal)`, `exists(pid)`, and `announce_to(init_pid)` (a generation says it took over);
+//! - users and modes (`crate::context`): `lookup_user(name) -> Result<(uid, gid), String>`,
+//!   `lookup_group(name) -> Result<gid, String>`, `check_may_become(uid, gid)` and
+//!   `check_may_give(owner, group)` (root may; others only themselves and their groups),
+//!   `apply_context(&mut Command, &ExecContext)` (uid, gid, umask between fork and exec),
+//!   `HAS_UMASK`, and `set_socket_perms(path, &SocketPerms)` (chown, chmod). Windows refuses
+//!   users and umasks when the configuration is read; its `apply_context` does nothing.
 
 #[cfg(unix)]
 mod unix;
@@ -116,6 +130,19 @@ pub(crate) enum Signal {
     /// A signal whose default action would end the process but that means nothing to the
     /// supervisor (`SIGWINCH`, `SIGALRM`, ...): logged and ignored. The name is the signal's.
     Ignored(&'static str),
+}
+
+/// What woke the init process (`crate::init`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub(crate) enum InitEvent {
+    /// `SIGCHLD`: reap.
+    ChildExited,
+    /// A new generation announced itself (its pid): wait for it too.
+    Announce(u32),
+    /// A signal for the generations: to every one (`to_all`: terminate, interrupt, quit) or to
+    /// the newest.
+    Forward { signal: i32, to_all: bool },
 }
 
 /// A state reported to the service manager (`sd_notify`).

@@ -19,6 +19,13 @@ use nix::unistd::{access, AccessFlags, Pid};
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::{Notify, Signal, Stop, TreeKind};
+
+#[cfg(target_os = "linux")]
+mod init;
+#[cfg(not(target_os = "linux"))]
+#[path = "no_init.rs"]
+mod init;
+pub(crate) use self::init::*;
 use crate::config::{Env, ListenAddr};
 
 /// `$XDG_RUNTIME_DIR/handover.sock`, else `/tmp/handover-UID.sock` (the fallback comes second
@@ -251,6 +258,13 @@ fn ignore_sigpipe() -> io::Result<()> {
     Ok(())
 }
 
+/// Unblocks every signal: a supervisor started with some blocked (the init process's
+/// children inherit its mask, which blocks what it reads from its `signalfd`) would never
+/// see them. Call before the runtime starts its threads, which inherit the mask.
+pub(crate) fn unblock_signals() -> io::Result<()> {
+    nix::sys::signal::SigSet::empty().thread_set_mask().map_err(io::Error::from)
+}
+
 /// Wakes when a child process may have exited (`SIGCHLD`).
 #[derive(Debug)]
 pub(crate) struct ChildExits(tokio::signal::unix::Signal);
@@ -407,6 +421,107 @@ pub(crate) type PipeReader = tokio::net::unix::pipe::Receiver;
 pub(crate) fn pipe() -> io::Result<(PipeWriter, PipeReader)> {
     let (tx, rx) = tokio::net::unix::pipe::pipe()?;
     Ok((PipeWriter(tx.into_blocking_fd()?), rx))
+}
+
+/// A user by name or number: its uid and primary gid (a number with no account: the same
+/// number for both).
+pub(crate) fn lookup_user(name: &str) -> Result<(u32, u32), String> {
+    use nix::unistd::{Uid, User};
+    let number = name.parse::<u32>().ok();
+    let user = match number {
+        Some(n) => User::from_uid(Uid::from_raw(n)),
+        None => User::from_name(name),
+    }
+    .map_err(|e| format!("cannot look it up: {e}"))?;
+    match (user, number) {
+        (Some(u), _) => Ok((u.uid.as_raw(), u.gid.as_raw())),
+        (None, Some(n)) => Ok((n, n)),
+        (None, None) => Err("no such user".to_owned()),
+    }
+}
+
+/// A group by name or number: its gid.
+pub(crate) fn lookup_group(name: &str) -> Result<u32, String> {
+    if let Ok(n) = name.parse::<u32>() {
+        return Ok(n);
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err("no such group".to_owned()),
+        Err(e) => Err(format!("cannot look it up: {e}")),
+    }
+}
+
+/// Whether this process may start children as `uid` and `gid`: root may; anyone else only
+/// as themselves.
+pub(crate) fn check_may_become(uid: Option<u32>, gid: Option<u32>) -> Result<(), String> {
+    let (euid, egid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+    if euid == 0 || (uid.is_none_or(|u| u == euid) && gid.is_none_or(|g| g == egid)) {
+        return Ok(());
+    }
+    Err(format!(
+        "only root may start programs as another user or group (the supervisor runs as uid \
+         {euid}, gid {egid}; start it as root, or leave user and group out)"
+    ))
+}
+
+/// Whether this process may give a file to `owner` and `group`: root may; anyone else may
+/// keep it and give it to one of their own groups.
+pub(crate) fn check_may_give(owner: Option<u32>, group: Option<u32>) -> Result<(), String> {
+    let euid = nix::unistd::geteuid().as_raw();
+    if euid == 0 || (owner.is_none_or(|u| u == euid) && group.is_none_or(in_group)) {
+        return Ok(());
+    }
+    Err(format!(
+        "only root may give the socket file to another user, or to a group it is not in (the \
+         supervisor runs as uid {euid})"
+    ))
+}
+
+/// Whether this process is in group `gid`.
+fn in_group(gid: u32) -> bool {
+    gid == nix::unistd::getegid().as_raw() || supplementary_groups().contains(&gid)
+}
+
+#[cfg(not(target_vendor = "apple"))]
+fn supplementary_groups() -> Vec<u32> {
+    nix::unistd::getgroups().map(|gs| gs.iter().map(|g| g.as_raw()).collect()).unwrap_or_default()
+}
+
+/// macOS: nix offers no `getgroups` there (its list is not fixed); the effective group only.
+#[cfg(target_vendor = "apple")]
+fn supplementary_groups() -> Vec<u32> {
+    Vec::new()
+}
+
+/// Applies a program's user, group and umask to a child's command (the directory is
+/// portable: `Command::current_dir`).
+pub(crate) fn apply_context(cmd: &mut handover::Command<'_>, ctx: &crate::context::ExecContext) {
+    use handover::unix::CommandExt;
+    if let Some((_, gid)) = &ctx.group {
+        cmd.gid(*gid);
+    }
+    if let Some((_, uid)) = &ctx.user {
+        cmd.uid(*uid);
+    }
+    if let Some(mask) = ctx.umask {
+        cmd.umask(mask);
+    }
+}
+
+/// Programs may be given a umask.
+pub(crate) const HAS_UMASK: bool = true;
+
+/// Gives a Unix socket file its owner, group and mode.
+pub(crate) fn set_socket_perms(path: &Path, perms: &crate::context::SocketPerms) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if perms.owner.is_some() || perms.group.is_some() {
+        std::os::unix::fs::chown(path, perms.owner, perms.group)?;
+    }
+    if let Some(mode) = perms.mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

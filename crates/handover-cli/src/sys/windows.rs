@@ -24,6 +24,10 @@ use windows_sys::Win32::System::Threading::{
 use super::{Notify, Signal, Stop, TreeKind};
 use crate::config::{Env, ListenAddr};
 
+#[path = "no_init.rs"]
+mod init;
+pub(crate) use self::init::*;
+
 /// `%LOCALAPPDATA%\handover\handover.ctl` (the supervisor creates the directory), else the
 /// same name in the temporary directory, which comes second when `LOCALAPPDATA` is set. The
 /// file names a named pipe, owner-only (the handover library's rendezvous).
@@ -184,6 +188,11 @@ pub(crate) fn close_inherited_on_exec() -> Result<()> {
 }
 
 /// There is no systemd on Windows.
+/// Windows has no signal mask.
+pub(crate) fn unblock_signals() -> io::Result<()> {
+    Ok(())
+}
+
 pub(crate) fn notify(_states: &[Notify<'_>]) {}
 
 pub(crate) fn file_identity(path: &Path) -> Option<(u64, u64)> {
@@ -420,3 +429,37 @@ pub(crate) fn pipe() -> io::Result<(PipeWriter, PipeReader)> {
 /// Shared mode asks a worker to finish by ending the channel it was started with
 /// (`handover::inherited().channel` in the worker): there is no `SIGTERM` to send.
 pub(crate) const STOP_OVER_CHANNEL: bool = true;
+
+const NO_USERS: &str = "not supported on Windows (run the supervisor as the account the \
+                        programs should run as)";
+
+pub(crate) fn lookup_user(_name: &str) -> Result<(u32, u32), String> {
+    Err(NO_USERS.to_owned())
+}
+
+pub(crate) fn lookup_group(_name: &str) -> Result<u32, String> {
+    Err(NO_USERS.to_owned())
+}
+
+pub(crate) fn check_may_become(_uid: Option<u32>, _gid: Option<u32>) -> Result<(), String> {
+    Err(NO_USERS.to_owned())
+}
+
+pub(crate) fn check_may_give(_owner: Option<u32>, _group: Option<u32>) -> Result<(), String> {
+    Err(NO_USERS.to_owned())
+}
+
+/// Windows has no umask and no users to switch to (refused when the configuration is read);
+/// only `chdir` applies, and it is portable.
+pub(crate) fn apply_context(_cmd: &mut handover::Command<'_>, _ctx: &crate::context::ExecContext) {}
+
+/// Windows has no umask.
+pub(crate) const HAS_UMASK: bool = false;
+
+/// No Unix-domain listeners on Windows (refused when the configuration is read).
+pub(crate) fn set_socket_perms(
+    _path: &Path,
+    _perms: &crate::context::SocketPerms,
+) -> io::Result<()> {
+    Ok(())
+}

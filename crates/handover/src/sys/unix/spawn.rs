@@ -34,6 +34,7 @@ pub(crate) struct CommandOptions {
     pub(crate) gid: Option<u32>,
     pub(crate) process_group: Option<i32>,
     pub(crate) trust_cloexec: bool,
+    pub(crate) umask: Option<u32>,
 }
 
 impl Child {
@@ -71,6 +72,7 @@ struct ExecPlan {
     temps: Vec<RawFd>,
     die_with_parent: bool,
     parent_pid: libc::pid_t,
+    umask: Option<libc::mode_t>,
 }
 
 // SAFETY: the raw pointers point into buffers owned by the same ExecPlan, which are never
@@ -104,6 +106,10 @@ impl ExecPlan {
         }
         if self.die_with_parent {
             set_parent_death_signal(self.parent_pid)?;
+        }
+        if let Some(mask) = self.umask {
+            // SAFETY: umask cannot fail and touches nothing but the process's mask.
+            unsafe { libc::umask(mask) };
         }
         // SAFETY: path, argv and envp are NUL-terminated strings in NULL-terminated arrays that
         // live in this plan. execve returns only on failure.
@@ -239,7 +245,10 @@ pub(crate) fn spawn(cmd: &mut Command<'_>) -> io::Result<(Child, Option<RawChann
         env.push((ENV_LISTEN_FDNAMES.into(), names.join(":").into()));
     }
     let path = resolve_program(&cmd.program, &env)?;
-    let direct = cmd.os.trust_cloexec && sources.is_empty() && !cmd.die_with_parent;
+    let direct = cmd.os.trust_cloexec
+        && sources.is_empty()
+        && !cmd.die_with_parent
+        && cmd.os.umask.is_none();
     let plan = if direct { None } else { Some(exec_plan(cmd, &path, &mut env, sources)?) };
 
     let mut std_cmd = std::process::Command::new(&path);
@@ -328,6 +337,7 @@ fn exec_plan(
         die_with_parent: cmd.die_with_parent,
         // SAFETY: getpid cannot fail.
         parent_pid: unsafe { libc::getpid() },
+        umask: cmd.os.umask.map(|m| m as libc::mode_t),
     })
 }
 
