@@ -253,6 +253,15 @@ class _HTTPConnection:
         self.served = 0  # requests answered: 0 for a connection new to this worker
         self.h = h11.Connection(h11.SERVER)
         self.sock.settimeout(options.timeout)
+        # A response goes out as several writes (head, body chunks, end): without this, Nagle
+        # holds the second back until the client acknowledges the first, which a client
+        # waiting for the rest delays by up to 40 ms (kept-alive connections only: a close
+        # flushes).
+        if self.sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
         try:
             local = self.sock.getsockname()
         except OSError:
