@@ -153,13 +153,10 @@ fn a_full_worker_gets_its_next_connection_as_soon_as_it_reports_one_finished() {
     let addr = env.wait_ready(1);
     let l = load(addr, N, 4);
     assert_eq!(l.ok, N, "failures: {:?}\n{}", l.errors, env.log_text());
-    let mut gaps: Vec<u64> =
-        std::fs::read_to_string(&gaps_file).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    let (gaps, median) = read_gaps(&gaps_file);
     // Every connection after the first found one finished before it (the clients' next
     // connections wait in the backlog meanwhile), bar the few a client had not reopened yet.
     assert!(gaps.len() >= N - 4, "{} gaps for {N} connections: {gaps:?}", gaps.len());
-    gaps.sort_unstable();
-    let median = gaps[gaps.len() / 2];
     assert!(
         median < 2_000,
         "the next connection came {median} us after FINISHED (median; all: {gaps:?})"

@@ -238,14 +238,8 @@ fn a_full_worker_gets_its_next_connection_as_soon_as_it_reports_one_finished() {
     let addr = env.wait_ready(1);
     let l = load(addr, N, 4);
     assert_eq!(l.ok, N, "{:?}\n{}", l.errors, env.log_text());
-    let mut gaps: Vec<u64> = std::fs::read_to_string(&gaps_file)
-        .unwrap()
-        .lines()
-        .map(|l| l.trim().parse().unwrap())
-        .collect();
+    let (gaps, median) = testenv::read_gaps(&gaps_file);
     assert!(gaps.len() >= N - 4, "{} gaps for {N} connections: {gaps:?}", gaps.len());
-    gaps.sort_unstable();
-    let median = gaps[gaps.len() / 2];
     eprintln!("wine: next connection {median} us after FINISHED (median of {})", gaps.len());
     // Wine's pipe and thread wake-ups are slower than Linux's (about 1.3 ms here): 5 ms,
     // against about 10 ms (9 ms measured) on the timer.

@@ -319,11 +319,16 @@ impl Core {
         }
     }
 
+    /// The PROXY protocol setting of listener `index`.
+    fn proxy_of(&self, index: u16) -> Option<ProxyProtocol> {
+        self.proxy.get(index as usize).copied().flatten()
+    }
+
     /// An accepted connection goes to the mode, or, on a listener whose connections start
     /// with a PROXY header, to a task that reads that header first (off the accept path;
     /// [`Core::on_proxy_read`] takes it from there).
     fn hand_on<M: Engine>(&mut self, mode: &mut M, a: Accepted) {
-        match self.proxy.get(a.listener as usize).copied().flatten() {
+        match self.proxy_of(a.listener) {
             None => mode.on_accept(self, a),
             Some(want) => {
                 self.proxy_pending += 1;
@@ -607,9 +612,8 @@ fn begin_drain<M: Engine>(core: &mut Core, mode: &mut M) {
     }
     // What the kernel had accepted on a PROXY listener is read like the rest (and reaches the
     // mode when its header has been).
-    let (proxied, backlog): (Vec<_>, Vec<_>) = backlog
-        .into_iter()
-        .partition(|a| core.proxy.get(a.listener as usize).copied().flatten().is_some());
+    let (proxied, backlog): (Vec<_>, Vec<_>) =
+        backlog.into_iter().partition(|a| core.proxy_of(a.listener).is_some());
     mode.drain(core, backlog);
     for a in proxied {
         core.hand_on(mode, a);

@@ -501,3 +501,13 @@ pub fn body_pid(body: &str) -> u32 {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("{body:?}"))
 }
+
+/// The demo worker's `--gap-file`: microseconds from each FINISHED to the next connection,
+/// sorted, and their median.
+pub fn read_gaps(path: &Path) -> (Vec<u64>, u64) {
+    let mut gaps: Vec<u64> =
+        std::fs::read_to_string(path).unwrap().lines().map(|l| l.trim().parse().unwrap()).collect();
+    gaps.sort_unstable();
+    let median = gaps.get(gaps.len() / 2).copied().unwrap_or(u64::MAX);
+    (gaps, median)
+}
