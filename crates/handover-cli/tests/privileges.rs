@@ -13,7 +13,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
-use testenv::{TestEnv, HANDOVER};
+use testenv::{runnable_by_anyone, TestEnv, HANDOVER};
 
 fn output_of(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd).args(args).output().expect(cmd);
@@ -101,12 +101,13 @@ fn issue_17_another_user_is_refused_clearly_when_the_supervisor_is_not_root() {
     }
     let env = TestEnv::new("privileges-refused");
     let control = env.dir.join("c.sock");
-    let out = Command::new(HANDOVER)
+    let out = Command::new(runnable_by_anyone(HANDOVER))
         .args(["serve", "--user", "root", "--listen", "tcp://127.0.0.1:0", "--control"])
         .arg(&control)
         .args(["--", "true"])
         .uid(65534)
         .gid(65534)
+        .current_dir(&env.dir)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -120,13 +121,14 @@ fn issue_17_another_user_is_refused_clearly_when_the_supervisor_is_not_root() {
          [[program]]\ncommand = [\"true\"]\n",
     )
     .unwrap();
-    let out = Command::new(HANDOVER)
+    let out = Command::new(runnable_by_anyone(HANDOVER))
         .args(["serve", "--config"])
         .arg(&config)
         .arg("--control")
         .arg(&control)
         .uid(65534)
         .gid(65534)
+        .current_dir(&env.dir)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

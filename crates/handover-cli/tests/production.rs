@@ -230,7 +230,8 @@ fn stop_waits_for_the_exit_so_the_next_serve_starts_at_once() {
 fn handover_as(uid: u32, xdg: Option<&std::path::Path>, args: &[&str]) -> std::process::Command {
     let mut c = std::process::Command::new("setpriv");
     let id = uid.to_string();
-    c.args(["--reuid", &id, "--regid", &id, "--clear-groups", HANDOVER]).args(args);
+    c.args(["--reuid", &id, "--regid", &id, "--clear-groups"]);
+    c.arg(runnable_by_anyone(HANDOVER)).args(args).current_dir(std::env::temp_dir());
     match xdg {
         Some(dir) => c.env("XDG_RUNTIME_DIR", dir),
         None => c.env_remove("XDG_RUNTIME_DIR"),
@@ -252,7 +253,8 @@ fn clients_find_a_supervisor_started_without_xdg_runtime_dir_at_the_tmp_fallback
     // As under systemd-socket-activate, which clears XDG_RUNTIME_DIR.
     let log = std::fs::File::create(&env.log).unwrap();
     let mut serve = handover_as(uid, None, &["serve", "-l", "tcp://127.0.0.1:0", "-w", "1"]);
-    serve.args(["--", DEMO_WORKER]).stdout(log.try_clone().unwrap()).stderr(log);
+    serve.args(["--", &runnable_by_anyone(DEMO_WORKER)]);
+    serve.stdout(log.try_clone().unwrap()).stderr(log);
     env.child = Some(serve.spawn().unwrap());
     wait_log(&env, &format!("control socket at {}", fallback.display()));
 

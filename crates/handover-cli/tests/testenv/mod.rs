@@ -511,3 +511,22 @@ pub fn read_gaps(path: &Path) -> (Vec<u64>, u64) {
     let median = gaps.get(gaps.len() / 2).copied().unwrap_or(u64::MAX);
     (gaps, median)
 }
+
+/// A copy of the program at `path` that any user may run (in a world-readable directory of
+/// this test process's own): tests that switch users cannot run programs from a checkout that
+/// other users cannot enter (one made with `mktemp -d` is 0700).
+pub fn runnable_by_anyone(path: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("handover-test-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let to = dir.join(Path::new(path).file_name().unwrap());
+    if !to.exists() {
+        // Copied under another name, then renamed: a parallel test never runs a half copy.
+        let tmp = PathBuf::from(format!("{}.{:?}", to.display(), std::thread::current().id()));
+        std::fs::copy(path, &tmp).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &to).unwrap();
+    }
+    to.to_str().unwrap().to_owned()
+}
